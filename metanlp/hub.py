@@ -1,0 +1,191 @@
+"""Model cards and pushing a saved metanlp folder to the Hugging Face Hub.
+
+The card is a README.md with YAML metadata (base model, datasets, method, N/K) and the results
+table with 95% confidence intervals. Pushing uses `huggingface_hub.HfApi`: create the repo, then
+one commit holding every file of the folder.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+CARD_NAME = "README.md"
+
+
+def results_table(results: Sequence[Mapping[str, Any]]) -> str:
+    """Markdown table of mean ± 95% CI per method and metric.
+
+    Args:
+        results (`Sequence[Mapping]`): Each item as written by `metanlp.evaluation.evaluate`:
+            ``{"method": str, "summary": {metric: {"mean", "ci", "n"}}, ...}``. All items should
+            have been scored on the same episodes.
+    """
+    if not results:
+        return ""
+    metrics: list[str] = []
+    for r in results:
+        for m in r["summary"]:
+            if m not in metrics:
+                metrics.append(m)
+    header = "| method | episodes | " + " | ".join(metrics) + " |"
+    rule = "|---|---|" + "---|" * len(metrics)
+    rows = [header, rule]
+    for r in results:
+        cells = []
+        for m in metrics:
+            s = r["summary"].get(m)
+            cells.append("–" if s is None else _fmt(s))
+        n = next(iter(r["summary"].values()))["n"] if r["summary"] else 0
+        rows.append(f"| {r['method']} | {n} | " + " | ".join(cells) + " |")
+    return "\n".join(rows)
+
+
+def _fmt(stat: Mapping[str, float]) -> str:
+    mean, ci = 100 * stat["mean"], 100 * stat["ci"]
+    return f"{mean:.2f}" if ci != ci else f"{mean:.2f} ± {ci:.2f}"  # ci is NaN for n = 1
+
+
+def model_card(
+    *,
+    base_model: str,
+    method: str,
+    task: str,
+    n_way: int | None = None,
+    k_shot: int | None = None,
+    datasets: Sequence[str] = (),
+    results: Sequence[Mapping[str, Any]] = (),
+    episode_set: str | None = None,
+    repo_id: str | None = None,
+) -> str:
+    """Write the text of a model card (README.md) for a meta-trained learner.
+
+    Args:
+        base_model (`str`): Encoder the learner starts from (Hub id or name).
+        method (`str`): Meta-learning algorithm, e.g. ``"maml"``, ``"protonet"``.
+        task (`str`): ``"sequence"`` (text classification) or ``"token"`` (NER).
+        n_way, k_shot (`int`, *optional*): Episode shape used for meta-training.
+        datasets (`Sequence[str]`): Datasets used for meta-training.
+        results (`Sequence[Mapping]`): Evaluation results (see `results_table`).
+        episode_set (`str`, *optional*): Name of the fixed test episode set behind `results`.
+        repo_id (`str`, *optional*): Used in the usage snippet; defaults to a placeholder.
+    """
+    pipeline = "token-classification" if task == "token" else "text-classification"
+    meta: dict[str, Any] = {
+        "library_name": "metanlp",
+        "pipeline_tag": pipeline,
+        "tags": ["metanlp", "few-shot", "meta-learning", method],
+    }
+    if _is_hub_id(base_model):
+        meta["base_model"] = base_model
+    if datasets:
+        meta["datasets"] = [d for d in datasets if _is_hub_id(d)] or None
+        if meta["datasets"] is None:
+            del meta["datasets"]
+    meta["metanlp"] = {"method": method, "task": task, "n_way": n_way, "k_shot": k_shot}
+    if datasets:
+        meta["metanlp"]["meta_training_data"] = list(datasets)
+    shape = f"{n_way}-way {k_shot}-shot " if n_way and k_shot else ""
+    kind = "named-entity recognition" if task == "token" else "text classification"
+    lines = [
+        "---",
+        yaml.safe_dump(meta, sort_keys=False).rstrip(),
+        "---",
+        "",
+        f"# Few-shot {kind} learner ({method})",
+        "",
+        f"Meta-trained with metanlp ({method}, {shape}episodes) from "
+        f"`{base_model}`" + (f" on {', '.join(f'`{d}`' for d in datasets)}." if datasets else "."),
+        "It adapts to new classes from a handful of labelled examples; the meta-learned weights",
+        "are never modified by adaptation.",
+        "",
+        "## Usage",
+        "",
+        "```python",
+        "from metanlp import MetaLearner",
+        "",
+        f'learner = MetaLearner.from_pretrained("{repo_id or "<this repo id or folder>"}")',
+    ]
+    if task == "token":
+        lines += [
+            'clf = learner.adapt([["Paris", "is", "nice"], ["I", "met", "Ann"]],',
+            '                    [["location", "O", "O"], ["O", "O", "person"]])',
+            'clf.predict([["Ann", "lives", "in", "Paris"]])',
+        ]
+    else:
+        lines += [
+            'clf = learner.adapt(["great film", "awful plot"], ["pos", "neg"])',
+            'clf.predict(["what a film"])',
+        ]
+    lines += ["```", ""]
+    if results:
+        lines += [
+            "## Results",
+            "",
+            "Mean over fixed test episodes, ± half-width of the 95% confidence interval "
+            "(Student t), in %" + (f"; episode set `{episode_set}`." if episode_set else "."),
+            "",
+            results_table(results),
+            "",
+        ]
+    return "\n".join(lines)
+
+
+def _is_hub_id(name: str) -> bool:
+    # Local folders (absolute, relative, home) are not Hub ids and would break card validation.
+    return (
+        bool(name)
+        and not os.path.isabs(name)
+        and not name.startswith((".", "~"))
+        and (name.count("/") == 1 and not Path(name).exists())
+    )
+
+
+def push_folder(
+    folder: str | os.PathLike,
+    repo_id: str,
+    *,
+    private: bool | None = None,
+    token: str | None = None,
+    commit_message: str = "Upload metanlp learner",
+    endpoint: str | None = None,
+) -> str:
+    """Create `repo_id` (if needed) and commit every file of `folder` to it in one commit.
+
+    Args:
+        folder (`str` or `os.PathLike`): A folder written by `MetaLearner.save_pretrained`.
+        repo_id (`str`): ``"user/name"`` or ``"org/name"``.
+        private (`bool`, *optional*): Create the repo private; ignored if it exists.
+        token (`str`, *optional*): Hub token; defaults to ``HF_TOKEN`` or the saved login.
+        commit_message (`str`): Message of the commit.
+        endpoint (`str`, *optional*): Hub URL (defaults to ``HF_ENDPOINT`` or huggingface.co).
+
+    Returns:
+        `str`: URL of the commit.
+    """
+    from huggingface_hub import CommitOperationAdd, HfApi, constants
+
+    folder = Path(folder)
+    if not (folder / CARD_NAME).is_file():
+        raise FileNotFoundError(
+            f"{folder} has no {CARD_NAME}; push a folder written by MetaLearner.save_pretrained."
+        )
+    if constants.is_offline_mode():
+        raise RuntimeError(
+            "Pushing needs the network but HF_HUB_OFFLINE is set; unset HF_HUB_OFFLINE to push."
+        )
+    api = HfApi(endpoint=endpoint, token=token)
+    api.create_repo(repo_id, private=private, exist_ok=True)
+    # One explicit commit (rather than upload_folder's streamed pipeline) keeps the push atomic:
+    # the repo never shows a half-uploaded learner.
+    files = sorted(p for p in folder.rglob("*") if p.is_file())
+    operations = [
+        CommitOperationAdd(path_in_repo=p.relative_to(folder).as_posix(), path_or_fileobj=str(p))
+        for p in files
+    ]
+    info = api.create_commit(repo_id, operations=operations, commit_message=commit_message)
+    return str(info.commit_url)
