@@ -40,3 +40,8 @@ lint: install
 
 clean-data:
 	rm -rf $(DATA_DIR)
+
+# Peers (learn2learn, SetFit, TorchOpt, higher) live only in the benchmarks' own venv.
+.PHONY: bench-env
+bench-env:
+	bash benchmarks/setup_env.sh
