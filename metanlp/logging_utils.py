@@ -1,0 +1,118 @@
+"""Metric logs of a meta-training run: a plain JSONL file and a PNG learning curve.
+
+The trainer sends the same records to Accelerate's trackers (TensorBoard); the JSONL file is
+what scripts and tests read, and what the learning curve is drawn from.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+METRICS_FILE = "metrics.jsonl"
+CURVE_FILE = "learning_curve.png"
+
+
+class JsonlLogger:
+    """Appends one JSON object per line: ``{"step": int, "split": str, **metrics}``.
+
+    Args:
+        path (`str` or `os.PathLike`): The file; its folder is created.
+        resume_step (`int`, *optional*): When resuming, records logged after this step (by a run
+            that was interrupted after its last checkpoint) are dropped, so the log reads like
+            one uninterrupted run. Without it the file is started afresh.
+    """
+
+    def __init__(self, path: str | os.PathLike, resume_step: int | None = None) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        kept = (
+            [r for r in read_jsonl(self.path) if r["step"] <= resume_step]
+            if resume_step is not None
+            else []
+        )
+        tmp = self.path.with_suffix(".jsonl.tmp")
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        os.replace(tmp, self.path)
+
+    def log(self, step: int, split: str, metrics: dict[str, float]) -> None:
+        record = {
+            "step": int(step),
+            "split": split,
+            **{k: _jsonable(v) for k, v in metrics.items()},
+        }
+        with open(self.path, "a") as handle:
+            handle.write(json.dumps(record) + "\n")
+
+
+def _jsonable(value: Any) -> Any:
+    if hasattr(value, "item"):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)  # JSON has no NaN/inf; keep them visible rather than crash
+    return value
+
+
+def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """Records of a metrics file written by :class:`JsonlLogger` (empty list when missing)."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def plot_learning_curve(
+    records: list[dict[str, Any]],
+    path: str | os.PathLike,
+    train_key: str = "loss",
+    val_key: str = "accuracy",
+) -> Path:
+    """Draw meta-train loss and meta-validation accuracy against the meta-step into a PNG.
+
+    Args:
+        records (`list[dict]`): JSONL records (``split`` is ``"train"`` or ``"val"``).
+        path (`str` or `os.PathLike`): Where to write the PNG.
+        train_key (`str`, defaults to ``"loss"``): Metric of the train records to draw.
+        val_key (`str`, defaults to ``"accuracy"``): Metric of the validation records to draw.
+
+    Returns:
+        `Path`: the PNG written.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display on servers; set here, not at import, to avoid side effects
+    import matplotlib.pyplot as plt
+
+    train = [
+        (r["step"], r[train_key])
+        for r in records
+        if r.get("split") == "train" and _num(r.get(train_key))
+    ]
+    val = [
+        (r["step"], r[val_key]) for r in records if r.get("split") == "val" and _num(r.get(val_key))
+    ]
+    fig, ax_loss = plt.subplots(figsize=(7, 4))
+    if train:
+        ax_loss.plot(*zip(*train, strict=True), color="tab:blue", label=f"meta-train {train_key}")
+    ax_loss.set_xlabel("meta-step")
+    ax_loss.set_ylabel(f"meta-train {train_key}", color="tab:blue")
+    ax_acc = ax_loss.twinx()
+    if val:
+        ax_acc.plot(
+            *zip(*val, strict=True), color="tab:orange", marker="o", label=f"meta-val {val_key}"
+        )
+    ax_acc.set_ylabel(f"meta-val {val_key}", color="tab:orange")
+    fig.suptitle("metanlp meta-training")
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def _num(value: Any) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)

@@ -1,0 +1,59 @@
+"""Meta-validation during training: adapt on each fixed episode's support, score its query.
+
+The trainer calls :func:`score_episode` on its shard of the fixed episodes and
+:func:`summarize_scores` on the gathered results; it computes no metric itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from .episodes.types import Episode
+from .metrics.functional import accuracy, mean_ci
+
+
+def score_episode(
+    algorithm: Any,
+    episode: Episode,
+    autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+) -> dict[str, float]:
+    """Adapt ``algorithm`` to the support set and score the query set.
+
+    Args:
+        algorithm (`MetaAlgorithm`): Offers ``adapt(support, n_way)`` and ``predict_logits(fast, batch, n_way)``.
+        episode (`Episode`): Already on the model's device.
+        autocast (`Callable`, defaults to no autocast): Mixed-precision context factory.
+
+    Returns:
+        `dict[str, float]`: ``accuracy`` and ``loss`` (mean cross-entropy) on the query set; for
+        NER, token-level accuracy over labelled sub-tokens (entity F1 is `metanlp.evaluation`'s job).
+    """
+    with autocast():
+        fast = algorithm.adapt(episode.support, episode.n_way)
+        with torch.no_grad():
+            logits = algorithm.predict_logits(fast, episode.query, episode.n_way)
+    labels = episode.query["labels"]
+    logits = logits.float().reshape(-1, logits.shape[-1])
+    flat = labels.reshape(-1)
+    keep = flat != -100
+    loss = F.cross_entropy(logits[keep], flat[keep]).item()
+    predictions = logits[keep].argmax(-1).tolist()
+    return {"accuracy": accuracy(predictions, flat[keep].tolist()), "loss": float(loss)}
+
+
+def summarize_scores(scores: list[dict[str, float]]) -> dict[str, float]:
+    """Mean of each metric over episodes, with the 95% CI half-width as ``<metric>_ci95``."""
+    if not scores:
+        raise ValueError("No episode scores to summarise; the validation set is empty.")
+    out: dict[str, float] = {}
+    for key in scores[0]:
+        stats = mean_ci([s[key] for s in scores])
+        out[key] = stats["mean"]
+        out[f"{key}_ci95"] = stats["ci"]
+    out["episodes"] = float(len(scores))
+    return out
