@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch import nn
 from transformers import (
     AutoConfig,
     AutoModel,
@@ -177,3 +178,167 @@ def set_attn_implementation(model: PreTrainedModel, attn_implementation: str) ->
 
 def get_attn_implementation(model: PreTrainedModel) -> str:
     return str(getattr(model.config, "_attn_implementation", None) or "eager")
+
+
+# --------------------------------------------------------------------------------------------
+# Few-shot model: encoder + an N-way head whose rows are sliced to each episode's n_way.
+# --------------------------------------------------------------------------------------------
+
+FEWSHOT_TASKS = ("sequence", "token")
+POOLINGS = ("cls", "mean")
+HEAD_INITS = ("random", "zero")
+HEAD_PARAMETER_NAMES = ("head.weight", "head.bias")
+_LORA_PEFT_TYPES = ("LORA", "ADALORA")
+
+
+class FewShotModel(nn.Module):
+    """A BERT-family encoder with a linear head for N-way episodes.
+
+    The head is ``nn.Linear(hidden, max_ways)``; logits are sliced to the episode's ``n_way``.
+    Episode labels are a fresh permutation every episode, so every head row is trained as every
+    class and the rows stay exchangeable. ``forward`` also accepts a head with fewer rows (at
+    least ``n_way``) through ``torch.func.functional_call``, which is how Proto-MAML and
+    ``head_init="zero"`` pass an episode-specific head as fast weights.
+
+    Args:
+        encoder (`PreTrainedModel`):
+            A BERT-family encoder, e.g. ``load_encoder().model`` (loaded without pooler).
+        task (`str`, defaults to ``"sequence"``):
+            ``"sequence"`` (one label per text) or ``"token"`` (one label per sub-token, NER).
+        pooling (`str`, defaults to ``"cls"``):
+            ``"cls"`` or ``"mean"`` (masked mean over tokens); ignored for ``task="token"``.
+        max_ways (`int`, defaults to 16):
+            Rows of the head, the largest ``n_way`` an episode may have (for NER: tags incl. O).
+        head_init (`str`, defaults to ``"random"``):
+            ``"random"``: the head is a meta-learned parameter like any other. ``"zero"``: the
+            meta-learners start every episode from a zero head that lives only in the fast
+            weights (so it is never meta-learned); used with MAML / FOMAML / ANIL / Meta-SGD /
+            MAML++ / Reptile when exchangeable zero rows are preferred to a learned init.
+            Proto-MAML replaces the head init with prototypes whatever this says.
+        peft_config (`peft.PeftConfig`, *optional*):
+            Wraps the encoder with ``peft.get_peft_model`` (e.g. ``LoraConfig(r=8,
+            target_modules=["query", "value"])``); select its tensors with ``params="lora"``
+            (LoRA) or ``params="adapter"`` (any other PEFT method, e.g. ``IA3Config``).
+
+    Example:
+        ```python
+        >>> from peft import LoraConfig
+        >>> from metanlp.models import FewShotModel
+        >>> model = FewShotModel.from_pretrained(peft_config=LoraConfig(r=8, target_modules=["query", "value"]))
+        >>> batch = model.tokenizer(["good", "bad"], return_tensors="pt", padding=True)
+        >>> model(**batch, n_way=2).shape
+        torch.Size([2, 2])
+        ```
+    """
+
+    def __init__(
+        self,
+        encoder: PreTrainedModel,
+        *,
+        task: str = "sequence",
+        pooling: str = "cls",
+        max_ways: int = 16,
+        head_init: str = "random",
+        peft_config: object | None = None,
+        tokenizer: PreTrainedTokenizerBase | None = None,
+    ) -> None:
+        super().__init__()
+        _check_choice("task", task, FEWSHOT_TASKS)
+        _check_choice("pooling", pooling, POOLINGS)
+        _check_choice("head_init", head_init, HEAD_INITS)
+        if not isinstance(max_ways, int) or max_ways < 2:
+            raise ValueError(f"max_ways={max_ways!r} must be an int >= 2 (the largest episode N).")
+        peft_names: tuple[str, ...] = ()
+        self.peft_type: str | None = None
+        if peft_config is not None:
+            from peft import get_peft_model
+
+            encoder = get_peft_model(encoder, peft_config)
+            peft_names = tuple(
+                f"encoder.{n}" for n, p in encoder.named_parameters() if p.requires_grad
+            )
+            self.peft_type = str(getattr(peft_config.peft_type, "value", peft_config.peft_type))
+        self.encoder = encoder
+        self.task, self.pooling, self.max_ways, self.head_init = task, pooling, max_ways, head_init
+        self.peft_parameter_names = peft_names
+        self.tokenizer = tokenizer
+        dtype = next(encoder.parameters()).dtype
+        self.head = nn.Linear(self.hidden_size, max_ways, dtype=dtype)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        name_or_path: str | os.PathLike | None = None,
+        *,
+        attn_implementation: str = "sdpa",
+        dtype: torch.dtype = torch.float32,
+        **kwargs: object,
+    ) -> FewShotModel:
+        """Load an encoder with `load_encoder` and put a head on it (``kwargs`` go to ``__init__``)."""
+        loaded = load_encoder(name_or_path, attn_implementation=attn_implementation, dtype=dtype)
+        return cls(loaded.model, tokenizer=loaded.tokenizer, **kwargs)
+
+    @property
+    def base_encoder(self) -> PreTrainedModel:
+        """The Transformers model under any PEFT wrapper."""
+        return self.encoder.get_base_model() if self.peft_type is not None else self.encoder
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.base_encoder.config.hidden_size)
+
+    @property
+    def num_layers(self) -> int:
+        return int(self.base_encoder.config.num_hidden_layers)
+
+    @property
+    def is_lora(self) -> bool:
+        return self.peft_type in _LORA_PEFT_TYPES
+
+    def embed(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        **encoder_kwargs: object,
+    ) -> torch.Tensor:
+        """Pooled features ``(B, hidden)`` for ``task="sequence"``, per-token ``(B, T, hidden)`` for ``"token"``."""
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        if token_type_ids is not None:
+            encoder_kwargs["token_type_ids"] = token_type_ids
+        hidden = self.encoder(
+            input_ids=input_ids, attention_mask=attention_mask, **encoder_kwargs
+        ).last_hidden_state
+        if self.task == "token":
+            return hidden
+        if self.pooling == "cls":
+            return hidden[:, 0]
+        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        return (hidden * mask).sum(1) / mask.sum(1).clamp_min(1.0)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        *,
+        n_way: int | None = None,
+        **encoder_kwargs: object,
+    ) -> torch.Tensor:
+        """Logits ``(B, n_way)`` (sequence) or ``(B, T, n_way)`` (token); ``n_way`` defaults to all rows."""
+        features = self.embed(input_ids, attention_mask, token_type_ids, **encoder_kwargs)
+        logits = self.head(features)
+        rows = logits.shape[-1]
+        n_way = rows if n_way is None else n_way
+        if not 1 <= n_way <= rows:
+            raise ValueError(
+                f"n_way={n_way} does not fit the head's {rows} rows; build the model with "
+                f"max_ways >= {n_way} (FewShotModel(..., max_ways={max(n_way, 2)}))."
+            )
+        return logits[..., :n_way]
+
+
+def _check_choice(name: str, value: object, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ValueError(f"{name}={value!r} is not supported; use one of {allowed}.")

@@ -1,0 +1,429 @@
+"""`MetaAlgorithm`, the base every meta-learner extends, and `MetaConfig`, its config base.
+
+A subclass says only what makes it different: which tensors adapt (`inner_names`), which are
+meta-learned (`outer_names`), extra learned tensors (`extra`), the inner learning rates
+(`inner_lr_schedule`), the starting fast weights (`initial_fast_weights`) and, if needed, the
+outer loss (`outer_loss`) or the whole `meta_backward` (Reptile, ProtoNet).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator, Mapping
+from dataclasses import asdict, dataclass, fields
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.func import functional_call
+
+from metanlp.meta.inner import (
+    INNER_OPTIMIZERS,
+    InnerLoopResult,
+    InnerOptimizer,
+    LRSchedule,
+    inner_loop,
+)
+from metanlp.meta.params import ParamSelection, configure_trainable, select_parameters
+from metanlp.models import (
+    HEAD_PARAMETER_NAMES,
+    FewShotModel,
+    get_attn_implementation,
+    set_attn_implementation,
+)
+
+logger = logging.getLogger(__name__)
+_warned_eager = False
+
+MODEL_INPUT_KEYS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+@dataclass
+class MetaConfig:
+    """Options shared by the gradient-based meta-learners.
+
+    Args:
+        inner_steps (`int`, defaults to 5): inner steps k during meta-training.
+        eval_inner_steps (`int`, *optional*): steps for `adapt` at evaluation (default k).
+        inner_lr (`float`, defaults to 1e-3): inner rate α (initial value when it is learned).
+        params (`str` or `list[str]`, defaults to ``"all"``): adapted tensors, a value of
+            `metanlp.meta.params.PARAMETER_SETS` or explicit names.
+        outer_params (`str` or `list[str]`, *optional*): meta-learned tensors when they differ
+            from ``params`` (e.g. inner ``"lora"``, outer ``"all"``).
+        top_layers (`int`, defaults to 2): layers taken by ``"top"``.
+        first_order (`bool`, defaults to False): drop second derivatives (FOMAML).
+        inner_optimizer (`str`, defaults to ``"sgd"``): ``"sgd"``, ``"momentum"`` or ``"adam"``
+            where the algorithm allows it.
+        inner_momentum (`float`, defaults to 0.9), inner_betas (`tuple`, defaults to
+            ``(0.9, 0.999)``), inner_eps (`float`, defaults to 1e-8): inner optimiser settings.
+        train_dropout (`bool`, defaults to True): dropout active in meta-training inner/outer
+            loops; evaluation-time adaptation always runs in eval mode (deterministic).
+        grad_scale (`float`, *optional*): inner-loop loss scale for fp16 (see `inner_loop`).
+
+    Example:
+        ```python
+        >>> MetaConfig(params="lora", inner_steps=3, inner_lr=1e-2)
+        ```
+    """
+
+    inner_steps: int = 5
+    eval_inner_steps: int | None = None
+    inner_lr: float = 1e-3
+    params: ParamSelection = "all"
+    outer_params: ParamSelection | None = None
+    top_layers: int = 2
+    first_order: bool = False
+    inner_optimizer: str = "sgd"
+    inner_momentum: float = 0.9
+    inner_betas: tuple[float, float] = (0.9, 0.999)
+    inner_eps: float = 1e-8
+    train_dropout: bool = True
+    grad_scale: float | None = None
+
+    allowed_inner_optimizers: ClassVar[tuple[str, ...]] = INNER_OPTIMIZERS
+
+    def __post_init__(self) -> None:
+        def need(cond: bool, msg: str) -> None:
+            if not cond:
+                raise ValueError(f"{type(self).__name__}: {msg}")
+
+        need(
+            _is_int(self.inner_steps) and self.inner_steps >= 0,
+            f"inner_steps={self.inner_steps!r} must be an int >= 0.",
+        )
+        need(self.eval_inner_steps is None or (_is_int(self.eval_inner_steps) and self.eval_inner_steps >= 0),
+             f"eval_inner_steps={self.eval_inner_steps!r} must be None or an int >= 0.")  # fmt: skip
+        need(
+            isinstance(self.inner_lr, (int, float)) and self.inner_lr > 0,
+            f"inner_lr={self.inner_lr!r} must be a number > 0.",
+        )
+        need(
+            _is_int(self.top_layers) and self.top_layers >= 1,
+            f"top_layers={self.top_layers!r} must be an int >= 1.",
+        )
+        need(self.inner_optimizer in self.allowed_inner_optimizers,
+             f"inner_optimizer={self.inner_optimizer!r} is not allowed here; use one of {self.allowed_inner_optimizers}.")  # fmt: skip
+        need(
+            0 <= self.inner_momentum < 1,
+            f"inner_momentum={self.inner_momentum!r} must be in [0, 1).",
+        )
+        self.inner_betas = tuple(self.inner_betas)  # JSON gives lists back
+        need(len(self.inner_betas) == 2 and all(0 <= b < 1 for b in self.inner_betas),
+             f"inner_betas={self.inner_betas!r} must be two numbers in [0, 1).")  # fmt: skip
+        need(
+            self.grad_scale is None or self.grad_scale > 0,
+            f"grad_scale={self.grad_scale!r} must be None or > 0.",
+        )
+        for key in ("params", "outer_params"):
+            value = getattr(self, key)
+            if isinstance(value, (list, tuple)):
+                setattr(self, key, list(value))
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly dict (``from_dict`` reads it back)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> MetaConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"{cls.__name__} has no options {unknown}; known: {sorted(known)}.")
+        return cls(**data)
+
+
+def _is_int(x: object) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def use_eager_for_second_order(model: FewShotModel) -> None:
+    """Switch SDPA attention to eager up front: SDPA's CPU kernel has no double backward.
+
+    Without this the failure would come at the outer backward, after the whole inner loop ran.
+    """
+    global _warned_eager
+    encoder = model.base_encoder
+    if get_attn_implementation(encoder) == "sdpa":
+        set_attn_implementation(encoder, "eager")
+        if not _warned_eager:
+            logger.warning(
+                "Second-order meta-gradients need double backward through attention, which SDPA "
+                "lacks in torch; switched the encoder to eager attention (same results, more memory)."
+            )
+            _warned_eager = True
+
+
+class MetaAlgorithm:
+    """Base class of the meta-learners; default behaviour is MAML's (second or first order).
+
+    Args:
+        model (`FewShotModel`): the model to meta-train; its ``requires_grad`` flags are set so
+            that exactly the inner ∪ outer tensors are trainable (the rest frozen, never copied).
+        config (`MetaConfig`, *optional*): the algorithm's config (defaults when omitted).
+
+    Trainer-facing API: `meta_parameters`, `meta_backward`, `adapt`, `predict_logits`,
+    `set_epoch`, `state_dict` / `load_state_dict` (learned extras only), `to`.
+    """
+
+    name: ClassVar[str] = ""
+    config_class: ClassVar[type[MetaConfig]] = MetaConfig
+
+    def __init__(self, model: FewShotModel, config: MetaConfig | None = None) -> None:
+        if not isinstance(model, FewShotModel):
+            raise TypeError(
+                f"{type(self).__name__} needs a FewShotModel, got {type(model).__name__}."
+            )
+        config = self.config_class() if config is None else config
+        if not isinstance(config, self.config_class):
+            raise TypeError(
+                f"{type(self).__name__} takes a {self.config_class.__name__}, got {type(config).__name__}."
+            )
+        self.model, self.config = model, config
+        self.epoch = 0
+        self.inner_names = self.select_inner_names()
+        self.outer_names = self.select_outer_names()
+        head = set(HEAD_PARAMETER_NAMES)
+        if model.head_init == "zero" and not head <= set(self.inner_names):
+            raise ValueError(
+                "head_init='zero' starts each episode from a zero head, so the head must adapt; "
+                f"the inner set {self._short(self.inner_names)} lacks it (add the head or use head_init='random')."
+            )
+        configure_trainable(model, set(self.inner_names) | set(self.outer_names))
+        self.extra: dict[str, nn.Parameter] = {}
+        self.build_extra()
+        self.optimizer = InnerOptimizer(
+            config.inner_optimizer, config.inner_momentum, config.inner_betas, config.inner_eps
+        )
+        if self.may_use_second_order():
+            use_eager_for_second_order(model)
+
+    # ---- what a subclass may change -----------------------------------------------------
+    def select_inner_names(self) -> list[str]:
+        return select_parameters(self.model, self.config.params, top_layers=self.config.top_layers)
+
+    def select_outer_names(self) -> list[str]:
+        outer = self.config.outer_params
+        names = (
+            self.select_inner_names()
+            if outer is None
+            else select_parameters(self.model, outer, top_layers=self.config.top_layers)
+        )
+        if self.model.head_init == "zero":  # the head lives only in the fast weights
+            names = [n for n in names if n not in HEAD_PARAMETER_NAMES]
+        return names
+
+    def build_extra(self) -> None:
+        """Create learned extra tensors in ``self.extra`` (e.g. inner learning rates)."""
+
+    def may_use_second_order(self) -> bool:
+        return not self.config.first_order
+
+    def second_order_now(self) -> bool:
+        return not self.config.first_order
+
+    def inner_lr_schedule(self, steps: int) -> LRSchedule:
+        return float(self.config.inner_lr)
+
+    def initial_fast_weights(
+        self, support: Mapping[str, Tensor], n_way: int, *, training: bool
+    ) -> dict[str, Tensor]:
+        """φ_0: meta-learned tensors themselves (no copy) when training, detached views otherwise."""
+        params = dict(self.model.named_parameters())
+        outer = set(self.outer_names)
+        fast = {}
+        for name in self.inner_names:
+            p = params[name]
+            if self.model.head_init == "zero" and name in HEAD_PARAMETER_NAMES:
+                fast[name] = torch.zeros_like(p, requires_grad=False)
+            else:
+                fast[name] = p if training and name in outer else p.detach()
+        return fast
+
+    def outer_loss(
+        self, result: InnerLoopResult, query: Mapping[str, Tensor], n_way: int
+    ) -> tuple[Tensor, Tensor]:
+        """Query loss at φ_k and the query logits (MAML++ mixes in the per-step losses)."""
+        logits = self.forward_with(result.fast, query, n_way)
+        return task_loss(logits, query["labels"]), logits
+
+    def set_epoch(self, epoch: int) -> None:
+        """Called by the trainer at each epoch start (MAML++ anneals with it)."""
+        self.epoch = int(epoch)
+
+    # ---- the engine's uses -----------------------------------------------------------------
+    def forward_with(
+        self, fast: Mapping[str, Tensor], batch: Mapping[str, Tensor], n_way: int
+    ) -> Tensor:
+        """Differentiable logits with ``fast`` replacing the adapted tensors (frozen ones are read in place)."""
+        kwargs = {k: batch[k] for k in MODEL_INPUT_KEYS if k in batch}
+        kwargs["n_way"] = n_way
+        return functional_call(self.model, dict(fast), (), kwargs, strict=False)
+
+    def run_inner(
+        self,
+        fast: dict[str, Tensor],
+        support: Mapping[str, Tensor],
+        n_way: int,
+        *,
+        steps: int,
+        mode: str,
+        query: Mapping[str, Tensor] | None = None,
+    ) -> InnerLoopResult:
+        """`inner_loop` on the support loss with this algorithm's rates and optimiser."""
+        step_fn = None
+        if query is not None:
+
+            def step_fn(f: dict[str, Tensor]) -> Tensor:
+                return task_loss(self.forward_with(f, query, n_way), query["labels"])
+
+        return inner_loop(
+            lambda f: task_loss(self.forward_with(f, support, n_way), support["labels"]),
+            fast,
+            steps=steps,
+            lr=self.inner_lr_schedule(steps),
+            mode=mode,
+            optimizer=self.optimizer,
+            step_loss_fn=step_fn,
+            grad_scale=self.config.grad_scale,
+        )
+
+    def uses_step_losses(self) -> bool:
+        return False
+
+    # ---- trainer-facing API -------------------------------------------------------------------
+    def named_meta_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
+        params = dict(self.model.named_parameters())
+        for name in self.outer_names:
+            yield name, params[name]
+        yield from self.extra.items()
+
+    def meta_parameters(self) -> list[nn.Parameter]:
+        """The tensors the outer optimiser updates (model tensors of the outer set + extras)."""
+        return [p for _, p in self.named_meta_parameters()]
+
+    def meta_backward(self, episode: Any, scale: float = 1.0) -> dict[str, float]:
+        """Accumulate ``scale ×`` this task's meta-gradient into ``.grad``; return task metrics."""
+        support, query, n_way = self.unpack(episode)
+        mode = "second_order" if self.second_order_now() else "first_order"
+        with model_mode(self.model, self.config.train_dropout):
+            fast = self.initial_fast_weights(support, n_way, training=True)
+            result = self.run_inner(
+                fast, support, n_way, steps=self.config.inner_steps, mode=mode,
+                query=query if self.uses_step_losses() else None,
+            )  # fmt: skip
+            loss, logits = self.outer_loss(result, query, n_way)
+        params = [p for p in self.meta_parameters() if p.requires_grad]
+        if params and loss.requires_grad:
+            torch.autograd.backward(loss * scale, inputs=params)
+        return self.metrics(loss, logits, query, result)
+
+    def adapt(
+        self, support: Mapping[str, Tensor], n_way: int, steps: int | None = None
+    ) -> dict[str, Tensor]:
+        """Adapt to a support set for evaluation: deterministic, no graph kept, detached fast weights."""
+        if steps is None:
+            steps = (
+                self.config.eval_inner_steps
+                if self.config.eval_inner_steps is not None
+                else self.config.inner_steps
+            )
+        support = self.to_device(support)
+        with model_mode(self.model, False):
+            fast = self.initial_fast_weights(support, n_way, training=False)
+            fast = {n: t.detach() for n, t in fast.items()}
+            return self.run_inner(fast, support, n_way, steps=steps, mode="no_graph").fast
+
+    @torch.no_grad()
+    def predict_logits(
+        self, fast: Mapping[str, Tensor], batch: Mapping[str, Tensor], n_way: int
+    ) -> Tensor:
+        """Logits of ``batch`` under adapted fast weights, in eval mode and without a graph."""
+        with model_mode(self.model, False):
+            return self.forward_with(fast, self.to_device(batch), n_way)
+
+    def state_dict(self) -> dict[str, Tensor]:
+        """Learned extra tensors (e.g. ``inner_lr.<param name>``); the model saves its own."""
+        return {k: v.detach().clone() for k, v in self.extra.items()}
+
+    def load_state_dict(self, state: Mapping[str, Tensor]) -> None:
+        if set(state) != set(self.extra):
+            raise ValueError(
+                f"{type(self).__name__} state has keys {self._short(sorted(state))}, expected "
+                f"{self._short(sorted(self.extra))}: was it saved by the same algorithm/params?"
+            )
+        with torch.no_grad():
+            for k, v in state.items():
+                if v.shape != self.extra[k].shape:
+                    raise ValueError(
+                        f"{k}: saved shape {tuple(v.shape)} != {tuple(self.extra[k].shape)}."
+                    )
+                self.extra[k].copy_(v)
+
+    def to(self, device: torch.device | str) -> MetaAlgorithm:
+        """Move the learned extras (the model is moved by its owner)."""
+        for k, v in self.extra.items():
+            self.extra[k] = nn.Parameter(v.detach().to(device), requires_grad=v.requires_grad)
+        return self
+
+    # ---- helpers ---------------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return self.model.head.weight.device
+
+    def to_device(self, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        return {k: v.to(self.device) if isinstance(v, Tensor) else v for k, v in batch.items()}
+
+    def unpack(self, episode: Any) -> tuple[dict[str, Tensor], dict[str, Tensor], int]:
+        try:
+            support, query, n_way = episode.support, episode.query, int(episode.n_way)
+        except AttributeError as err:
+            raise TypeError(
+                f"meta_backward needs an episode with .support, .query and .n_way (metanlp.episodes.Episode); got {type(episode).__name__}."
+            ) from err
+        return self.to_device(support), self.to_device(query), n_way
+
+    def metrics(
+        self,
+        loss: Tensor,
+        logits: Tensor,
+        query: Mapping[str, Tensor],
+        result: InnerLoopResult | None,
+    ) -> dict[str, float]:
+        out = {"query_loss": float(loss.detach()), "query_acc": accuracy(logits, query["labels"])}
+        if result is not None and result.support_losses:
+            out["support_loss"] = result.support_losses[0]
+            out["inner_skipped"] = float(result.skipped_steps)
+        return out
+
+    @staticmethod
+    def _short(names: list[str]) -> str:
+        return f"{names[:4]}{' ...' if len(names) > 4 else ''}"
+
+
+def task_loss(logits: Tensor, labels: Tensor) -> Tensor:
+    """Cross-entropy over ``(B, N)`` or ``(B, T, N)`` logits; ``-100`` labels are ignored."""
+    return F.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100
+    )
+
+
+def accuracy(logits: Tensor, labels: Tensor) -> float:
+    """Fraction of non-ignored labels predicted right (token accuracy for NER)."""
+    keep = labels != -100
+    if not bool(keep.any()):
+        return float("nan")
+    return float((logits.detach().argmax(-1)[keep] == labels[keep]).float().mean())
+
+
+@contextlib.contextmanager
+def model_mode(model: nn.Module, train: bool) -> Iterator[None]:
+    """Temporarily set train/eval mode (dropout), restoring every submodule's flag after."""
+    before = {m: m.training for m in model.modules()}
+    model.train(train)
+    try:
+        yield
+    finally:
+        for m, flag in before.items():
+            m.training = flag
