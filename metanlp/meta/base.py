@@ -185,7 +185,8 @@ class MetaAlgorithm:
         self.inner_names = self.select_inner_names()
         self.outer_names = self.select_outer_names()
         head = set(HEAD_PARAMETER_NAMES)
-        if model.head_init == "zero" and not head <= set(self.inner_names):
+        # An algorithm without an inner loop (ProtoNet: no inner names) never reads the head.
+        if model.head_init == "zero" and self.inner_names and not head <= set(self.inner_names):
             raise ValueError(
                 "head_init='zero' starts each episode from a zero head, so the head must adapt; "
                 f"the inner set {self._short(self.inner_names)} lacks it (add the head or use head_init='random')."
@@ -377,7 +378,9 @@ class MetaAlgorithm:
 
     def unpack(self, episode: Any) -> tuple[dict[str, Tensor], dict[str, Tensor], int]:
         try:
-            support, query, n_way = episode.support, episode.query, int(episode.n_way)
+            support, query = episode.support, episode.query
+            # NER heads need one row per tag (O included): Episode.num_labels, not n_way types.
+            n_way = int(getattr(episode, "num_labels", episode.n_way))
         except AttributeError as err:
             raise TypeError(
                 f"meta_backward needs an episode with .support, .query and .n_way (metanlp.episodes.Episode); got {type(episode).__name__}."
