@@ -14,40 +14,9 @@ from typing import Any
 
 import yaml
 
+from metanlp.evaluation import comparison_table
+
 CARD_NAME = "README.md"
-
-
-def results_table(results: Sequence[Mapping[str, Any]]) -> str:
-    """Markdown table of mean ± 95% CI per method and metric.
-
-    Args:
-        results (`Sequence[Mapping]`): Each item as written by `metanlp.evaluation.evaluate`:
-            ``{"method": str, "summary": {metric: {"mean", "ci", "n"}}, ...}``. All items should
-            have been scored on the same episodes.
-    """
-    if not results:
-        return ""
-    metrics: list[str] = []
-    for r in results:
-        for m in r["summary"]:
-            if m not in metrics:
-                metrics.append(m)
-    header = "| method | episodes | " + " | ".join(metrics) + " |"
-    rule = "|---|---|" + "---|" * len(metrics)
-    rows = [header, rule]
-    for r in results:
-        cells = []
-        for m in metrics:
-            s = r["summary"].get(m)
-            cells.append("–" if s is None else _fmt(s))
-        n = next(iter(r["summary"].values()))["n"] if r["summary"] else 0
-        rows.append(f"| {r['method']} | {n} | " + " | ".join(cells) + " |")
-    return "\n".join(rows)
-
-
-def _fmt(stat: Mapping[str, float]) -> str:
-    mean, ci = 100 * stat["mean"], 100 * stat["ci"]
-    return f"{mean:.2f}" if ci != ci else f"{mean:.2f} ± {ci:.2f}"  # ci is NaN for n = 1
 
 
 def model_card(
@@ -70,7 +39,7 @@ def model_card(
         task (`str`): ``"sequence"`` (text classification) or ``"token"`` (NER).
         n_way, k_shot (`int`, *optional*): Episode shape used for meta-training.
         datasets (`Sequence[str]`): Datasets used for meta-training.
-        results (`Sequence[Mapping]`): Evaluation results (see `results_table`).
+        results (`Sequence[Mapping]`): Evaluation results (see `metanlp.evaluation.evaluate`).
         episode_set (`str`, *optional*): Name of the fixed test episode set behind `results`.
         repo_id (`str`, *optional*): Used in the usage snippet; defaults to a placeholder.
     """
@@ -129,7 +98,7 @@ def model_card(
             "Mean over fixed test episodes, ± half-width of the 95% confidence interval "
             "(Student t), in %" + (f"; episode set `{episode_set}`." if episode_set else "."),
             "",
-            results_table(results),
+            comparison_table(results),
             "",
         ]
     return "\n".join(lines)

@@ -1,0 +1,117 @@
+"""Baselines scored in the same harness as the meta-learners (see `metanlp.evaluation`).
+
+Every method maps an `Episode` to query logits: ``(Q, N)`` for classification, ``(Q, T, C)`` for
+NER (C = number of episode tags). The harness turns logits into predictions and scores them, so
+a baseline and a meta-learner can never be scored differently.
+
+- `FineTuneBaseline`: no meta-training; fine-tune a copy of the pretrained encoder with a fresh
+  zero head on the support set (the usual "just fine-tune" few-shot baseline).
+- `FrozenPrototypes`: nearest class centroid on frozen pretrained embeddings (ProtoNet's
+  classifier with no training at all).
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Protocol
+
+import torch
+from torch import nn
+
+from metanlp.episodes.types import Episode
+from metanlp.meta.prototypes import class_prototypes, squared_euclidean_logits
+from metanlp.models import FewShotModel
+
+MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+class EpisodeMethod(Protocol):
+    """Anything the evaluation harness can score: adapts on the support, returns query logits."""
+
+    def query_logits(self, episode: Episode) -> torch.Tensor: ...
+
+
+def model_inputs(
+    batch: dict[str, torch.Tensor], device: torch.device | str
+) -> dict[str, torch.Tensor]:
+    """The tensors of a support/query batch the encoder takes (labels left out), on `device`."""
+    return {k: v.to(device) for k, v in batch.items() if k in MODEL_INPUTS}
+
+
+class FrozenPrototypes:
+    """Nearest centroid on frozen embeddings: logits ``−‖f(x) − c_n‖²``, no parameter changes.
+
+    Args:
+        model (`FewShotModel`): Its `embed` gives pooled (sequence) or per-token (NER) features;
+            the head is unused. Use ``pooling="mean"`` for sentence-transformers encoders.
+    """
+
+    def __init__(self, model: FewShotModel) -> None:
+        self.model = model
+
+    @torch.no_grad()
+    def query_logits(self, episode: Episode) -> torch.Tensor:
+        device = next(self.model.parameters()).device
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            support = self.model.embed(**model_inputs(episode.support, device))
+            prototypes = class_prototypes(
+                support, episode.support["labels"].to(device), episode.num_labels
+            )
+            query = self.model.embed(**model_inputs(episode.query, device))
+            return squared_euclidean_logits(query, prototypes).cpu()
+        finally:
+            self.model.train(was_training)
+
+
+class FineTuneBaseline:
+    """Fine-tune a copy of the pretrained model on the support set, then predict the query.
+
+    Every episode starts again from the pretrained weights (the given model is never modified):
+    the encoder is copied, a zero-initialised head of ``num_labels`` rows is put on top, and
+    ``steps`` full-batch AdamW steps are taken on the support cross-entropy. Dropout is off so
+    the baseline is deterministic.
+
+    Args:
+        model (`FewShotModel`): The pretrained (not meta-trained) model.
+        steps (`int`, defaults to 10): Optimiser steps on the support set.
+        lr (`float`, defaults to 5e-5): Encoder learning rate.
+        head_lr (`float`, defaults to 5e-3): Learning rate of the fresh head.
+    """
+
+    def __init__(
+        self, model: FewShotModel, steps: int = 10, lr: float = 5e-5, head_lr: float = 5e-3
+    ) -> None:
+        if steps < 1:
+            raise ValueError(f"steps={steps}; fine-tuning needs at least 1 step.")
+        self.model, self.steps, self.lr, self.head_lr = model, int(steps), float(lr), float(head_lr)
+
+    def query_logits(self, episode: Episode) -> torch.Tensor:
+        device = next(self.model.parameters()).device
+        model = copy.deepcopy(self.model)
+        model.eval()
+        for p in model.parameters():
+            p.requires_grad_(True)
+        model.head = nn.Linear(model.hidden_size, episode.num_labels).to(device)
+        nn.init.zeros_(model.head.weight)
+        nn.init.zeros_(model.head.bias)
+        head_params = list(model.head.parameters())
+        head_ids = {id(p) for p in head_params}
+        body = [p for p in model.parameters() if id(p) not in head_ids]
+        optimizer = torch.optim.AdamW(
+            [{"params": body, "lr": self.lr}, {"params": head_params, "lr": self.head_lr}],
+            weight_decay=0.0,
+        )
+        inputs = model_inputs(episode.support, device)
+        labels = episode.support["labels"].to(device)
+        for _ in range(self.steps):
+            logits = model(**inputs)
+            loss = nn.functional.cross_entropy(
+                logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100
+            )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        with torch.no_grad():
+            return model(**model_inputs(episode.query, device)).cpu()
