@@ -384,3 +384,17 @@ def test_tokenizer_model_mismatch_is_refused(tokenizer):
         )
     with pytest.raises(ValueError, match="no tokenizer"):
         ClassificationSampler(synthetic(), n_way=2, k_shot=1, q_query=1).episode(0)
+
+
+def test_query_free_episodes_and_moving(tokenizer):
+    # Reptile draws no query set: the query tensors are empty but well-formed.
+    sampler = ClassificationSampler(synthetic(), n_way=3, k_shot=2, q_query=0, tokenizer=tokenizer)
+    episode = sampler.episode(0)
+    assert episode.query["input_ids"].shape == (0, 0) and episode.query["labels"].numel() == 0
+    assert Counter(episode.support["labels"].tolist()) == {0: 2, 1: 2, 2: 2}
+    moved = episode.to("cpu")
+    assert (
+        moved.support["input_ids"] is not episode.support["input_ids"]
+        or moved.support["input_ids"].device.type == "cpu"
+    )
+    assert torch.equal(moved.support["labels"], episode.support["labels"])

@@ -116,6 +116,14 @@ class EpisodeCollator:
     def _pad(
         self, encodings: list[Encoding], labels: list[list[int]] | None = None
     ) -> tuple[dict[str, torch.Tensor], list[list[int | None]]]:
+        if not encodings:  # an empty query set (e.g. Reptile needs none)
+            empty = torch.zeros((0, 0), dtype=torch.long)
+            batch = {"input_ids": empty, "attention_mask": empty.clone()}
+            if "token_type_ids" in self.tokenizer.model_input_names:
+                batch["token_type_ids"] = empty.clone()
+            if labels is not None:
+                batch["labels"] = empty.clone()
+            return batch, []
         length = max(len(e[0]) for e in encodings)
         left = self.tokenizer.padding_side == "left"
         pad_type = getattr(self.tokenizer, "pad_token_type_id", 0)

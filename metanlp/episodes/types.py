@@ -8,7 +8,7 @@ is a spec collated with a tokenizer into model-ready tensors.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 import torch
@@ -122,6 +122,14 @@ class Episode:
     query_word_ids: list[list[int | None]] | None = None
     tag_names: list[str] | None = None
     spec: EpisodeSpec | None = field(default=None, repr=False)
+
+    def to(self, device: torch.device | str) -> Episode:
+        """A copy with the support and query tensors on ``device`` (raw inputs are shared)."""
+        return replace(
+            self,
+            support={k: v.to(device) for k, v in self.support.items()},
+            query={k: v.to(device) for k, v in self.query.items()},
+        )
 
     @property
     def num_labels(self) -> int:
