@@ -8,6 +8,9 @@ in the packaged corpora (one copy kept, conflicting labels dropped).
 
 from __future__ import annotations
 
+import csv
+import io
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -44,14 +47,7 @@ def load_source(
             raise CorpusError(
                 f"{path}: unsupported file type '{path.suffix}'; accepted: {sorted(FILE_FORMATS)}."
             )
-        try:
-            if fmt == "json":
-                return Dataset.from_json(str(path))
-            return Dataset.from_csv(str(path), sep="\t" if fmt == "tsv" else ",")
-        except Exception as err:  # pandas/pyarrow parse errors differ by format
-            raise CorpusError(
-                f"{path}: cannot be read as {fmt}: {type(err).__name__}: {err}"
-            ) from err
+        return _read_csv(path, "\t" if fmt == "tsv" else ",") if fmt != "json" else _read_json(path)
     if fmt is not None:
         raise CorpusError(f"No such file: {path}.")
     try:
@@ -65,6 +61,40 @@ def load_source(
     if not isinstance(ds, Dataset):
         raise CorpusError(f"'{source}' gave {type(ds).__name__}; name one split with --split.")
     return ds
+
+
+def _decode(raw: bytes) -> str:
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError:  # legacy files: cp1252 covers latin-1's printable range
+        return raw.decode("cp1252", errors="replace")
+
+
+def _read_csv(path: Path, delimiter: str) -> Dataset:
+    # The csv module over decoded text keeps CRLF endings and quoted line breaks inside their
+    # field, and leaves every value a string (labels such as "05" keep their spelling).
+    reader = csv.DictReader(
+        io.StringIO(_decode(path.read_bytes()), newline=""), delimiter=delimiter
+    )
+    rows = list(reader)
+    if not reader.fieldnames:
+        raise CorpusError(f"{path}: no header row; the first line must name the columns.")
+    return Dataset.from_dict({c: [r.get(c) for r in rows] for c in reader.fieldnames})
+
+
+def _read_json(path: Path) -> Dataset:
+    """A JSON array of objects, or JSON Lines (one object per line)."""
+    text = _decode(path.read_bytes())
+    try:
+        if text.lstrip().startswith("["):
+            records = json.loads(text)
+        else:
+            records = [json.loads(line) for line in text.splitlines() if line.strip()]
+    except json.JSONDecodeError as err:
+        raise CorpusError(f"{path}: not a JSON array or JSON Lines file: {err}") from err
+    if not all(isinstance(r, dict) for r in records):
+        raise CorpusError(f"{path}: every record must be a JSON object with named fields.")
+    return Dataset.from_list(records)
 
 
 def to_iob2(tags: list[str], scheme: str) -> list[str]:
@@ -125,9 +155,11 @@ def make_classification(
             rows.append((text, label if isinstance(label_feat, ClassLabel) else str(label), domain))
     if not rows:
         raise CorpusError(f"{source}: no usable rows (dataset empty, or every text/label empty).")
-    names = _names(label_feat, [r[1] for r in rows])
     keep, dup = dedupe([r[0] for r in rows], [r[1] for r in rows])
     dropped.update(dup)
+    # Declared ClassLabel names are kept as given; otherwise the classes are those left after
+    # cleaning, so that no class without examples appears.
+    names = _names(label_feat, [rows[i][1] for i in keep])
     data: dict[str, list] = {
         "text": [rows[i][0] for i in keep],
         "label": [
