@@ -30,6 +30,7 @@ def model_card(
     results: Sequence[Mapping[str, Any]] = (),
     episode_set: str | None = None,
     repo_id: str | None = None,
+    meta_trained: bool = True,
 ) -> str:
     """Write the text of a model card (README.md) for a meta-trained learner.
 
@@ -42,6 +43,7 @@ def model_card(
         results (`Sequence[Mapping]`): Evaluation results (see `metanlp.evaluation.evaluate`).
         episode_set (`str`, *optional*): Name of the fixed test episode set behind `results`.
         repo_id (`str`, *optional*): Used in the usage snippet; defaults to a placeholder.
+        meta_trained (`bool`, defaults to True): False for a learner that was never meta-trained.
     """
     pipeline = "token-classification" if task == "token" else "text-classification"
     meta: dict[str, Any] = {
@@ -55,7 +57,13 @@ def model_card(
         meta["datasets"] = [d for d in datasets if _is_hub_id(d)] or None
         if meta["datasets"] is None:
             del meta["datasets"]
-    meta["metanlp"] = {"method": method, "task": task, "n_way": n_way, "k_shot": k_shot}
+    meta["metanlp"] = {
+        "method": method,
+        "task": task,
+        "meta_trained": meta_trained,
+        "n_way": n_way,
+        "k_shot": k_shot,
+    }
     if datasets:
         meta["metanlp"]["meta_training_data"] = list(datasets)
     shape = f"{n_way}-way {k_shot}-shot " if n_way and k_shot else ""
@@ -67,10 +75,14 @@ def model_card(
         "",
         f"# Few-shot {kind} learner ({method})",
         "",
-        f"Meta-trained with metanlp ({method}, {shape}episodes) from "
-        f"`{base_model}`" + (f" on {', '.join(f'`{d}`' for d in datasets)}." if datasets else "."),
-        "It adapts to new classes from a handful of labelled examples; the meta-learned weights",
-        "are never modified by adaptation.",
+        (
+            f"Meta-trained with metanlp ({method}, {shape}episodes) from `{base_model}`"
+            + (f" on {', '.join(f'`{d}`' for d in datasets)}." if datasets else ".")
+            if meta_trained
+            else f"`{base_model}` with metanlp's {method} adaptation, without meta-training."
+        ),
+        "It adapts to new classes from a handful of labelled examples; its own weights are",
+        "never modified by adaptation.",
         "",
         "## Usage",
         "",

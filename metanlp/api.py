@@ -1,0 +1,332 @@
+"""The API users meet: load a learner, adapt it to a few labelled examples, predict, save, share.
+
+```python
+from metanlp import MetaLearner
+
+learner = MetaLearner.from_pretrained("runs/bbc/learner")      # or a Hub id, or a plain encoder
+clf = learner.adapt(texts, labels, steps=10)                   # K examples per new class
+clf.predict(["Shares fell sharply"])                           # -> label names
+tagger = ner_learner.adapt(token_lists, tag_lists)             # NER: word-level tags
+tagger.predict([["Ann", "lives", "in", "Paris"]])
+```
+
+Adaptation works on fast weights (copies of the adapted tensors): the meta-learned weights are
+never modified, so one learner serves any number of tasks.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from metanlp.baselines import model_inputs
+from metanlp.predictors import (
+    FewShotClassifier,
+    FewShotTagger,
+    check_ner_inputs,
+    check_text_inputs,
+    encode_ner,
+    encode_texts,
+)
+from metanlp.serialization import (
+    LearnerConfig,
+    algorithm_options,
+    build_model,
+    canonical_base_model,
+    is_learner_folder,
+    load_learner_parts,
+    save_learner,
+)
+
+UNTRAINED_DEFAULTS: dict[str, Any] = {
+    "algorithm": "protomaml",
+    "adapt": "top",
+    "adapt_options": {"top_layers": 1},
+    "algorithm_config": {"inner_steps": 5, "inner_lr": 1e-3, "first_order": True},
+}
+"""How a plain encoder adapts when no meta-training has happened: a head initialised from the
+support prototypes, then a few SGD steps on the head and the top layer (Proto-MAML's inner loop)."""
+
+
+class MetaLearner:
+    """A (meta-trained) few-shot learner: an encoder, a head and the algorithm that adapts them.
+
+    Build one with `MetaLearner.from_pretrained` (a saved folder, a Hub id, or a plain encoder)
+    or `MetaLearner.from_trainer` after meta-training.
+
+    Args:
+        algorithm (`MetaAlgorithm`): The algorithm holding the model (see `metanlp.meta`).
+        config (`LearnerConfig`): How to rebuild it; saved as ``metanlp_config.json``.
+        results (`list[dict]`, *optional*): Evaluation results shown in the model card.
+    """
+
+    def __init__(
+        self, algorithm: Any, config: LearnerConfig, results: list[dict[str, Any]] | None = None
+    ) -> None:
+        self.algorithm, self.config, self.results = algorithm, config, results
+        self.eval_steps: int | None = None  # inner steps used by `query_logits` (evaluation)
+        self.model.eval()
+
+    # ---- building ----------------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(
+        cls,
+        name_or_path: str | os.PathLike | None = None,
+        *,
+        task: str = "sequence",
+        device: str | torch.device | None = None,
+        **overrides: Any,
+    ) -> MetaLearner:
+        """Load a saved learner, or start an un-meta-trained one from a plain encoder.
+
+        Args:
+            name_or_path (`str` or `os.PathLike`, *optional*): A folder written by
+                `save_pretrained`, a Hub repo holding one, or any encoder (Hub id or folder;
+                ``None`` = the packaged MiniLM), which gives a learner without meta-training.
+            task (`str`, defaults to ``"sequence"``): For a plain encoder: ``"sequence"`` (text
+                classification) or ``"token"`` (NER). A saved learner knows its own task.
+            device (`str` or `torch.device`, *optional*): Defaults to CUDA when available.
+            **overrides: For a plain encoder, `LearnerConfig` fields (``algorithm``, ``adapt``,
+                ``algorithm_config``, ``pooling``, ``max_length``, ...); the defaults are
+                `UNTRAINED_DEFAULTS`.
+
+        Example:
+            ```python
+            >>> learner = MetaLearner.from_pretrained()            # MiniLM, no meta-training
+            >>> learner = MetaLearner.from_pretrained("runs/bbc/learner")
+            ```
+        """
+        device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        folder = _find_learner_folder(name_or_path)
+        if folder is not None:
+            if overrides:
+                raise ValueError(
+                    f"{name_or_path} is a saved learner; its settings come from its config, so "
+                    f"{sorted(overrides)} cannot be overridden. Load it without them."
+                )
+            algorithm, config, results = load_learner_parts(folder, device)
+            return cls(algorithm, config, results)
+        options = {**UNTRAINED_DEFAULTS, **overrides}
+        config = LearnerConfig(base_model=canonical_base_model(name_or_path), task=task, **options)
+        model = build_model(config, encoder_path=name_or_path).to(device)
+        from metanlp.meta.registry import build_algorithm
+
+        algorithm = build_algorithm(config.algorithm, model, algorithm_options(config))
+        return cls(algorithm.to(device), config)
+
+    @classmethod
+    def from_trainer(
+        cls, trainer: Any, *, datasets: Sequence[str] | None = None, task: str | None = None
+    ) -> MetaLearner:
+        """Wrap the algorithm of a finished `metanlp.trainer.MetaTrainer` run.
+
+        The learner config is taken from the trainer config (model, pooling, adapt, algorithm
+        and its options, the first training source's N and K and the dataset names).
+        """
+        tc = trainer.config
+        sources = list(tc.data.train)
+        first = sources[0] if sources else {}
+        model = trainer.algorithm.model
+        config = LearnerConfig(
+            base_model=canonical_base_model(tc.model),
+            task=task or model.task,
+            pooling=model.pooling,
+            max_ways=model.max_ways,
+            head_init=model.head_init,
+            adapt=tc.adapt,
+            adapt_options=dict(tc.adapt_options),
+            algorithm=tc.algorithm,
+            algorithm_config=dict(tc.algorithm_config),
+            max_length=int(tc.data.max_length),
+            meta_trained=True,
+            n_way=first.get("n_way"),
+            k_shot=first.get("k_shot"),
+            datasets=list(datasets)
+            if datasets
+            else [s["dataset"] for s in sources if "dataset" in s],
+        )
+        return cls(trainer.algorithm, config)
+
+    # ---- properties --------------------------------------------------------------------------
+    @property
+    def model(self) -> Any:
+        return self.algorithm.model
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.model.tokenizer
+
+    @property
+    def device(self) -> torch.device:
+        return self.algorithm.device
+
+    def to(self, device: str | torch.device) -> MetaLearner:
+        self.model.to(device)
+        self.algorithm.to(device)
+        return self
+
+    # ---- adapting ----------------------------------------------------------------------------
+    def adapt(
+        self,
+        inputs: Sequence[str] | Sequence[Sequence[str]],
+        labels: Sequence[Any] | Sequence[Sequence[str]],
+        *,
+        steps: int | None = None,
+        entity_types: Sequence[str] | None = None,
+    ) -> FewShotClassifier | FewShotTagger:
+        """Adapt to a new task from a few labelled examples; the learner itself is not changed.
+
+        Args:
+            inputs: Texts (text classification) or token lists (NER: one list of words per sentence).
+            labels: One label per text (any hashable names, K examples per class), or for NER one
+                tag list per sentence: ``"O"``, IOB2 (``"B-person"``, ``"I-person"``) or IO
+                (``"person"``) tags.
+            steps (`int`, *optional*): Inner-loop steps; defaults to the algorithm's evaluation
+                steps (ProtoNet has none).
+            entity_types (`Sequence[str]`, *optional*): NER only; the allowed entity types, so a
+                misspelt tag is an error instead of a new type.
+
+        Returns:
+            `FewShotClassifier` (``predict``, ``predict_proba``) or `FewShotTagger` (``predict``).
+
+        Example:
+            ```python
+            >>> clf = learner.adapt(["loved it", "great", "boring", "awful"],
+            ...                     ["pos", "pos", "neg", "neg"], steps=5)
+            >>> clf.predict(["what a great film"])
+            ['pos']
+            ```
+        """
+        if self.config.task == "token":
+            check = check_ner_inputs(inputs, labels, entity_types)
+            batch, _ = encode_ner(self.tokenizer, inputs, check.tag_ids, self.config.max_length)
+            n_labels = len(check.tag_names)
+        else:
+            check = check_text_inputs(inputs, labels)
+            batch = encode_texts(self.tokenizer, inputs, self.config.max_length)
+            batch["labels"] = torch.tensor(check.label_ids, dtype=torch.long)
+            n_labels = len(check.label_names)
+        if n_labels > self.model.max_ways:
+            raise ValueError(
+                f"The task has {n_labels} {'tags (O included)' if self.config.task == 'token' else 'classes'} "
+                f"but this learner's head has {self.model.max_ways} rows (max_ways); use fewer "
+                "classes or a learner built with a larger max_ways."
+            )
+        fast = self.algorithm.adapt(batch, n_labels, steps=steps)
+        if self.config.task == "token":
+            return FewShotTagger(self, fast, check.tag_names, check.iob2_output)
+        return FewShotClassifier(self, fast, check.label_names)
+
+    def query_logits(self, episode: Any) -> torch.Tensor:
+        """Adapt on an episode's support and return its query logits (for `metanlp.evaluation`)."""
+        n = int(episode.num_labels)
+        fast = self.algorithm.adapt(episode.support, n, steps=self.eval_steps)
+        return self.algorithm.predict_logits(fast, model_inputs(episode.query, self.device), n)
+
+    # ---- saving and sharing ------------------------------------------------------------------
+    def model_card(
+        self, results: Sequence[Mapping[str, Any]] | None = None, repo_id: str | None = None
+    ) -> str:
+        """The README.md text: metadata (base model, datasets, method, N/K) and a results table."""
+        from metanlp.hub import model_card
+
+        return model_card(
+            base_model=self.config.base_model,
+            method=self.config.algorithm,
+            task=self.config.task,
+            n_way=self.config.n_way,
+            k_shot=self.config.k_shot,
+            datasets=self.config.datasets,
+            results=list(results if results is not None else self.results or []),
+            episode_set=_episode_set(results if results is not None else self.results),
+            repo_id=repo_id,
+            meta_trained=self.config.meta_trained,
+        )
+
+    def save_pretrained(
+        self,
+        save_directory: str | os.PathLike,
+        *,
+        results: Sequence[Mapping[str, Any]] | None = None,
+        repo_id: str | None = None,
+    ) -> Path:
+        """Write the learner to a folder that `from_pretrained` loads back exactly.
+
+        The write is atomic (a temporary folder renamed into place). Tensors go to safetensors
+        (LoRA in PEFT format), settings to JSON; no pickle.
+
+        Args:
+            save_directory (`str` or `os.PathLike`): Target folder (replaced if it exists).
+            results (`Sequence[dict]`, *optional*): Output of `metanlp.evaluation.evaluate`, kept
+                in ``results.json`` and shown in the card; defaults to the learner's own.
+            repo_id (`str`, *optional*): Used in the card's usage snippet.
+        """
+        if results is not None:
+            self.results = [dict(r) for r in results]
+        card = self.model_card(repo_id=repo_id)
+        return save_learner(save_directory, self.algorithm, self.config, card, self.results)
+
+    def push_to_hub(
+        self,
+        repo_id: str,
+        *,
+        private: bool | None = None,
+        token: str | None = None,
+        commit_message: str = "Upload metanlp learner",
+        endpoint: str | None = None,
+        results: Sequence[Mapping[str, Any]] | None = None,
+    ) -> str:
+        """Save to a temporary folder and upload it to the Hub (created if needed) in one commit.
+
+        Args:
+            repo_id (`str`): ``"user/name"``.
+            private (`bool`, *optional*): Make a new repo private.
+            token (`str`, *optional*): Defaults to ``HF_TOKEN`` or the saved ``hf auth login``.
+            endpoint (`str`, *optional*): Hub URL; defaults to ``HF_ENDPOINT`` / huggingface.co.
+
+        Returns:
+            `str`: URL of the commit.
+        """
+        from metanlp.hub import push_folder
+
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = self.save_pretrained(Path(tmp) / "learner", results=results, repo_id=repo_id)
+            return push_folder(
+                folder,
+                repo_id,
+                private=private,
+                token=token,
+                commit_message=commit_message,
+                endpoint=endpoint,
+            )
+
+
+def _episode_set(results: Sequence[Mapping[str, Any]] | None) -> str | None:
+    names = {r.get("episode_set") for r in results or [] if r.get("episode_set")}
+    return names.pop() if len(names) == 1 else None
+
+
+def _find_learner_folder(name_or_path: str | os.PathLike | None) -> Path | None:
+    """A local learner folder, or a Hub repo holding one (downloaded); None for a plain encoder."""
+    if name_or_path is None:
+        return None
+    path = Path(name_or_path).expanduser()
+    if path.exists():
+        return path if is_learner_folder(path) else None
+    from huggingface_hub import constants, hf_hub_download, snapshot_download
+    from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError
+
+    from metanlp.serialization import CONFIG_NAME
+
+    if constants.is_offline_mode() or str(name_or_path).count("/") != 1:
+        return None  # treated as an encoder; load_encoder explains what was tried
+    try:
+        hf_hub_download(str(name_or_path), CONFIG_NAME)
+    except (EntryNotFoundError, RepositoryNotFoundError, OSError):
+        return None
+    return Path(snapshot_download(str(name_or_path)))

@@ -1,0 +1,229 @@
+"""What `MetaLearner.adapt` returns, and the checks and tokenization of user inputs behind it."""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from metanlp.baselines import model_inputs
+from metanlp.episodes.tags import align_word_labels, word_predictions
+from metanlp.metrics.functional import to_iob2
+
+BATCH_SIZE = 32
+_BAD_PREFIXES = ("S-", "E-", "U-", "L-")  # BIOES/BILOU: not IO, not IOB2
+
+
+@dataclass
+class TextTask:
+    label_names: list[Any]
+    label_ids: list[int]
+
+
+@dataclass
+class NERTask:
+    tag_names: list[str]  # episode tags, IO scheme: ["O", type, ...]
+    tag_ids: list[list[int]]
+    iob2_output: bool
+
+
+def _check_texts(texts: Any, what: str = "texts") -> list[str]:
+    if isinstance(texts, str) or not isinstance(texts, Sequence):
+        raise TypeError(f"{what} must be a list of strings, got {type(texts).__name__}.")
+    if len(texts) == 0:
+        raise ValueError(f"{what} is empty; give at least one text.")
+    bad = [i for i, t in enumerate(texts) if not isinstance(t, str) or not t.strip()]
+    if bad:
+        raise ValueError(
+            f"{what} has {len(bad)} empty or non-string entries (positions {bad[:10]}); every "
+            "text must be a non-empty string."
+        )
+    return list(texts)
+
+
+def check_text_inputs(texts: Any, labels: Any) -> TextTask:
+    """Validate a text-classification support set; label names keep their first-seen order."""
+    texts = _check_texts(texts)
+    if isinstance(labels, str) or not isinstance(labels, Sequence):
+        raise TypeError(f"labels must be a list (one label per text), got {type(labels).__name__}.")
+    if len(labels) != len(texts):
+        raise ValueError(
+            f"Got {len(texts)} texts but {len(labels)} labels; give one label per text."
+        )
+    unhashable = [i for i, y in enumerate(labels) if not isinstance(y, Hashable) or y is None]
+    if unhashable:
+        raise TypeError(f"Labels at positions {unhashable[:10]} are missing or unhashable.")
+    names = list(dict.fromkeys(labels))
+    if len(names) < 2:
+        raise ValueError(
+            f"All {len(labels)} examples have the label {names[0]!r}; a few-shot task needs at "
+            "least 2 classes with examples each."
+        )
+    index = {n: i for i, n in enumerate(names)}
+    return TextTask(label_names=names, label_ids=[index[y] for y in labels])
+
+
+def _split_tag(tag: str) -> tuple[str, str | None]:
+    if tag == "O":
+        return "O", None
+    if tag[:2] in ("B-", "I-"):
+        return tag[:1], tag[2:]
+    return "", tag
+
+
+def check_ner_inputs(
+    token_lists: Any, tag_lists: Any, entity_types: Sequence[str] | None = None
+) -> NERTask:
+    """Validate an NER support set and map its tags to episode tag ids (IO scheme)."""
+    if isinstance(token_lists, str) or not isinstance(token_lists, Sequence) or not token_lists:
+        raise ValueError("token_lists must be a non-empty list of sentences (lists of words).")
+    if not isinstance(tag_lists, Sequence) or len(tag_lists) != len(token_lists):
+        n = len(tag_lists) if isinstance(tag_lists, Sequence) else type(tag_lists).__name__
+        raise ValueError(
+            f"Got {len(token_lists)} sentences but {n} tag lists; give one per sentence."
+        )
+    types: list[str] = []
+    prefixed = False
+    for i, (words, tags) in enumerate(zip(token_lists, tag_lists, strict=True)):
+        _check_words(words, i)
+        if isinstance(tags, str) or len(tags) != len(words):
+            raise ValueError(
+                f"Sentence {i} has {len(words)} words but {len(tags) if not isinstance(tags, str) else 'a string of'} "
+                "tags; give one tag per word."
+            )
+        for tag in tags:
+            if (
+                not isinstance(tag, str)
+                or not tag
+                or tag.startswith(_BAD_PREFIXES)
+                or tag in ("B-", "I-")
+            ):
+                raise ValueError(
+                    f"Unknown tag {tag!r} in sentence {i}; use 'O', IOB2 tags ('B-person', "
+                    "'I-person') or IO tags (the bare type, 'person')."
+                )
+            prefix, etype = _split_tag(tag)
+            prefixed = prefixed or prefix in ("B", "I")
+            if etype is not None and etype not in types:
+                types.append(etype)
+    if entity_types is not None:
+        unknown = sorted(set(types) - set(entity_types))
+        if unknown:
+            raise ValueError(
+                f"Unknown tag type(s) {unknown}; entity_types allows {sorted(entity_types)}."
+            )
+        types = [t for t in entity_types if t in types]
+    if not types:
+        raise ValueError("No entity is tagged in the support set; tag at least one entity type.")
+    tag_names = ["O", *types]
+    index = {t: i for i, t in enumerate(tag_names)}
+    tag_ids = [[index[_split_tag(t)[1] or "O"] for t in tags] for tags in tag_lists]
+    return NERTask(tag_names=tag_names, tag_ids=tag_ids, iob2_output=prefixed)
+
+
+def _check_words(words: Any, i: int) -> None:
+    if isinstance(words, str) or not isinstance(words, Sequence) or len(words) == 0:
+        raise ValueError(f"Sentence {i} must be a non-empty list of words, got {words!r}.")
+    if any(not isinstance(w, str) or not w.strip() for w in words):
+        raise ValueError(f"Sentence {i} has empty or non-string words: {list(words)[:10]}.")
+
+
+def encode_texts(tokenizer: Any, texts: Sequence[str], max_length: int) -> dict[str, torch.Tensor]:
+    enc = tokenizer(
+        list(texts), truncation=True, max_length=max_length, padding=True, return_tensors="pt"
+    )
+    return dict(enc)
+
+
+def encode_ner(
+    tokenizer: Any,
+    token_lists: Sequence[Sequence[str]],
+    tag_ids: Sequence[Sequence[int]] | None,
+    max_length: int,
+) -> tuple[dict[str, torch.Tensor], list[list[int | None]]]:
+    """Tokenize word lists; label the first sub-token of each word (others -100)."""
+    enc = tokenizer(
+        [list(w) for w in token_lists],
+        is_split_into_words=True,
+        truncation=True,
+        max_length=max_length,
+        padding=True,
+        return_tensors="pt",
+    )
+    word_ids = [enc.word_ids(b) for b in range(len(token_lists))]
+    batch = {k: v for k, v in enc.items()}
+    if tag_ids is not None:
+        batch["labels"] = torch.tensor(
+            [align_word_labels(w, t) for w, t in zip(word_ids, tag_ids, strict=True)]
+        )
+    return batch, word_ids
+
+
+class FewShotClassifier:
+    """A learner adapted to one text-classification task (from `MetaLearner.adapt`).
+
+    Attributes:
+        classes_ (`list`): Label names; column order of `predict_proba`.
+    """
+
+    def __init__(self, learner: Any, fast: dict[str, torch.Tensor], label_names: list[Any]) -> None:
+        self.learner, self.fast, self.classes_ = learner, fast, list(label_names)
+
+    def _logits(self, texts: Any) -> torch.Tensor:
+        texts = _check_texts(texts)
+        algo, n = self.learner.algorithm, len(self.classes_)
+        out = []
+        for start in range(0, len(texts), BATCH_SIZE):
+            batch = encode_texts(self.learner.tokenizer, texts[start : start + BATCH_SIZE],
+                                 self.learner.config.max_length)  # fmt: skip
+            out.append(algo.predict_logits(self.fast, model_inputs(batch, algo.device), n).cpu())
+        return torch.cat(out)
+
+    def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
+        """Class probabilities, shape ``(len(texts), n_classes)``, columns in `classes_` order."""
+        return torch.softmax(self._logits(texts).double(), dim=-1).numpy()
+
+    def predict(self, texts: Sequence[str]) -> list[Any]:
+        """The most probable label name for each text."""
+        return [self.classes_[i] for i in self._logits(texts).argmax(-1).tolist()]
+
+
+class FewShotTagger:
+    """A learner adapted to one NER task (from `MetaLearner.adapt`); predicts word-level tags.
+
+    Tags come back in the scheme of the support set: IOB2 if it used ``B-``/``I-`` prefixes,
+    else IO (bare type names).
+    """
+
+    def __init__(
+        self, learner: Any, fast: dict[str, torch.Tensor], tag_names: list[str], iob2: bool
+    ) -> None:
+        self.learner, self.fast, self.tag_names, self.iob2 = learner, fast, list(tag_names), iob2
+
+    @property
+    def entity_types(self) -> list[str]:
+        return self.tag_names[1:]
+
+    def predict(self, token_lists: Sequence[Sequence[str]]) -> list[list[str]]:
+        """One tag per word for each sentence."""
+        if isinstance(token_lists, str) or not isinstance(token_lists, Sequence) or not token_lists:
+            raise ValueError("token_lists must be a non-empty list of sentences (lists of words).")
+        for i, words in enumerate(token_lists):
+            _check_words(words, i)
+        algo, n = self.learner.algorithm, len(self.tag_names)
+        tags: list[list[str]] = []
+        for start in range(0, len(token_lists), BATCH_SIZE):
+            chunk = token_lists[start : start + BATCH_SIZE]
+            batch, word_ids = encode_ner(
+                self.learner.tokenizer, chunk, None, self.learner.config.max_length
+            )
+            ids = (
+                algo.predict_logits(self.fast, model_inputs(batch, algo.device), n).argmax(-1).cpu()
+            )
+            for b, words in enumerate(chunk):
+                io = [self.tag_names[t] for t in word_predictions(ids[b], word_ids[b], len(words))]
+                tags.append(to_iob2(io) if self.iob2 else io)
+        return tags

@@ -1,0 +1,322 @@
+"""The folder a `MetaLearner` is saved to, and how it is read back (no pickle anywhere).
+
+Layout written by `save_learner`::
+
+    metanlp_config.json        LearnerConfig: base model, task, head, algorithm + its config, N/K
+    adapter/                   PEFT format (adapter_config.json, adapter_model.safetensors) when
+                               the meta-learned encoder tensors are LoRA/adapter tensors
+    encoder/                   full encoder weights (config.json, model.safetensors) when encoder
+                               weights themselves were meta-learned, or the base is a local folder
+    head.safetensors           the linear head (head.weight, head.bias)
+    inner_lrs.safetensors      learned inner learning rates (Meta-SGD, MAML++), when any
+    tokenizer.json, ...        the tokenizer
+    results.json               evaluation results shown in the card, when given
+    README.md                  model card
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from metanlp.models import (
+    DEFAULT_MODEL,
+    DEFAULT_MODEL_HUB_ID,
+    FEWSHOT_TASKS,
+    HEAD_INITS,
+    HEAD_PARAMETER_NAMES,
+    POOLINGS,
+    FewShotModel,
+    default_model_path,
+    load_encoder,
+)
+
+CONFIG_NAME = "metanlp_config.json"
+HEAD_NAME = "head.safetensors"
+INNER_LRS_NAME = "inner_lrs.safetensors"
+RESULTS_NAME = "results.json"
+ADAPTER_DIR = "adapter"
+ENCODER_DIR = "encoder"
+FORMAT = "metanlp-learner"
+VERSION = 1
+ADAPT_CHOICES = ("lora", "top", "head", "all")
+
+
+@dataclass
+class LearnerConfig:
+    """What rebuilds a learner: the model around the weights and the algorithm that adapts it.
+
+    Args:
+        base_model (`str`): Encoder the learner starts from (Hub id, or the packaged default).
+        task (`str`, defaults to ``"sequence"``): ``"sequence"`` (text classification) or
+            ``"token"`` (NER).
+        pooling (`str`, defaults to ``"mean"``): ``"mean"`` or ``"cls"``.
+        max_ways (`int`, defaults to 16): Rows of the head (largest N; for NER tags incl. O).
+        head_init (`str`, defaults to ``"random"``): See `FewShotModel`.
+        adapt (`str`, defaults to ``"lora"``): Adapted tensors, one of ``ADAPT_CHOICES``.
+        adapt_options (`dict`): LoRA rank/targets, ``top_layers``, as in the trainer config.
+        algorithm (`str`, defaults to ``"maml"``): Registered algorithm name.
+        algorithm_config (`dict`): That algorithm's config fields.
+        max_length (`int`, defaults to 128): Tokenizer truncation length.
+        meta_trained (`bool`, defaults to False): Whether the weights were meta-trained.
+        n_way, k_shot (`int`, *optional*): Episode shape of meta-training (for the card).
+        datasets (`list[str]`): Meta-training data (for the card).
+    """
+
+    base_model: str
+    task: str = "sequence"
+    pooling: str = "mean"
+    max_ways: int = 16
+    head_init: str = "random"
+    adapt: str = "lora"
+    adapt_options: dict[str, Any] = field(default_factory=dict)
+    algorithm: str = "maml"
+    algorithm_config: dict[str, Any] = field(default_factory=dict)
+    max_length: int = 128
+    meta_trained: bool = False
+    n_way: int | None = None
+    k_shot: int | None = None
+    datasets: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        for key, allowed in (
+            ("task", FEWSHOT_TASKS),
+            ("pooling", POOLINGS),
+            ("head_init", HEAD_INITS),
+            ("adapt", ADAPT_CHOICES),
+        ):
+            if getattr(self, key) not in allowed:
+                raise ValueError(
+                    f"LearnerConfig.{key}={getattr(self, key)!r} is not allowed; choose one of {list(allowed)}."
+                )
+        if not isinstance(self.max_length, int) or self.max_length < 8:
+            raise ValueError(f"LearnerConfig.max_length={self.max_length!r} must be an int >= 8.")
+        import metanlp.meta  # noqa: F401  (registers the algorithms)
+        from metanlp.meta.registry import list_algorithms
+
+        if self.algorithm not in list_algorithms():
+            raise ValueError(
+                f"LearnerConfig.algorithm={self.algorithm!r} is not registered; choose one of {list_algorithms()}."
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"format": FORMAT, "version": VERSION, **asdict(self)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> LearnerConfig:
+        data = dict(data)
+        if data.pop("format", FORMAT) != FORMAT or data.pop("version", VERSION) != VERSION:
+            raise ValueError(f"Not a version-{VERSION} {FORMAT} config: {data}.")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(
+                f"Unknown key(s) {unknown} in {CONFIG_NAME}; allowed: {sorted(known)}."
+            )
+        return cls(**data)
+
+
+def canonical_base_model(name: str | os.PathLike | None) -> str:
+    """The packaged default (``None``, ``"default"`` or its folder) becomes its Hub id."""
+    if name is None or str(name) in (DEFAULT_MODEL, DEFAULT_MODEL_HUB_ID):
+        return DEFAULT_MODEL_HUB_ID
+    try:
+        if Path(name).resolve() == default_model_path().resolve():
+            return DEFAULT_MODEL_HUB_ID
+    except Exception:  # the default package may be absent: then it cannot be that folder
+        pass
+    return str(name)
+
+
+def algorithm_options(config: LearnerConfig) -> dict[str, Any]:
+    """The algorithm config: ``adapt`` becomes ``params`` unless the config sets it (as the trainer)."""
+    options = {"params": config.adapt, **config.algorithm_config}
+    if config.algorithm == "protonet" and config.adapt == "head":
+        options["params"] = "all"
+    if config.adapt == "top" and "top_layers" not in options:
+        options["top_layers"] = int(config.adapt_options.get("top_layers", 2))
+    return options
+
+
+def build_model(
+    config: LearnerConfig, encoder_path: str | os.PathLike | None = None
+) -> FewShotModel:
+    """A `FewShotModel` as described by `config` (LoRA built from its options), freshly initialised."""
+    peft_config = None
+    if config.adapt == "lora":
+        from peft import LoraConfig
+
+        opts = config.adapt_options
+        peft_config = LoraConfig(
+            r=int(opts.get("lora_r", 8)),
+            lora_alpha=int(opts.get("lora_alpha", 16)),
+            lora_dropout=float(opts.get("lora_dropout", 0.0)),
+            target_modules=list(opts.get("lora_targets", ["query", "value"])),
+        )
+    loaded = load_encoder(encoder_path if encoder_path is not None else config.base_model)
+    return FewShotModel(
+        loaded.model,
+        task=config.task,
+        pooling=config.pooling,
+        max_ways=config.max_ways,
+        head_init=config.head_init,
+        peft_config=peft_config,
+        tokenizer=loaded.tokenizer,
+    )
+
+
+def _meta_learned_encoder_names(model: FewShotModel, outer_names: list[str]) -> tuple[set, set]:
+    peft = set(model.peft_parameter_names)
+    body = {n for n in outer_names if n not in HEAD_PARAMETER_NAMES}
+    return body & peft, body - peft
+
+
+def save_learner(
+    folder: str | os.PathLike,
+    algorithm: Any,
+    config: LearnerConfig,
+    card: str,
+    results: list[dict[str, Any]] | None = None,
+) -> Path:
+    """Write a learner atomically: everything goes to a temporary sibling folder first, which
+    then replaces `folder` by rename, so an interrupted save never leaves a half-written learner.
+    """
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    model: FewShotModel = algorithm.model
+    _, full = _meta_learned_encoder_names(model, list(algorithm.outer_names))
+    local_base = not _is_hub_or_default(config.base_model)
+    if full and model.peft_type is not None:
+        raise ValueError(
+            "Both PEFT tensors and plain encoder weights were meta-learned; metanlp saves either an "
+            "adapter (PEFT format) or full encoder weights. Merge the adapter first, or meta-learn "
+            "one of the two (outer_params)."
+        )
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
+    try:
+        (tmp / CONFIG_NAME).write_text(json.dumps(config.to_dict(), indent=2), encoding="utf-8")
+        if model.peft_type is not None:
+            model.encoder.save_pretrained(str(tmp / ADAPTER_DIR))
+            _patch_adapter_base(tmp / ADAPTER_DIR, config.base_model)
+        # Un-meta-trained encoder tensors equal the base model's: the id is enough.
+        if (full and config.meta_trained) or local_base:
+            model.base_encoder.save_pretrained(str(tmp / ENCODER_DIR))
+        head = {n: t.detach().cpu().contiguous() for n, t in model.head.state_dict().items()}
+        save_file({f"head.{k}": v for k, v in head.items()}, str(tmp / HEAD_NAME))
+        extras = {k: v.cpu().contiguous() for k, v in algorithm.state_dict().items()}
+        if extras:
+            save_file(extras, str(tmp / INNER_LRS_NAME))
+        model.tokenizer.save_pretrained(str(tmp))
+        if results:
+            (tmp / RESULTS_NAME).write_text(json.dumps(_jsonable(results), indent=2), "utf-8")
+        (tmp / "README.md").write_text(card, encoding="utf-8")
+        old = None
+        if folder.exists():
+            old = folder.with_name(f".{folder.name}.old-{os.getpid()}")
+            os.replace(folder, old)
+        os.replace(tmp, folder)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return folder
+
+
+def _jsonable(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    from metanlp.evaluation import _nan_to_none
+
+    return _nan_to_none(list(results))
+
+
+def _patch_adapter_base(adapter_dir: Path, base_model: str) -> None:
+    # PEFT records the local folder the encoder was loaded from; a machine path means nothing
+    # elsewhere, so point it at the base model id instead.
+    path = adapter_dir / "adapter_config.json"
+    data = json.loads(path.read_text(encoding="utf-8"))
+    data["base_model_name_or_path"] = base_model
+    path.write_text(json.dumps(data, indent=2, sort_keys=True), encoding="utf-8")
+
+
+def _is_hub_or_default(name: str) -> bool:
+    return name == DEFAULT_MODEL_HUB_ID or not Path(name).exists()
+
+
+def is_learner_folder(path: str | os.PathLike) -> bool:
+    return (Path(path) / CONFIG_NAME).is_file()
+
+
+def load_learner_parts(folder: str | os.PathLike, device: str | torch.device = "cpu"):
+    """Rebuild ``(algorithm, config, results)`` from a folder written by `save_learner`."""
+    from metanlp.meta.registry import build_algorithm
+
+    folder = Path(folder)
+    config = LearnerConfig.from_dict(json.loads((folder / CONFIG_NAME).read_text("utf-8")))
+    encoder_path = folder / ENCODER_DIR if (folder / ENCODER_DIR).is_dir() else None
+    adapter = folder / ADAPTER_DIR
+    model = _build_for_load(config, encoder_path, adapter if adapter.is_dir() else None)
+    from transformers import AutoTokenizer
+
+    model.tokenizer = AutoTokenizer.from_pretrained(str(folder), use_fast=True)
+    head = load_file(str(folder / HEAD_NAME))
+    with torch.no_grad():
+        model.head.weight.copy_(head["head.weight"])
+        model.head.bias.copy_(head["head.bias"])
+    model.to(device)
+    algorithm = build_algorithm(config.algorithm, model, algorithm_options(config))
+    if (folder / INNER_LRS_NAME).is_file():
+        algorithm.load_state_dict(load_file(str(folder / INNER_LRS_NAME), device=str(device)))
+    algorithm.to(device)
+    results = None
+    if (folder / RESULTS_NAME).is_file():
+        from metanlp.evaluation import load_results
+
+        results = load_results(folder / RESULTS_NAME)
+    return algorithm, config, results
+
+
+def _build_for_load(
+    config: LearnerConfig, encoder_path: Path | None, adapter: Path | None
+) -> FewShotModel:
+    if adapter is None:
+        return _without_lora(config, encoder_path)
+    from peft import PeftConfig, set_peft_model_state_dict
+
+    peft_config = PeftConfig.from_pretrained(str(adapter))
+    peft_config.inference_mode = False  # FewShotModel finds the PEFT tensors by requires_grad
+    loaded = load_encoder(encoder_path if encoder_path is not None else config.base_model)
+    model = FewShotModel(
+        loaded.model,
+        task=config.task,
+        pooling=config.pooling,
+        max_ways=config.max_ways,
+        head_init=config.head_init,
+        peft_config=peft_config,
+        tokenizer=loaded.tokenizer,
+    )
+    state = load_file(str(adapter / "adapter_model.safetensors"))
+    result = set_peft_model_state_dict(model.encoder, state)
+    unexpected = list(getattr(result, "unexpected_keys", []) or [])
+    if unexpected:
+        raise ValueError(f"{adapter} holds tensors the model does not have: {unexpected[:5]}.")
+    return model
+
+
+def _without_lora(config: LearnerConfig, encoder_path: Path | None) -> FewShotModel:
+    loaded = load_encoder(encoder_path if encoder_path is not None else config.base_model)
+    return FewShotModel(
+        loaded.model,
+        task=config.task,
+        pooling=config.pooling,
+        max_ways=config.max_ways,
+        head_init=config.head_init,
+        tokenizer=loaded.tokenizer,
+    )
