@@ -1,0 +1,306 @@
+"""The ``metanlp`` command: thin subcommands over the Python API (no logic of their own).
+
+    metanlp train --config cfg.yaml                      meta-train, then save a learner folder
+    metanlp make-episodes --dataset bbc_news --out e.json  draw a fixed test episode set
+    metanlp evaluate --episodes e.json --model maml=runs/x/learner --baselines finetune prototypes
+    metanlp adapt-predict --model DIR --support s.jsonl --inputs q.jsonl
+    metanlp push --model DIR --repo-id user/name
+
+Run ``metanlp <command> --help`` for every option.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+BASELINES = ("finetune", "prototypes")
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    """Shows an option's default when it has a meaningful one (not None, not empty)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        shown = not (
+            default is None or default is False or default == [] or default == argparse.SUPPRESS
+        )
+        if shown and "default" not in text:
+            text += " (default: %(default)s)"
+        return text
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="metanlp",
+        description="Few-shot text classification and NER by meta-learning on Transformers.",
+        formatter_class=_Formatter,
+    )
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    fmt = _Formatter
+
+    t = sub.add_parser("train", help="meta-train from a YAML config", formatter_class=fmt,
+                       description="Meta-train with MetaTrainer, then save a learner folder "
+                       "(<output_dir>/learner) that `evaluate`, `adapt-predict` and `push` take.")  # fmt: skip
+    t.add_argument("--config", required=True,
+                   help="YAML file mirroring MetaTrainerConfig (or a packaged config name)")  # fmt: skip
+    t.add_argument("--output-dir", help="override the config's output_dir")
+    t.add_argument("--max-steps", type=int, help="override the config's max_steps")
+    t.add_argument("--resume", action="store_true", help="resume from the newest checkpoint")
+
+    m = sub.add_parser("make-episodes", help="draw a fixed set of test episodes to a JSON file",
+                       formatter_class=fmt, description="Write episode definitions (rows, label "
+                       "order, dataset fingerprint) so every method is scored on identical episodes.")  # fmt: skip
+    m.add_argument("--dataset", required=True, help="built corpus name (see metanlp.corpora)")
+    m.add_argument(
+        "--data-dir", help="folder of built corpora (default $METANLP_DATA_DIR or ./data)"
+    )
+    m.add_argument("--out", required=True, help="episode file to write (.json)")
+    m.add_argument("--n", type=int, default=600, help="number of episodes")
+    m.add_argument("--n-way", type=int, default=5, help="classes (or entity types) per episode")
+    m.add_argument("--k-shot", type=int, default=5, help="support examples (mentions) per class")
+    m.add_argument("--q-query", type=int, default=5, help="query examples (mentions) per class")
+    m.add_argument(
+        "--classes", nargs="+", help="allowed classes / entity types (a meta-test split)"
+    )
+    m.add_argument("--group-by", help="classification: column defining task families (e.g. domain)")
+    m.add_argument("--groups", nargs="+", help="allowed values of --group-by (held-out domains)")
+    m.add_argument(
+        "--mode", default="relaxed", choices=("strict", "relaxed"), help="NER sampling mode"
+    )
+    m.add_argument("--max-length", type=int, default=128, help="tokenizer truncation on load")
+    m.add_argument("--seed", type=int, default=0, help="episode stream seed")
+
+    e = sub.add_parser("evaluate", help="score learners and baselines on identical episodes",
+                       formatter_class=fmt, description="Mean ± 95% CI of accuracy / macro-F1 "
+                       "(classification) or entity F1 (NER) over fixed episodes; writes results.json "
+                       "(every per-episode value) and comparison.md.")  # fmt: skip
+    e.add_argument("--episodes", required=True, help="episode file from `make-episodes`")
+    e.add_argument("--dataset", required=True, help="built corpus the episodes were drawn from")
+    e.add_argument("--data-dir", help="folder of built corpora")
+    e.add_argument("--model", action="append", default=[], metavar="NAME=PATH",
+                   help="a learner to score (saved folder or Hub id); repeat for several")  # fmt: skip
+    e.add_argument("--baselines", nargs="*", default=list(BASELINES), choices=BASELINES,
+                   help="baselines from --base-model: finetune (no meta-training) and prototypes "
+                   "(nearest centroid on frozen embeddings)")  # fmt: skip
+    e.add_argument("--base-model", default=None, help="encoder of the baselines (default MiniLM)")
+    e.add_argument("--steps", type=int, help="inner steps for the learners (default: their config)")
+    e.add_argument("--finetune-steps", type=int, default=10, help="optimiser steps of finetune")
+    e.add_argument("--n-episodes", type=int,
+                   help="episodes to use (default 600 on GPU, fewer on CPU; printed)")  # fmt: skip
+    e.add_argument("--output-dir", default="eval", help="where results.json and comparison.md go")
+    e.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+
+    a = sub.add_parser("adapt-predict", help="adapt a learner to labelled examples and predict",
+                       formatter_class=fmt, description="Support file: JSON lines with "
+                       '{"text", "label"} (classification) or {"tokens", "tags"} (NER). Inputs: JSON '
+                       'lines with "text" or "tokens" (or plain text lines). Writes JSON lines.')  # fmt: skip
+    a.add_argument(
+        "--model", default=None, help="saved learner, Hub id or plain encoder (default MiniLM)"
+    )
+    a.add_argument("--support", required=True, help="labelled examples (JSON lines)")
+    a.add_argument("--inputs", required=True, help="examples to label (JSON lines or plain text)")
+    a.add_argument("--output", help="write predictions here instead of stdout")
+    a.add_argument("--steps", type=int, help="inner steps (default: the learner's config)")
+    a.add_argument("--task", choices=("sequence", "token"), default="sequence",
+                   help="task of a plain encoder (saved learners know theirs)")  # fmt: skip
+
+    h = sub.add_parser("push", help="upload a saved learner folder to the Hugging Face Hub",
+                       formatter_class=fmt, description="Creates the repo if needed and commits "
+                       "the whole folder (weights, config, tokenizer, model card) at once.")  # fmt: skip
+    h.add_argument("--model", required=True, help="folder written by save_pretrained / train")
+    h.add_argument("--repo-id", required=True, help="user/name or org/name")
+    h.add_argument("--private", action="store_true", help="create the repo private")
+    h.add_argument("--token", help="Hub token (default: HF_TOKEN or the saved login)")
+    h.add_argument("--endpoint", help="Hub URL (default: HF_ENDPOINT or huggingface.co)")
+    return p
+
+
+def _read_jsonl(path: str) -> list[Any]:
+    rows = []
+    for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            if line.lstrip().startswith("{"):
+                raise ValueError(f"{path}:{n} is not valid JSON: {line[:80]!r}") from None
+            rows.append({"text": line})  # a plain text line
+    return rows
+
+
+def _field(rows: list[Any], key: str, path: str) -> list[Any]:
+    missing = [i + 1 for i, r in enumerate(rows) if not isinstance(r, dict) or key not in r]
+    if missing:
+        raise ValueError(f"{path}: lines {missing[:5]} have no {key!r} field.")
+    return [r[key] for r in rows]
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from metanlp.api import MetaLearner
+    from metanlp.trainer import MetaTrainer, MetaTrainerConfig
+
+    overrides = {
+        k: v
+        for k, v in (("output_dir", args.output_dir), ("max_steps", args.max_steps))
+        if v is not None
+    }
+    config = MetaTrainerConfig.from_yaml(args.config, **overrides)
+    trainer = MetaTrainer(config)
+    state = trainer.train(resume_from_checkpoint=True if args.resume else None)
+    folder = MetaLearner.from_trainer(trainer).save_pretrained(Path(config.output_dir) / "learner")
+    print(
+        f"best {config.metric_for_best}: {state.best_metric} (step {state.best_step}); learner saved to {folder}"
+    )
+    return 0
+
+
+def cmd_make_episodes(args: argparse.Namespace) -> int:
+    from metanlp.corpora import load_corpus
+    from metanlp.episodes import ClassificationSampler, NERSampler, save_episodes
+
+    data = load_corpus(args.dataset, args.data_dir)
+    common = {
+        "n_way": args.n_way,
+        "k_shot": args.k_shot,
+        "q_query": args.q_query,
+        "seed": args.seed,
+        "name": args.dataset,
+    }
+    if "ner_tags" in data.column_names:
+        sampler = NERSampler(data, types=args.classes, mode=args.mode, **common)
+    else:
+        sampler = ClassificationSampler(
+            data, classes=args.classes, group_by=args.group_by, groups=args.groups, **common
+        )
+    meta = {
+        "max_length": args.max_length,
+        "n_way": args.n_way,
+        "k_shot": args.k_shot,
+        "q_query": args.q_query,
+    }
+    path = save_episodes(args.out, sampler.specs(args.n), sampler, metadata=meta)
+    print(f"wrote {args.n} episodes to {path}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from metanlp.api import MetaLearner
+    from metanlp.baselines import FineTuneBaseline, FrozenPrototypes
+    from metanlp.corpora import load_corpus
+    from metanlp.episodes import load_episode_specs
+    from metanlp.evaluation import comparison_table, evaluate_file
+    from metanlp.models import FewShotModel
+
+    specs, _ = load_episode_specs(args.episodes)
+    task = "token" if specs[0].kind == "ner" else "sequence"
+    methods: dict[str, Any] = {}
+    tokenizer = None
+    for item in args.model:
+        name, sep, path = item.partition("=")
+        if not sep:
+            name, path = Path(item).name, item
+        learner = MetaLearner.from_pretrained(path, device=args.device)
+        learner.eval_steps = args.steps
+        methods[name] = learner
+        tokenizer = tokenizer or learner.tokenizer
+    if args.baselines:
+        model = FewShotModel.from_pretrained(args.base_model, task=task, pooling="mean")
+        if args.device:
+            model.to(args.device)
+        tokenizer = tokenizer or model.tokenizer
+        if "finetune" in args.baselines:
+            methods["finetune"] = FineTuneBaseline(model, steps=args.finetune_steps)
+        if "prototypes" in args.baselines:
+            methods["prototypes"] = FrozenPrototypes(model)
+    if not methods:
+        raise ValueError("Nothing to evaluate: give --model NAME=PATH and/or --baselines.")
+    data = load_corpus(args.dataset, args.data_dir)
+    results = evaluate_file(methods, args.episodes, {specs[0].dataset: data}, tokenizer,
+                            n_episodes=args.n_episodes, output_dir=args.output_dir, device=args.device)  # fmt: skip
+    print(comparison_table(results))
+    print(f"per-episode values: {Path(args.output_dir) / 'results.json'}")
+    return 0
+
+
+def cmd_adapt_predict(args: argparse.Namespace) -> int:
+    from metanlp.api import MetaLearner
+
+    learner = (
+        MetaLearner.from_pretrained(args.model, task=args.task)
+        if args.model
+        else MetaLearner.from_pretrained(task=args.task)
+    )
+    support, inputs = _read_jsonl(args.support), _read_jsonl(args.inputs)
+    lines = []
+    if learner.config.task == "token":
+        tagger = learner.adapt(
+            _field(support, "tokens", args.support),
+            _field(support, "tags", args.support),
+            steps=args.steps,
+        )
+        tokens = _field(inputs, "tokens", args.inputs)
+        lines = [
+            {"tokens": w, "tags": t} for w, t in zip(tokens, tagger.predict(tokens), strict=True)
+        ]
+    else:
+        clf = learner.adapt(
+            _field(support, "text", args.support),
+            _field(support, "label", args.support),
+            steps=args.steps,
+        )
+        texts = _field(inputs, "text", args.inputs)
+        probs = clf.predict_proba(texts)
+        for text, row in zip(texts, probs, strict=True):
+            scores = {str(c): round(float(p), 6) for c, p in zip(clf.classes_, row, strict=True)}
+            lines.append({"text": text, "label": clf.classes_[int(row.argmax())], "scores": scores})
+    out = "\n".join(json.dumps(line, ensure_ascii=False) for line in lines) + "\n"
+    if args.output:
+        Path(args.output).write_text(out, encoding="utf-8")
+    else:
+        sys.stdout.write(out)
+    return 0
+
+
+def cmd_push(args: argparse.Namespace) -> int:
+    from metanlp.hub import push_folder
+
+    url = push_folder(
+        args.model,
+        args.repo_id,
+        private=args.private or None,
+        token=args.token,
+        endpoint=args.endpoint,
+    )
+    print(url)
+    return 0
+
+
+COMMANDS = {
+    "train": cmd_train,
+    "make-episodes": cmd_make_episodes,
+    "evaluate": cmd_evaluate,
+    "adapt-predict": cmd_adapt_predict,
+    "push": cmd_push,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``metanlp`` command; returns the exit status."""
+    args = _parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except (ValueError, TypeError, FileNotFoundError, KeyError) as err:
+        # Configuration and input errors already say what is wrong and what is accepted.
+        print(f"metanlp {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
