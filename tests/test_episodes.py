@@ -341,7 +341,7 @@ def _bad(kind: str):
             "few",
             {"n_way": 3, "k_shot": 3, "q_query": 2, "drop_small": True},
             ValueError,
-            r"n_way=3 but only 2 classes",
+            r"n_way=3 but only 2 of the 3 allowed classes",
         ),
         (
             "few",

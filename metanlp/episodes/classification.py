@@ -161,7 +161,8 @@ class ClassificationSampler(EpisodeSampler):
                 )
                 return None
             raise ValueError(
-                f"n_way={n_way} but only {len(pools)} classes{where} have at least K+Q = {need} "
+                f"n_way={n_way} but only {len(pools)} of the {len(allowed)} allowed classes{where} "
+                f"have at least K+Q = {need} "
                 f"examples: {sorted(pools)}. Lower n_way, K or Q, or allow more classes."
             )
         size = int(sum(len(p) for p in pools.values()))
