@@ -3,16 +3,23 @@ smoke runs on the real MiniLM."""
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.func import functional_call
+from transformers import BertConfig, BertModel
 
+from metanlp.episodes import Episode
+from metanlp.meta import build_algorithm
 from metanlp.meta.cg import conjugate_gradient, hessian_vector_product, solve_proximal_system
 from metanlp.meta.prototypes import (
     class_prototypes,
     prototype_head,
     squared_euclidean_logits,
 )
+from metanlp.models import FewShotModel
 
 f64 = torch.float64
 
@@ -127,3 +134,228 @@ def test_euclidean_logits_and_prototype_head():
     # Token-shaped features work the same way.
     tok = feats.reshape(1, 7, 5)
     torch.testing.assert_close(squared_euclidean_logits(tok, protos)[0], logits)
+
+
+# ---------------------------------------------------------------- tiny float64 model
+
+
+N_WAY = 3
+TAGS = ["O", "alpha", "beta"]  # a 2-type IO NER episode: 3 labels incl. O
+
+
+def tiny_model(task: str = "sequence", seed: int = 0) -> FewShotModel:
+    """2-layer BERT of width 16 in float64, eager attention, no dropout."""
+    torch.manual_seed(seed)
+    config = BertConfig(
+        hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32,
+        vocab_size=50, attn_implementation="eager",
+        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+    )  # fmt: skip
+    return FewShotModel(BertModel(config, add_pooling_layer=False).double(), task=task, max_ways=4)
+
+
+def tiny_batch(seed: int, task: str, n: int = 6, length: int = 5) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(1, 50, (n, length), generator=g)
+    mask = torch.ones_like(ids)
+    mask[0, -2:] = 0  # padding, so the mask matters
+    if task == "sequence":
+        labels = torch.arange(n) % N_WAY
+    else:
+        labels = torch.arange(n * length).reshape(n, length) % N_WAY
+        labels[:, 0] = -100  # [CLS]-like and padded positions are ignored
+        labels[0, -2:] = -100
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def tiny_episode(task: str, seed: int = 1) -> Episode:
+    """A real `Episode`; for NER ``n_way`` counts types and ``num_labels`` adds O."""
+    ner = task == "token"
+    return Episode(
+        support=tiny_batch(seed, task), query=tiny_batch(seed + 100, task),
+        n_way=N_WAY - 1 if ner else N_WAY, label_names=TAGS[1:] if ner else ["a", "b", "c"],
+        kind="ner" if ner else "classification", task="tiny", support_inputs=[],
+        query_inputs=[], support_targets=[], query_targets=[], tag_names=TAGS if ner else None,
+    )  # fmt: skip
+
+
+def zero_grads(model: torch.nn.Module) -> None:
+    for p in model.parameters():
+        p.grad = None
+
+
+def labelled(feats: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Reference flattening: keep rows / tokens whose label is not -100."""
+    feats, labels = feats.reshape(-1, feats.shape[-1]), labels.reshape(-1)
+    return feats[labels != -100], labels[labels != -100]
+
+
+def reference_protonet_loss(model: FewShotModel, episode: Episode) -> torch.Tensor:
+    """ProtoNet's query loss written out with a Python loop and pairwise differences."""
+    fs, ys = labelled(model.embed(episode.support["input_ids"], episode.support["attention_mask"]),
+                      episode.support["labels"])  # fmt: skip
+    fq, yq = labelled(model.embed(episode.query["input_ids"], episode.query["attention_mask"]),
+                      episode.query["labels"])  # fmt: skip
+    protos = torch.stack([fs[ys == n].mean(0) for n in range(episode.num_labels)])
+    logits = -((fq[:, None, :] - protos[None, :, :]) ** 2).sum(-1)
+    return F.cross_entropy(logits, yq)
+
+
+TASKS = pytest.mark.parametrize("task", ["sequence", "token"], ids=["seq", "ner"])
+
+
+@TASKS
+def test_protonet_logprobs_and_meta_gradient_match_plain_autograd(task):
+    model = tiny_model(task)
+    reference = copy.deepcopy(model)
+    episode = tiny_episode(task)
+    algo = build_algorithm("protonet", model, {"params": "top", "top_layers": 1})
+    assert all(".layer.1." in n for n in algo.outer_names)  # top layer, no head
+
+    fast = algo.adapt(episode.support, episode.num_labels)
+    log_probs = algo.predict_logits(fast, episode.query, episode.num_labels).log_softmax(-1)
+    with torch.no_grad():
+        fs, ys = labelled(reference.embed(episode.support["input_ids"], episode.support["attention_mask"]),
+                          episode.support["labels"])  # fmt: skip
+        fq = reference.embed(episode.query["input_ids"], episode.query["attention_mask"])
+        protos = torch.stack([fs[ys == n].mean(0) for n in range(episode.num_labels)])
+        dist = ((fq.unsqueeze(-2) - protos) ** 2).sum(-1)
+    torch.testing.assert_close(log_probs, (-dist).log_softmax(-1))
+
+    metrics = algo.meta_backward(episode, scale=0.5)
+    loss = reference_protonet_loss(reference, episode)
+    assert metrics["query_loss"] == pytest.approx(float(loss.detach()), rel=1e-12)
+    (0.5 * loss).backward()
+    ref_params = dict(reference.named_parameters())
+    for name, p in algo.model.named_parameters():
+        if name in algo.outer_names:
+            torch.testing.assert_close(p.grad, ref_params[name].grad, rtol=1e-10, atol=1e-12)
+        else:
+            assert p.grad is None, f"{name} is not meta-trained but got a gradient"
+
+
+@TASKS
+def test_protomaml_head_init_is_the_prototype_formula(task):
+    model = tiny_model(task)
+    episode = tiny_episode(task)
+    algo = build_algorithm("protomaml", model, {"params": "all", "train_dropout": False})
+    assert "head.weight" in algo.inner_names and "head.weight" not in algo.outer_names
+    n = episode.num_labels
+    fast = algo.initial_fast_weights(episode.support, n, training=False)
+    with torch.no_grad():
+        fs, ys = labelled(model.embed(episode.support["input_ids"], episode.support["attention_mask"]),
+                          episode.support["labels"])  # fmt: skip
+        protos = torch.stack([fs[ys == k].mean(0) for k in range(n)])
+        fq = model.embed(episode.query["input_ids"], episode.query["attention_mask"])
+    assert fast["head.weight"].shape == (n, 16)  # exactly N rows, whatever max_ways is
+    torch.testing.assert_close(fast["head.weight"], 2 * protos)
+    torch.testing.assert_close(fast["head.bias"], -(protos**2).sum(-1))
+    with torch.no_grad():
+        logits = algo.forward_with(fast, episode.query, n)
+    # Head logits + ‖f − c_n‖² is ‖f‖², the same for every class of an example.
+    offset = logits + ((fq.unsqueeze(-2) - protos) ** 2).sum(-1)
+    torch.testing.assert_close(offset, (fq**2).sum(-1, keepdim=True).expand_as(offset))
+
+    # Any label order: permuting the episode labels permutes the head rows.
+    perm = torch.tensor([2, 0, 1])
+    relabelled = dict(episode.support)
+    relabelled["labels"] = torch.where(
+        episode.support["labels"] >= 0, perm[episode.support["labels"].clamp_min(0)], -100
+    )
+    permuted = algo.initial_fast_weights(relabelled, n, training=False)
+    torch.testing.assert_close(permuted["head.weight"][perm], fast["head.weight"])
+
+
+def test_protomaml_zero_steps_equals_protonet():
+    """With no inner step Proto-MAML's loss is ProtoNet's (same softmax), so its meta-gradient,
+    which then flows only through the prototype init, must equal ProtoNet's."""
+    episode = tiny_episode("sequence")
+    grads = {}
+    for name in ("protonet", "protomaml"):
+        model = tiny_model()
+        algo = build_algorithm(
+            name, model, {"params": "all", "inner_steps": 0, "train_dropout": False}
+        )
+        algo.meta_backward(episode)
+        grads[name] = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+    assert set(grads["protonet"]) == set(grads["protomaml"])
+    for n, g in grads["protonet"].items():
+        torch.testing.assert_close(grads["protomaml"][n], g, rtol=1e-9, atol=1e-12)
+
+
+def _directional_fd(algo, episode, direction, eps=1e-5) -> float:
+    params = algo.meta_parameters()
+
+    def loss_at(sign: float) -> float:
+        with torch.no_grad():
+            for p, d in zip(params, direction, strict=True):
+                p.add_(sign * eps * d)
+        value = algo.meta_backward(episode)["query_loss"]
+        with torch.no_grad():
+            for p, d in zip(params, direction, strict=True):
+                p.sub_(sign * eps * d)
+        return value
+
+    value = (loss_at(1.0) - loss_at(-1.0)) / (2 * eps)
+    zero_grads(algo.model)
+    return value
+
+
+def test_protomaml_second_order_gradient_matches_finite_differences():
+    model = tiny_model()
+    episode = tiny_episode("sequence")
+    algo = build_algorithm(
+        "protomaml", model,
+        {"params": "all", "inner_steps": 2, "inner_lr": 0.3, "train_dropout": False},
+    )  # fmt: skip
+    algo.meta_backward(episode)
+    grads = [p.grad.clone() for p in algo.meta_parameters()]
+    zero_grads(model)
+    gen = torch.Generator().manual_seed(5)
+    for _ in range(2):
+        direction = [torch.randn(p.shape, generator=gen, dtype=f64) for p in algo.meta_parameters()]
+        analytic = float(sum((g * d).sum() for g, d in zip(grads, direction, strict=True)))
+        assert analytic == pytest.approx(_directional_fd(algo, episode, direction), rel=1e-6)
+
+
+def test_protomaml_first_order_keeps_the_prototype_path():
+    """fo-Proto-MAML = ∇_body L_Q(φ_k) + J_initᵀ ∇_head L_Q(φ_k), computed here by hand with
+    plain autograd and ``functional_call`` on a copied model."""
+    model = tiny_model()
+    reference = copy.deepcopy(model)
+    episode = tiny_episode("sequence")
+    lr, steps, n = 0.3, 2, N_WAY
+    algo = build_algorithm(
+        "protomaml", model, {"params": "all", "inner_steps": steps, "inner_lr": lr,
+                             "first_order": True, "train_dropout": False},
+    )  # fmt: skip
+    algo.meta_backward(episode)
+
+    body = {k: p for k, p in reference.named_parameters() if not k.startswith("head.")}
+    s, q = episode.support, episode.query
+    fs = reference.embed(s["input_ids"], s["attention_mask"])
+    protos = torch.stack([fs[s["labels"] == k].mean(0) for k in range(n)])
+    head0 = {"head.weight": 2 * protos, "head.bias": -(protos**2).sum(-1)}
+
+    def loss(weights: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        logits = functional_call(reference, weights, (batch["input_ids"], batch["attention_mask"]))
+        return F.cross_entropy(logits, batch["labels"])
+
+    phi = {k: t.detach().clone().requires_grad_(True) for k, t in {**body, **head0}.items()}
+    for _ in range(steps):
+        g = torch.autograd.grad(loss(phi, s), list(phi.values()))
+        phi = {
+            k: (t - lr * gk).detach().requires_grad_(True)
+            for (k, t), gk in zip(phi.items(), g, strict=True)
+        }
+    g_query = dict(zip(phi, torch.autograd.grad(loss(phi, q), list(phi.values())), strict=True))
+    through_init = torch.autograd.grad(
+        list(head0.values()), list(body.values()),
+        grad_outputs=[g_query["head.weight"], g_query["head.bias"]],
+    )  # fmt: skip
+    got = dict(model.named_parameters())
+    for (k, _), extra in zip(body.items(), through_init, strict=True):
+        torch.testing.assert_close(got[k].grad, g_query[k] + extra, rtol=1e-9, atol=1e-12)
+    assert got["head.weight"].grad is None  # the head is never meta-learned
+    # The prototype path matters: without it the gradient would differ.
+    assert max(float(t.abs().max()) for t in through_init) > 1e-3
