@@ -417,3 +417,10 @@ def test_bigbench_real_sdist(tmp_path):
     ds = load_corpus("bigbench/intent_recognition", tmp_path)
     assert len(ds) == 693 and len(ds.features["label"].names) == 7
     assert not any(t.startswith("Utterance:") for t in ds["text"])
+
+
+def test_data_dir_fixture_holds_default_corpora(data_dir):
+    for name in ("wnut16", "bbc_news", "tweets"):
+        stamp = read_stamp(data_dir / name)
+        assert stamp is not None and stamp["corpus"] == name
+        assert len(load_corpus(name, data_dir)) == stamp["summary"]["rows"]
