@@ -395,3 +395,16 @@ def test_query_free_episodes_and_moving(tokenizer):
     moved = episode.to("cpu")
     assert moved.support["input_ids"].device.type == "cpu" and moved.spec is episode.spec
     assert torch.equal(moved.support["labels"], episode.support["labels"])
+
+
+def test_group_weights(tweets):
+    source = ClassificationSource(tweets, name="tweets", group_column="domain")
+    sampler = ClassificationSampler(
+        source, n_way=2, k_shot=1, q_query=1, group_by="domain", groups=["airlines", "apple"],
+        group_weights={"airlines": 0, "apple": 1},
+    )  # fmt: skip
+    assert {sampler.spec(i).task for i in range(20)} == {"tweets/domain=apple"}
+    with pytest.raises(ValueError, match=r"unknown groups \['mars'\]"):
+        ClassificationSampler(
+            source, n_way=2, k_shot=1, q_query=1, group_by="domain", group_weights={"mars": 1}
+        )

@@ -23,6 +23,7 @@ class _Task:
     pools: dict[str, np.ndarray]
     n_way: int
     size: int
+    group: str | None = None
 
 
 class ClassificationSampler(EpisodeSampler):
@@ -166,11 +167,13 @@ class ClassificationSampler(EpisodeSampler):
                 f"examples: {sorted(pools)}. Lower n_way, K or Q, or allow more classes."
             )
         size = int(sum(len(p) for p in pools.values()))
-        return _Task(task_name, sorted(pools), pools, n_way, size)
+        return _Task(task_name, sorted(pools), pools, n_way, size, group)
 
     def _weights(self, group_weights: str | Mapping[str, float]) -> np.ndarray:
         if isinstance(group_weights, Mapping):
-            by_task = {t.name.rsplit("=", 1)[-1]: t for t in self.tasks}
+            if self.tasks[0].group is None:
+                raise ValueError("group_weights as a mapping needs group_by=...")
+            by_task = {t.group: t for t in self.tasks}
             unknown = sorted(set(group_weights) - set(by_task))
             if unknown:
                 raise ValueError(
