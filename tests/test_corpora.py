@@ -30,7 +30,8 @@ from metanlp.corpora import (
     tweets,
     wnut16,
 )
-from metanlp.corpora.common import iob2_errors, plain_to_iob2, save_corpus
+from metanlp.corpora.common import save_corpus
+from metanlp.corpora.schema import iob2_errors, plain_to_iob2
 
 REPO = Path(__file__).resolve().parents[1]
 

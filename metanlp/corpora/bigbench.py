@@ -25,15 +25,11 @@ from typing import Any
 
 from datasets import Dataset
 
-from .common import (
-    BuildResult,
-    CorpusError,
-    build_corpus,
+from .common import BuildResult, CorpusError, build_corpus, dedupe, normalize_space
+from .schema import (
     classification_features,
-    dedupe,
     iob2_tag_names,
     ner_features,
-    normalize_space,
     plain_to_iob2,
     validate_classification,
     validate_ner,
