@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from metanlp.episodes.types import Episode
+from metanlp.meta.base import model_mode
 from metanlp.meta.prototypes import class_prototypes, squared_euclidean_logits
 from metanlp.models import FewShotModel
 
@@ -52,17 +53,14 @@ class FrozenPrototypes:
     @torch.no_grad()
     def query_logits(self, episode: Episode) -> torch.Tensor:
         device = next(self.model.parameters()).device
-        was_training = self.model.training
-        self.model.eval()
-        try:
+        # model_mode restores every submodule's own flag (a plain .train(x) would not).
+        with model_mode(self.model, False):
             support = self.model.embed(**model_inputs(episode.support, device))
             prototypes = class_prototypes(
                 support, episode.support["labels"].to(device), episode.num_labels
             )
             query = self.model.embed(**model_inputs(episode.query, device))
-            return squared_euclidean_logits(query, prototypes).cpu()
-        finally:
-            self.model.train(was_training)
+        return squared_euclidean_logits(query, prototypes).cpu()
 
 
 class FineTuneBaseline:

@@ -292,6 +292,7 @@ def _build_for_load(
 
     peft_config = PeftConfig.from_pretrained(str(adapter))
     peft_config.inference_mode = False  # FewShotModel finds the PEFT tensors by requires_grad
+    peft_config.base_model_name_or_path = None  # the encoder is given; PEFT would warn on a rename
     loaded = load_encoder(encoder_path if encoder_path is not None else config.base_model)
     model = FewShotModel(
         loaded.model,
