@@ -50,7 +50,14 @@ class FakeHub:
                         f"{p['organization']}/{p['name']}" if p.get("organization") else p["name"]
                     )
                     if repo_id in hub.repos:
-                        return self._send(409, {"error": "You already created this model repo"})
+                        # Like the Hub: the 409 body still carries the url (create_repo reads it).
+                        return self._send(
+                            409,
+                            {
+                                "error": "You already created this model repo",
+                                "url": f"{hub.url}/{repo_id}",
+                            },
+                        )
                     hub.repos[repo_id] = {
                         "private": p.get("visibility") == "private",
                         "files": {},

@@ -1,0 +1,123 @@
+"""Model card contents, and `push_to_hub` with the real `HfApi` client against a local HTTP
+server standing in for the Hub (no network): the repo, the files and the card that arrive."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import yaml
+from hub_server import FakeHub
+
+from metanlp.hub import model_card, push_folder
+
+RESULTS = [
+    {
+        "method": "maml",
+        "episode_set": "bbc_5w5s.json",
+        "summary": {
+            "accuracy": {"mean": 0.8123, "ci": 0.0211, "std": 0.1, "n": 600},
+            "macro_f1": {"mean": 0.8, "ci": 0.02, "std": 0.1, "n": 600},
+        },
+    },
+    {
+        "method": "finetune",
+        "episode_set": "bbc_5w5s.json",
+        "summary": {
+            "accuracy": {"mean": 0.61, "ci": 0.03, "std": 0.1, "n": 600},
+            "macro_f1": {"mean": 0.58, "ci": 0.031, "std": 0.1, "n": 600},
+        },
+    },
+]
+
+
+def _metadata(card: str) -> dict:
+    assert card.startswith("---\n")
+    return yaml.safe_load(card.split("---\n")[1])
+
+
+def test_model_card_metadata_and_results_table(tmp_path):
+    card = model_card(
+        base_model="sentence-transformers/all-MiniLM-L6-v2",
+        method="maml",
+        task="sequence",
+        n_way=5,
+        k_shot=5,
+        datasets=["bbc_news", "SetFit/bbc-news"],
+        results=RESULTS,
+        episode_set="bbc_5w5s.json",
+    )
+    meta = _metadata(card)
+    assert meta["base_model"] == "sentence-transformers/all-MiniLM-L6-v2"
+    assert meta["library_name"] == "metanlp"
+    assert meta["pipeline_tag"] == "text-classification"
+    assert meta["datasets"] == ["SetFit/bbc-news"]  # only Hub ids go in the Hub field
+    assert meta["metanlp"]["n_way"] == 5 and meta["metanlp"]["k_shot"] == 5
+    assert meta["metanlp"]["meta_training_data"] == ["bbc_news", "SetFit/bbc-news"]
+    assert "| maml | 600 | 81.23 ± 2.11 | 80.00 ± 2.00 |" in card
+    assert "| finetune | 600 | 61.00 ± 3.00 | 58.00 ± 3.10 |" in card
+    local = model_card(base_model=str(tmp_path), method="protonet", task="token")
+    assert "base_model" not in _metadata(local)  # a machine path is not a Hub id
+    assert _metadata(local)["pipeline_tag"] == "token-classification"
+
+
+@pytest.fixture(scope="module")
+def saved_learner(tmp_path_factory):
+    from metanlp.api import MetaLearner
+
+    torch.manual_seed(0)
+    learner = MetaLearner.from_pretrained()
+    return learner, learner.save_pretrained(
+        tmp_path_factory.mktemp("out") / "learner", results=RESULTS
+    )
+
+
+def test_push_to_hub_sends_every_file_and_the_card(saved_learner, monkeypatch):
+    from huggingface_hub import constants
+
+    learner, folder = saved_learner
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)  # pushing is explicitly online
+    with FakeHub() as hub:
+        url = learner.push_to_hub(
+            "alice/bbc-learner", private=True, token="hf_test_token", endpoint=hub.url
+        )
+    assert hub.unexpected == []
+    assert url.startswith(f"{hub.url}/alice/bbc-learner/commit/")
+    repo = hub.repos["alice/bbc-learner"]
+    assert repo["private"] is True
+    assert all(h.get("authorization") == "Bearer hf_test_token" for _, _, h in hub.requests)
+    local = {
+        p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*") if p.is_file()
+    }
+    pushed = dict(repo["files"])
+    # The card names the repo in its usage snippet; everything else is byte-identical.
+    card = pushed.pop("README.md").decode()
+    local.pop("README.md")
+    assert pushed == local
+    assert len(hub.commits) == 1  # one atomic commit
+    meta = _metadata(card)
+    assert meta["base_model"] == "sentence-transformers/all-MiniLM-L6-v2"
+    assert meta["metanlp"]["method"] == "protomaml" and meta["metanlp"]["meta_trained"] is False
+    assert 'MetaLearner.from_pretrained("alice/bbc-learner")' in card
+    assert "| maml | 600 | 81.23 ± 2.11 | 80.00 ± 2.00 |" in card
+
+
+def test_push_existing_folder_to_an_existing_repo(saved_learner, monkeypatch):
+    from huggingface_hub import constants
+
+    _, folder = saved_learner
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    with FakeHub() as hub:
+        push_folder(folder, "alice/x", token="t", endpoint=hub.url)
+        push_folder(folder, "alice/x", token="t", endpoint=hub.url)  # 409 from create: exist_ok
+    assert len(hub.commits) == 2 and hub.unexpected == []
+    assert set(hub.repos["alice/x"]["files"]) == {
+        p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()
+    }
+
+
+def test_push_errors_are_clear(saved_learner, tmp_path):
+    _, folder = saved_learner
+    with pytest.raises(RuntimeError, match="HF_HUB_OFFLINE"):
+        push_folder(folder, "alice/x", endpoint="http://127.0.0.1:9")
+    with pytest.raises(FileNotFoundError, match="README.md"):
+        push_folder(tmp_path, "alice/x")
