@@ -119,7 +119,11 @@ def _lr_for(schedule: LRSchedule, step: int, name: str, detach: bool) -> float |
 
 
 def _gradients(
-    loss: Tensor, names: list[str], tensors: list[Tensor], create_graph: bool
+    loss: Tensor,
+    names: list[str],
+    tensors: list[Tensor],
+    create_graph: bool,
+    recompute: Callable[[], Tensor],
 ) -> tuple[Tensor, ...]:
     try:
         return torch.autograd.grad(loss, tensors, create_graph=create_graph, allow_unused=False)
@@ -130,7 +134,8 @@ def _gradients(
             n
             for n, g in zip(
                 names,
-                torch.autograd.grad(loss, tensors, allow_unused=True, retain_graph=True),
+                # The failed call freed the graph: rebuild the loss to name the culprits.
+                torch.autograd.grad(recompute(), tensors, allow_unused=True),
                 strict=True,
             )
             if g is None
@@ -206,7 +211,9 @@ def inner_loop(
             result.support_losses.append(float(loss.detach()))
             scaled = loss * grad_scale if grad_scale is not None else loss
             tensors = [current[n] for n in names]
-            grads = _gradients(scaled, names, tensors, create_graph)
+            grads = _gradients(
+                scaled, names, tensors, create_graph, lambda c=current: support_loss_fn(c)
+            )
         if not create_graph:
             grads = tuple(g.detach() for g in grads)
         if grad_scale is not None:
