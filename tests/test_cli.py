@@ -1,0 +1,141 @@
+"""The `metanlp` command: help for every option, config errors that name the key and the allowed
+values, and one real end-to-end pass (train -> evaluate -> adapt-predict -> push) at tiny size."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from hub_server import FakeHub
+
+from metanlp.cli import COMMANDS, _parser, main
+
+
+def test_entry_point_help():
+    exe = Path(sys.executable).with_name("metanlp")
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "metanlp.cli"]
+    out = subprocess.run([*cmd, "--help"], capture_output=True, text=True, check=True).stdout
+    for name in COMMANDS:
+        assert name in out
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_every_option_is_explained(command, capsys):
+    sub = next(a for a in _parser()._actions if isinstance(a, argparse._SubParsersAction))
+    parser = sub.choices[command]
+    assert parser.description
+    for action in parser._actions:
+        assert action.help and len(action.help) > 8, (
+            f"{command} {action.option_strings} has no help"
+        )
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--help"])
+    assert exit_info.value.code == 0
+    shown = capsys.readouterr().out
+    assert all(o in shown for a in parser._actions for o in a.option_strings)
+
+
+@pytest.mark.parametrize(
+    "config,expected",
+    [
+        ({"adapt": "lorra"}, ["adapt='lorra'", "lora", "top", "head", "all"]),
+        ({"optimizer": {"schedul": "cosine"}}, ["schedul", "allowed keys", "schedule"]),
+        ({"mixed_precision": "fp8"}, ["mixed_precision", "bf16", "fp16"]),
+    ],
+    ids=["bad-value", "unknown-nested-key", "bad-precision"],
+)
+def test_bad_config_names_key_and_allowed_values(tmp_path, capsys, config, expected):
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(config))
+    assert main(["train", "--config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("metanlp train: error:")
+    for text in expected:
+        assert text in err
+
+
+TRAIN_CONFIG = {
+    "model": "default",
+    "adapt": "lora",
+    "adapt_options": {"lora_r": 2, "max_ways": 4},
+    "algorithm": "maml",
+    "algorithm_config": {"inner_steps": 1, "inner_lr": 0.1, "first_order": True},
+    "data": {
+        "train": [
+            {
+                "dataset": "bbc_news",
+                "classes": ["business", "politics", "sports"],
+                "n_way": 2,
+                "k_shot": 1,
+                "q_query": 1,
+            }
+        ],  # fmt: skip
+        "max_length": 16,
+    },
+    "meta_batch_size": 1,
+    "max_steps": 1,
+    "eval_every": 1,
+    "report_to": [],
+    "progress_bar": False,
+}
+
+
+def test_end_to_end(data_dir, tmp_path, capsys, monkeypatch):
+    cfg = tmp_path / "train.yaml"
+    cfg.write_text(
+        yaml.safe_dump(
+            {**TRAIN_CONFIG, "data": {**TRAIN_CONFIG["data"], "data_dir": str(data_dir)}}
+        )
+    )
+    assert main(["train", "--config", str(cfg), "--output-dir", str(tmp_path / "run")]) == 0
+    learner = tmp_path / "run" / "learner"
+    assert (learner / "adapter" / "adapter_model.safetensors").is_file()
+    card = (learner / "README.md").read_text()
+    assert "maml" in card and "bbc_news" in card
+
+    episodes = tmp_path / "test.json"
+    assert main(["make-episodes", "--dataset", "bbc_news", "--data-dir", str(data_dir),
+                 "--out", str(episodes), "--n", "2", "--n-way", "2", "--k-shot", "1",
+                 "--q-query", "1", "--classes", "entertainment", "tech", "--max-length", "16"]) == 0  # fmt: skip
+    assert main(["evaluate", "--episodes", str(episodes), "--dataset", "bbc_news",
+                 "--data-dir", str(data_dir), "--model", f"maml={learner}", "--baselines",
+                 "prototypes", "--output-dir", str(tmp_path / "eval")]) == 0  # fmt: skip
+    out = capsys.readouterr().out
+    assert "on 2 of the 2 episodes" in out and "| maml | 2 |" in out and "| prototypes | 2 |" in out
+    results = json.loads((tmp_path / "eval" / "results.json").read_text())
+    assert [len(r["episodes"]) for r in results] == [2, 2]
+
+    support = tmp_path / "support.jsonl"
+    support.write_text("\n".join(json.dumps(r) for r in [
+        {"text": "The film won three awards", "label": "film"},
+        {"text": "The actress starred in a new movie", "label": "film"},
+        {"text": "The bank reported higher profits", "label": "money"},
+        {"text": "Shares rose on the stock market", "label": "money"},
+    ]))  # fmt: skip
+    inputs = tmp_path / "inputs.txt"
+    inputs.write_text("The director's movie opens on Friday\nProfits at the bank fell\n")
+    preds = tmp_path / "preds.jsonl"
+    assert main(["adapt-predict", "--model", str(learner), "--support", str(support),
+                 "--inputs", str(inputs), "--output", str(preds), "--steps", "2"]) == 0  # fmt: skip
+    rows = [json.loads(line) for line in preds.read_text().splitlines()]
+    assert [r["text"] for r in rows] == [
+        "The director's movie opens on Friday",
+        "Profits at the bank fell",
+    ]
+    assert all(
+        r["label"] in ("film", "money") and set(r["scores"]) == {"film", "money"} for r in rows
+    )
+
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    with FakeHub() as hub:
+        assert main(["push", "--model", str(learner), "--repo-id", "bob/tiny", "--private",
+                     "--token", "t", "--endpoint", hub.url]) == 0  # fmt: skip
+    assert hub.repos["bob/tiny"]["private"] is True
+    assert hub.repos["bob/tiny"]["files"]["README.md"] == (learner / "README.md").read_bytes()
