@@ -1,0 +1,54 @@
+"""metanlp: few-shot text classification and NER by meta-learning on Hugging Face Transformers.
+
+```python
+from metanlp import MetaLearner
+
+learner = MetaLearner.from_pretrained("path/or/hub-id")
+clf = learner.adapt(texts, labels, steps=10)
+clf.predict(["a new text"])
+```
+
+Names are imported on first use, so ``import metanlp`` stays cheap (no torch import).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "MetaLearner": "metanlp.api",
+    "FewShotClassifier": "metanlp.predictors",
+    "FewShotTagger": "metanlp.predictors",
+    "LearnerConfig": "metanlp.serialization",
+    "FewShotModel": "metanlp.models",
+    "load_encoder": "metanlp.models",
+    "MetaTrainer": "metanlp.trainer",
+    "MetaTrainerConfig": "metanlp.trainer_config",
+    "evaluate": "metanlp.evaluation",
+    "evaluate_file": "metanlp.evaluation",
+    "comparison_table": "metanlp.evaluation",
+    "FineTuneBaseline": "metanlp.baselines",
+    "FrozenPrototypes": "metanlp.baselines",
+    "build_algorithm": "metanlp.meta.registry",
+    "list_algorithms": "metanlp.meta.registry",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'metanlp' has no attribute {name!r}")
+    module = importlib.import_module(_EXPORTS[name])
+    if _EXPORTS[name] == "metanlp.meta.registry":
+        importlib.import_module("metanlp.meta")  # registers the built-in algorithms
+    value = getattr(module, name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
