@@ -334,6 +334,9 @@ def test_learned_rates_state_dict_round_trip():
     other = build_algorithm("metasgd", tiny_model(), MetaSGDConfig(params="head", inner_lr=0.5))
     other.load_state_dict(state)
     assert torch.equal(other.extra["inner_lr.head.weight"], state["inner_lr.head.weight"])
+    extras = list(other.extra.values())
+    other.to("cpu")  # moves in place: an optimiser built on meta_parameters() stays valid
+    assert all(a is b for a, b in zip(extras, other.extra.values(), strict=True))
     with pytest.raises(ValueError, match="was it saved by the same algorithm"):
         build_algorithm("metasgd", tiny_model(), {"params": "top"}).load_state_dict(state)
 

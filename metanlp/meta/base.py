@@ -363,9 +363,9 @@ class MetaAlgorithm:
                 self.extra[k].copy_(v)
 
     def to(self, device: torch.device | str) -> MetaAlgorithm:
-        """Move the learned extras (the model is moved by its owner)."""
-        for k, v in self.extra.items():
-            self.extra[k] = nn.Parameter(v.detach().to(device), requires_grad=v.requires_grad)
+        """Move the learned extras in place (same Parameter objects; the model is moved by its owner)."""
+        for v in self.extra.values():
+            v.data = v.data.to(device)
         return self
 
     # ---- helpers ---------------------------------------------------------------------------
