@@ -342,15 +342,36 @@ def test_learned_rates_state_dict_round_trip():
 
 
 # ---- one shared tester over every algorithm × parameter subset -----------------------------------------
-CASES = [(a, s, "sequence") for a in OURS for s in SUBSETS] + [(a, "top", "token") for a in OURS]
+CASES = (
+    [(a, s, "sequence", {}) for a in OURS for s in SUBSETS]
+    + [(a, "top", "token", {}) for a in OURS]
+    + [(a, "top", "sequence", {"head_init": "zero"}) for a in OURS]
+    + [
+        (a, "top", "sequence", {"inner_optimizer": o})
+        for a in ("maml", "fomaml", "reptile", "anil")
+        for o in ("momentum", "adam")
+    ]
+    + [
+        ("maml", "lora", "sequence", {"outer_params": "all"}),
+        ("fomaml", "all", "sequence", {"outer_params": "lora"}),
+    ]
+)
 
 
-@pytest.mark.parametrize("name,subset,task", CASES, ids=[f"{a}-{s}-{t}" for a, s, t in CASES])
-def test_every_algorithm_runs_on_every_subset(name, subset, task):
-    model = tiny_model(task, peft=LoraConfig(**LORA) if subset == "lora" else None)
-    algo = build_algorithm(
-        name, model, {"params": subset, "top_layers": 1, "inner_steps": 2, "inner_lr": 0.1}
+def case_id(case) -> str:
+    name, subset, task, extra = case
+    return "-".join([name, subset, task, *(f"{k}={v}" for k, v in extra.items())])
+
+
+@pytest.mark.parametrize("name,subset,task,extra", CASES, ids=[case_id(c) for c in CASES])
+def test_every_algorithm_runs_on_every_subset(name, subset, task, extra):
+    extra = dict(extra)
+    lora = subset == "lora" or "lora" in extra.values()
+    model = tiny_model(
+        task, peft=LoraConfig(**LORA) if lora else None, head_init=extra.pop("head_init", "random")
     )
+    options = {"params": subset, "top_layers": 1, "inner_steps": 2, "inner_lr": 0.1, **extra}
+    algo = build_algorithm(name, model, options)
     ep = tiny_episode(task)
     metrics = algo.meta_backward(ep, scale=0.5)
     assert {"query_loss", "query_acc", "support_loss"} <= set(metrics)

@@ -257,7 +257,13 @@ class MetaAlgorithm:
     def forward_with(
         self, fast: Mapping[str, Tensor], batch: Mapping[str, Tensor], n_way: int
     ) -> Tensor:
-        """Differentiable logits with ``fast`` replacing the adapted tensors (frozen ones are read in place)."""
+        """Differentiable logits with ``fast`` replacing the adapted tensors (frozen ones are read in place).
+
+        ``strict=False`` lets the dict hold only the adapted tensors; every other parameter and
+        buffer is the module's own tensor (no copy). BERT encoders tie no weights, so
+        ``tie_weights`` has nothing to propagate; a name that is not a parameter would be
+        ignored here and then caught by the engine's unused-parameter error.
+        """
         kwargs = {k: batch[k] for k in MODEL_INPUT_KEYS if k in batch}
         kwargs["n_way"] = n_way
         return functional_call(self.model, dict(fast), (), kwargs, strict=False)
