@@ -1,0 +1,1 @@
+"""Benchmark scripts of metanlp (speed, memory and accuracy against peers); see README.md."""
