@@ -175,7 +175,7 @@ def evaluate_file(
             on CPU); the count used is logged and printed. Never more than the file holds.
         max_length (`int`, *optional*): Truncation; defaults to the file's own setting.
     """
-    from metanlp.episodes.io import load_episode_specs, load_episodes
+    from metanlp.episodes.io import load_episode_specs
 
     specs, _ = load_episode_specs(path)
     wanted = default_episode_count(device) if n_episodes is None else int(n_episodes)
@@ -196,7 +196,7 @@ def evaluate_file(
     logger.info(message)
     if progress:
         print(message)
-    episodes = load_episodes(path, datasets, tokenizer=tokenizer, max_length=max_length)[:n]
+    episodes = _load_first(path, n, datasets, tokenizer, max_length)
     return evaluate(
         methods,
         episodes,
@@ -205,6 +205,21 @@ def evaluate_file(
         seed=seed,
         progress=progress,
     )
+
+
+def _load_first(path: Any, n: int, datasets: Any, tokenizer: Any, max_length: int | None) -> list:
+    """Build only the first `n` episodes of a file (a 600-episode file on CPU would otherwise
+    tokenize every episode): a truncated copy of the file goes through `load_episodes`."""
+    import tempfile
+
+    from metanlp.episodes.io import load_episodes
+
+    data = json.loads(Path(path).read_text(encoding="utf-8"))
+    data["episodes"] = data["episodes"][:n]
+    with tempfile.TemporaryDirectory() as tmp:
+        first = Path(tmp) / Path(path).name
+        first.write_text(json.dumps(data), encoding="utf-8")
+        return load_episodes(first, datasets, tokenizer=tokenizer, max_length=max_length)
 
 
 def save_results(results: Sequence[Mapping[str, Any]], output_dir: str | os.PathLike) -> Path:
