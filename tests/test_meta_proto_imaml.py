@@ -91,6 +91,12 @@ def test_proximal_system_solution():
     )
     expected = torch.linalg.solve(torch.eye(9, dtype=f64) + h / lam, g)
     torch.testing.assert_close(_join(res.x), expected, rtol=1e-7, atol=1e-8)
+    # A concave loss with a weak pull: I + H/λ = -3 I. CG cannot step; the fallback is rhs.
+    concave = solve_proximal_system(
+        lambda p: -2 * (_join(p) ** 2).sum(), _split(point), _split(g), 1.0
+    )
+    assert concave.negative_curvature and concave.iterations == 1
+    torch.testing.assert_close(_join(concave.x), g)
     with pytest.raises(ValueError, match="lambda must be > 0"):
         solve_proximal_system(lambda p: p["a"].sum(), _split(point), _split(g), 0.0)
 

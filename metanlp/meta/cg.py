@@ -198,7 +198,9 @@ def solve_proximal_system(
             [`conjugate_gradient`].
 
     Returns:
-        [`CGResult`] whose ``x`` is the implicit meta-gradient for the adapted parameters.
+        [`CGResult`] whose ``x`` is the implicit meta-gradient for the adapted parameters. When
+        the very first direction has non-positive curvature (a non-convex loss, λ too small),
+        ``x`` is ``rhs`` itself (the first-order gradient) and ``negative_curvature`` is set.
     """
     if not lam > 0:
         raise ValueError(f"the proximal strength lambda must be > 0, got {lam}")
@@ -208,4 +210,9 @@ def solve_proximal_system(
         hv = hvp(v)
         return {k: v[k] + hv[k] / lam for k in v}
 
-    return conjugate_gradient(matvec, rhs, max_iter=max_iter, tol=tol)
+    result = conjugate_gradient(matvec, rhs, max_iter=max_iter, tol=tol)
+    if result.negative_curvature and result.iterations == 1:
+        # CG stopped before any update (x = 0 would silently zero the meta-gradient): fall back
+        # to A ≈ I, i.e. the first-order gradient, as truncated-CG (Steihaug) methods do.
+        result.x = {k: t.detach().clone() for k, t in rhs.items()}
+    return result

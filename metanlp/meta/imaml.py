@@ -147,7 +147,7 @@ class IMAML(MetaAlgorithm):
         out = self.metrics(loss, logits, query, result)
         out["cg_iterations"] = float(solve.iterations)
         # 1.0 when CG met negative curvature (non-convex support loss, λ too small): the
-        # gradient is then the last CG iterate, a truncated solve.
+        # gradient is then the last CG iterate (first order if CG could not step at all).
         out["cg_negative_curvature"] = float(solve.negative_curvature)
         norm = float(tree_dot(query_grad, query_grad).sqrt())
         out["cg_residual"] = solve.residual_norm / norm if norm > 0 else 0.0
