@@ -1,0 +1,202 @@
+"""Turning accuracy-benchmark results into verdicts, a Markdown report and a plot.
+
+The verdict of a setting compares the best metanlp variant (highest mean) with SetFit and with
+plain fine-tuning in two ways: unpaired (do the two 95% intervals overlap?) and paired (the
+interval of the per-episode difference on the episodes both were scored on). "Above" in the
+README sense needs the unpaired intervals to be disjoint.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from benchmarks.accuracy_setup import VARIANTS
+from benchmarks.common import markdown_table, provenance_markdown, write_json, write_markdown
+
+BASELINE_NAMES = {
+    "finetune": "fine-tune (no meta-training)",
+    "frozen_protos": "frozen prototypes",
+    "setfit": "SetFit",
+}
+
+
+def main_metric(kind: str) -> str:
+    """Accuracy for classification, entity micro-F1 for NER."""
+    return "f1" if kind == "ner" else "accuracy"
+
+
+def compare(a: Mapping[str, Any], b: Mapping[str, Any], metric: str) -> dict[str, Any]:
+    """``a`` vs ``b``: means, intervals, whether they are disjoint, and the paired difference."""
+    from metanlp.metrics.functional import mean_ci
+
+    sa, sb = a["summary"][metric], b["summary"][metric]
+    lo_a, hi_a = sa["mean"] - _ci(sa), sa["mean"] + _ci(sa)
+    lo_b, hi_b = sb["mean"] - _ci(sb), sb["mean"] + _ci(sb)
+    by_index = {e["index"]: e[metric] for e in a["episodes"]}
+    diffs = [by_index[e["index"]] - e[metric] for e in b["episodes"] if e["index"] in by_index]
+    paired = mean_ci(diffs) if diffs else None
+    if lo_a > hi_b:
+        verdict = "above (CIs disjoint)"
+    elif hi_a < lo_b:
+        verdict = "below (CIs disjoint)"
+    else:
+        verdict = "above, CIs overlap" if sa["mean"] > sb["mean"] else "below, CIs overlap"
+    return {
+        "method": a["method"],
+        "other": b["method"],
+        "mean": sa["mean"],
+        "ci": sa["ci"],
+        "n": sa["n"],
+        "other_mean": sb["mean"],
+        "other_ci": sb["ci"],
+        "other_n": sb["n"],
+        "verdict": verdict,
+        "paired_diff": paired,
+    }
+
+
+def verdicts(entry: Mapping[str, Any]) -> dict[str, Any]:
+    """Best metanlp variant of a setting and how it compares with SetFit and fine-tuning."""
+    results = {r["method"]: r for r in entry.get("results", [])}
+    if not results:
+        return {}
+    metric = main_metric(next(iter(results.values()))["kind"])
+    ours = [r for name, r in results.items() if name in VARIANTS]
+    if not ours:
+        return {}
+    best = max(ours, key=lambda r: r["summary"][metric]["mean"])
+    out: dict[str, Any] = {"metric": metric, "best": best["method"]}
+    for other in ("setfit", "finetune", "frozen_protos"):
+        if other in results:
+            out[other] = compare(best, results[other], metric)
+    return out
+
+
+def write_results(record: dict[str, Any], out: Path, stem: str) -> tuple[Path, Path, Path]:
+    """Write ``<stem>.json``, ``<stem>.md`` and ``<stem>.png`` under ``out``."""
+    for entry in record["settings"]:
+        if entry.get("results"):
+            entry["verdict"] = verdicts(entry)
+    json_path = write_json(out / f"{stem}.json", record)
+    md_path = write_markdown(
+        out / f"{stem}.md", "Accuracy on held-out few-shot tasks", markdown(record)
+    )
+    png_path = plot(record, out / f"{stem}.png")
+    return json_path, md_path, png_path
+
+
+def markdown(record: Mapping[str, Any]) -> list[str]:
+    cfg = record["config"]
+    sections = [
+        provenance_markdown(record["provenance"]),
+        f"Size `{record['size']}`: {cfg['episodes']} test episodes per setting (SetFit: the first "
+        f"{cfg['setfit_episodes']}), {cfg['train_steps']} meta-training steps per variant, "
+        f"fine-tune baseline {cfg['finetune_steps']} steps. Mean ± 95% CI half-width, in %.",
+        summary_table(record),
+    ]
+    for entry in record["settings"]:
+        if "skipped" in entry:
+            sections.append(f"## {entry['setting']}\n\nSkipped: {entry['skipped']}")
+            continue
+        rows = []
+        for r in entry["results"]:
+            s = r["summary"]
+            n = next(iter(s.values()))["n"]
+            metrics = [_pct(s.get(m)) for m in ("accuracy", "macro_f1", "f1")]
+            rows.append([_label(r["method"]), n, *metrics, r["seconds"] / max(n, 1)])
+        table = markdown_table(
+            ["method", "episodes", "accuracy", "macro-F1", "entity F1", "s / episode"], rows
+        )
+        notes = ""
+        if entry.get("setfit_skipped"):
+            notes = f"\n\nSetFit not run: {entry['setfit_skipped']}."
+        sections.append(f"## {entry['title']} (`{entry['setting']}`)\n\n{table}{notes}")
+    return sections
+
+
+def summary_table(record: Mapping[str, Any]) -> str:
+    rows = []
+    for entry in record["settings"]:
+        v = entry.get("verdict") or {}
+        if not v:
+            continue
+        best = v.get("setfit") or v.get("finetune")
+        rows.append(
+            [
+                entry["setting"],
+                v["best"],
+                _pm(best["mean"], best["ci"]) if best else "-",
+                _pm(v["setfit"]["other_mean"], v["setfit"]["other_ci"]) if "setfit" in v else "-",
+                v["setfit"]["verdict"] if "setfit" in v else "-",
+                _paired(v.get("setfit")),
+                _pm(v["finetune"]["other_mean"], v["finetune"]["other_ci"])
+                if "finetune" in v
+                else "-",
+                v["finetune"]["verdict"] if "finetune" in v else "-",
+            ]
+        )
+    header = ["setting", "best metanlp", "its score", "SetFit", "vs SetFit",
+              "paired diff vs SetFit", "fine-tune", "vs fine-tune"]  # fmt: skip
+    return "## Summary\n\n" + markdown_table(header, rows)
+
+
+def plot(record: Mapping[str, Any], path: Path) -> Path:
+    """One panel per setting: each method's mean with its 95% CI as an error bar."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    entries = [e for e in record["settings"] if e.get("results")]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig, axes = plt.subplots(1, max(len(entries), 1), figsize=(4.2 * max(len(entries), 1), 4.2),
+                             squeeze=False)  # fmt: skip
+    for ax, entry in zip(axes[0], entries, strict=False):
+        metric = main_metric(entry["results"][0]["kind"])
+        names = [r["method"] for r in entry["results"]]
+        means = [100 * r["summary"][metric]["mean"] for r in entry["results"]]
+        errs = [100 * _ci(r["summary"][metric]) for r in entry["results"]]
+        colors = ["tab:blue" if n in VARIANTS else "tab:orange" if n == "setfit" else "tab:gray"
+                  for n in names]  # fmt: skip
+        ax.bar(range(len(names)), means, yerr=errs, color=colors, capsize=3)
+        ax.set_xticks(range(len(names)), names, rotation=60, ha="right", fontsize=8)
+        ax.set_title(entry["setting"], fontsize=9)
+        ax.set_ylabel(f"{metric} (%)")
+        ax.grid(axis="y", alpha=0.3)
+    fig.suptitle("Held-out few-shot tasks (blue: metanlp, orange: SetFit, grey: baselines)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def _ci(stat: Mapping[str, Any]) -> float:
+    ci = stat.get("ci")
+    return 0.0 if ci is None or not math.isfinite(ci) else float(ci)
+
+
+def _pct(stat: Mapping[str, Any] | None) -> str:
+    return "–" if stat is None else _pm(stat["mean"], stat["ci"])
+
+
+def _pm(mean: float, ci: float | None) -> str:
+    if ci is None or not math.isfinite(ci):
+        return f"{100 * mean:.1f}"
+    return f"{100 * mean:.1f} ± {100 * ci:.1f}"
+
+
+def _paired(c: Mapping[str, Any] | None) -> str:
+    if not c or not c.get("paired_diff"):
+        return "-"
+    d = c["paired_diff"]
+    return f"{_pm(d['mean'], d['ci'])} (n={d['n']})"
+
+
+def _label(method: str) -> str:
+    return BASELINE_NAMES.get(method, f"metanlp {method}")
+
+
+__all__: Sequence[str] = ["compare", "main_metric", "verdicts", "write_results"]

@@ -1,0 +1,111 @@
+"""The accuracy benchmark's own logic, checkable without the benchmark venv or any training.
+
+- The held-out split is real: no test domain / entity type appears in the meta-training config.
+- Test episode files are a pure function of the data and the seed (rewriting gives the same file),
+  and a setting's episodes have the promised shape.
+- Verdicts: disjoint intervals, overlap, and the paired difference, against hand-computed values.
+- SetFit stays out of the package: the runner module imports without SetFit installed.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+import sys
+
+import pytest
+
+from benchmarks import accuracy_setup as setup
+from benchmarks.accuracy_report import compare, verdicts
+
+
+def _result(method: str, values: list[float], kind: str = "classification") -> dict:
+    from metanlp.metrics.functional import mean_ci
+
+    metric = "f1" if kind == "ner" else "accuracy"
+    return {
+        "method": method,
+        "kind": kind,
+        "summary": {metric: mean_ci(values)},
+        "episodes": [{"index": i, metric: v} for i, v in enumerate(values)],
+        "seconds": 1.0,
+    }
+
+
+def test_held_out_data_never_in_meta_training():
+    text = setup.training_config(setup.VARIANTS["maml"], "text", steps=3)
+    groups = {g for source in text["data"]["train"] for g in source.get("groups", [])}
+    assert groups, "the default config should name its training domains"
+    assert setup.HELD_OUT_DOMAIN not in groups
+    assert all(s["dataset"] == "tweets" for s in text["data"]["train"])  # BBC never trained on
+    ner = setup.training_config(setup.VARIANTS["maml"], "ner", steps=3)
+    train_types = set(ner["data"]["train"][0]["types"])
+    test_types = set(setup.SETTINGS["wnut_ner_3w1s"].sampler["types"])
+    assert train_types and test_types and not train_types & test_types
+
+
+def test_short_runs_skip_validation_long_runs_keep_it():
+    short = setup.training_config(setup.VARIANTS["fomaml"], "text", steps=5)
+    long = setup.training_config(setup.VARIANTS["fomaml"], "text", steps=setup.VALIDATE_FROM_STEPS)
+    assert short["data"]["val"] is None and short["keep_best"] is False
+    assert long["data"]["val"] is not None and long["keep_best"] is True
+
+
+def test_episode_file_is_deterministic_and_shaped(tmp_path, monkeypatch, data_dir):
+    from transformers import AutoTokenizer
+
+    from metanlp.models import default_model_path
+
+    setting = setup.SETTINGS["tweets_3w4s"]
+    monkeypatch.setattr(setup, "FULL_EPISODES", 12)  # the real files hold 600; same sampler
+    monkeypatch.setattr(setup, "EPISODE_DIR", tmp_path / "a")
+    first = setup.episode_file(setting, str(data_dir)).read_text()
+    monkeypatch.setattr(setup, "EPISODE_DIR", tmp_path / "b")
+    assert setup.episode_file(setting, str(data_dir)).read_text() == first
+    episodes = setup.load_setting_episodes(
+        setting, AutoTokenizer.from_pretrained(default_model_path()), 2, str(data_dir)
+    )
+    assert len(episodes) == 2
+    for e in episodes:
+        assert e.task == f"tweets/domain={setup.HELD_OUT_DOMAIN}"
+        assert e.n_way == 3 and sorted(e.support_targets) == sorted([0, 1, 2] * 4)
+        assert len(e.query_targets) == 3 * setting.sampler["q_query"]
+        assert e.support["input_ids"].shape[1] <= setting.max_length
+
+
+def test_compare_disjoint_overlap_and_paired():
+    high = _result("protomaml", [0.90, 0.92, 0.94, 0.96])
+    low = _result("setfit", [0.50, 0.52, 0.54])
+    c = compare(high, low, "accuracy")
+    assert c["verdict"] == "above (CIs disjoint)"
+    # Paired on the 3 shared episodes: differences 0.40 each, so mean 0.40 and zero spread.
+    assert c["paired_diff"]["n"] == 3
+    assert math.isclose(c["paired_diff"]["mean"], 0.40, abs_tol=1e-12)
+    assert math.isclose(c["paired_diff"]["ci"], 0.0, abs_tol=1e-12)
+    assert compare(low, high, "accuracy")["verdict"] == "below (CIs disjoint)"
+    noisy = _result("finetune", [0.2, 1.0, 0.6, 0.9])
+    assert compare(high, noisy, "accuracy")["verdict"] == "above, CIs overlap"
+
+
+def test_verdicts_pick_best_metanlp_variant_not_a_baseline():
+    entry = {
+        "results": [
+            _result("maml", [0.6, 0.7]),
+            _result("protonet", [0.8, 0.9]),
+            _result("frozen_protos", [0.95, 0.97]),  # a baseline is never "best metanlp"
+            _result("finetune", [0.5, 0.6]),
+        ]
+    }
+    v = verdicts(entry)
+    assert v["best"] == "protonet" and v["metric"] == "accuracy"
+    assert v["finetune"]["other"] == "finetune" and "setfit" not in v
+    assert v["frozen_protos"]["verdict"].startswith("below")
+
+
+def test_setfit_runner_imports_without_setfit(monkeypatch):
+    monkeypatch.setitem(sys.modules, "setfit", None)  # as if SetFit were not installed
+    module = importlib.reload(importlib.import_module("benchmarks.peers.setfit_runner"))
+    runner = module.SetFitMethod(max_length=32)
+    assert runner.model_path.is_dir() and runner.max_length == 32
+    with pytest.raises(ImportError):
+        runner.describe()
