@@ -13,6 +13,7 @@ import contextlib
 import dataclasses
 import logging
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -83,13 +84,21 @@ class MetaTrainer:
     ) -> None:
         self.config = config
         self.accelerator = Accelerator(
-            cpu=config.cpu,
+            # Accelerate starts a multi-process CPU (gloo) run only with cpu=True.
+            cpu=config.cpu or not _has_accelerator(),
             mixed_precision=config.mixed_precision,
             log_with=config.report_to or None,
             project_dir=config.output_dir,
         )
         self.world_size = self.accelerator.num_processes
         self.rank = self.accelerator.process_index
+        launched = int(os.environ.get("WORLD_SIZE", "1"))
+        if launched != self.world_size:
+            raise RuntimeError(
+                f"{launched} processes were launched (WORLD_SIZE) but Accelerate runs {self.world_size}; "
+                "each would train alone on the whole meta-batch. Launch with `accelerate launch` or "
+                "`torchrun`, and on machines without GPUs set cpu: true."
+            )
         if config.meta_batch_size % self.world_size:
             raise ValueError(
                 f"meta_batch_size={config.meta_batch_size} is not a multiple of the {self.world_size} "
@@ -385,6 +394,13 @@ class MetaTrainer:
         per_rank = ckpt.load_state(path, f"rank{self.rank}")
         ckpt.set_rng_state(per_rank["rng"])
         self.train_sampler.load_state_dict(per_rank["sampler"])
+
+
+def _has_accelerator() -> bool:
+    accel = getattr(torch, "accelerator", None)
+    if accel is not None and hasattr(accel, "is_available"):
+        return bool(accel.is_available())
+    return torch.cuda.is_available()
 
 
 def _flat_hparams(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -18,6 +18,7 @@ ADAPT_CHOICES = ("lora", "top", "head", "all")
 MIXED_PRECISION_CHOICES = ("no", "bf16", "fp16")
 SCHEDULE_CHOICES = ("constant", "linear", "cosine")
 POOLING_CHOICES = ("mean", "cls")
+TASK_CHOICES = ("sequence", "token")
 ATTN_CHOICES = ("auto", "eager", "sdpa")
 
 
@@ -121,6 +122,8 @@ class MetaTrainerConfig:
 
     Args:
         model (`str`, defaults to ``"default"``): Encoder name or path (``"default"``: packaged MiniLM).
+        task (`str`, defaults to ``"sequence"``): ``"sequence"`` (text classification) or
+            ``"token"`` (NER: a per-token head).
         pooling (`str`, defaults to ``"mean"``): ``"mean"`` or ``"cls"``.
         adapt (`str`, defaults to ``"lora"``): Which parameters the inner loop adapts: ``"lora"``,
             ``"top"``, ``"head"`` or ``"all"``.
@@ -164,6 +167,7 @@ class MetaTrainerConfig:
     """
 
     model: str = "default"
+    task: str = "sequence"
     pooling: str = "mean"
     adapt: str = "lora"
     adapt_options: dict[str, Any] = field(default_factory=dict)
@@ -196,6 +200,7 @@ class MetaTrainerConfig:
         if isinstance(self.optimizer, dict):
             self.optimizer = _build(OptimizerConfig, self.optimizer, "optimizer")
         owner = "MetaTrainerConfig"
+        _check_choice(owner, "task", self.task, TASK_CHOICES)
         _check_choice(owner, "pooling", self.pooling, POOLING_CHOICES)
         _check_choice(owner, "adapt", self.adapt, ADAPT_CHOICES)
         _check_choice(owner, "attn_implementation", self.attn_implementation, ATTN_CHOICES)

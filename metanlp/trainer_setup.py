@@ -53,6 +53,7 @@ def build_model(config: MetaTrainerConfig) -> Any:
     return FewShotModel.from_pretrained(
         config.model,
         attn_implementation=attn,
+        task=config.task,
         pooling=config.pooling,
         max_ways=options["max_ways"],
         head_init=options["head_init"],

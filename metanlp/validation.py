@@ -33,10 +33,12 @@ def score_episode(
         `dict[str, float]`: ``accuracy`` and ``loss`` (mean cross-entropy) on the query set; for
         NER, token-level accuracy over labelled sub-tokens (entity F1 is `metanlp.evaluation`'s job).
     """
+    # The head size: N for classification, the episode's tags (O included) for NER.
+    n_labels = episode.num_labels
     with autocast():
-        fast = algorithm.adapt(episode.support, episode.n_way)
+        fast = algorithm.adapt(episode.support, n_labels)
         with torch.no_grad():
-            logits = algorithm.predict_logits(fast, episode.query, episode.n_way)
+            logits = algorithm.predict_logits(fast, episode.query, n_labels)
     labels = episode.query["labels"]
     logits = logits.float().reshape(-1, logits.shape[-1])
     flat = labels.reshape(-1)

@@ -1,0 +1,296 @@
+"""MetaTrainer: config validation, checkpoints, resume = uninterrupted, precision, early stopping.
+
+Training runs use the real MiniLM (LoRA + head, second-order MAML) on a small synthetic topic
+corpus at sequence length 16, so every run takes seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from trainer_helpers import build_corpus, meta_parameters, tiny_config
+
+from metanlp import checkpoint as ckpt
+from metanlp.logging_utils import read_jsonl
+from metanlp.trainer import MetaTrainer
+from metanlp.trainer_config import MetaTrainerConfig, OptimizerConfig
+from metanlp.trainer_utils import build_scheduler, lr_factor
+
+
+@pytest.fixture(autouse=True)
+def _isolated(monkeypatch, tmp_path_factory):
+    from accelerate.state import AcceleratorState
+
+    cache = tmp_path_factory.mktemp("hf_home")
+    monkeypatch.setenv("HF_HOME", str(cache))
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(cache / "datasets"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    # Accelerate keeps one global state per process; each trainer here picks its own precision.
+    AcceleratorState._reset_state()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # CI shares 2 cores; one thread per run avoids oversubscription
+    yield
+    torch.set_num_threads(threads)
+    AcceleratorState._reset_state()
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("corpora")
+    build_corpus(folder)
+    return folder
+
+
+# -- config -----------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["default", "full"])
+def test_packaged_configs_load_and_round_trip(name, tmp_path):
+    config = MetaTrainerConfig.from_yaml(name)
+    assert config.algorithm in ("maml", "fomaml")
+    config.to_json(tmp_path / "config.json")
+    assert MetaTrainerConfig.from_json(tmp_path / "config.json") == config
+
+
+BAD_CONFIGS = [
+    ({"mixed_precision": "fp8"}, "mixed_precision='fp8'", "'bf16'"),
+    ({"adapt": "everything"}, "adapt='everything'", "'lora'"),
+    ({"optimizer": {"schedule": "step"}}, "optimizer.schedule='step'", "'cosine'"),
+    ({"meta_batch_size": 0}, "meta_batch_size=0", ">= 1"),
+    ({"data": {"max_lenght": 64}}, "max_lenght", "max_length"),
+    ({"learning_rate": 1e-3}, "learning_rate", "optimizer"),
+]
+
+
+@pytest.mark.parametrize(
+    ("bad", "names", "allowed"), BAD_CONFIGS, ids=[str(next(iter(b))) for b, _, _ in BAD_CONFIGS]
+)
+def test_config_errors_name_key_and_allowed_values(bad, names, allowed):
+    with pytest.raises(ValueError) as err:
+        MetaTrainerConfig.from_dict(bad)
+    assert names in str(err.value) and allowed in str(err.value)
+
+
+def test_yaml_overrides_and_safe_loading(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("algorithm: fomaml\nmax_steps: 7\noptimizer: {lr: 0.01, schedule: linear}\n")
+    config = MetaTrainerConfig.from_yaml(path, seed=5)
+    assert (config.algorithm, config.max_steps, config.seed) == ("fomaml", 7, 5)
+    assert config.optimizer == OptimizerConfig(lr=0.01, schedule="linear")
+    path.write_text("!!python/object/apply:os.system ['echo pwned']\n")
+    with pytest.raises(Exception, match="python/object"):
+        MetaTrainerConfig.from_yaml(path)
+
+
+# -- schedule, checkpoint pieces ------------------------------------------------------------------
+def test_lr_schedule_warmup_then_decay_to_zero():
+    opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = build_scheduler(
+        opt, OptimizerConfig(lr=1.0, schedule="cosine", warmup_steps=2), max_steps=6
+    )
+    lrs = []
+    for _ in range(6):
+        lrs.append(sched.get_last_lr()[0])
+        opt.step()
+        sched.step()
+    assert lrs[:3] == pytest.approx([1 / 3, 2 / 3, 1.0])
+    assert lrs[3] == pytest.approx(0.5 * (1 + math.cos(math.pi / 4)))
+    assert lr_factor(6, schedule="linear", warmup_steps=2, max_steps=6) == 0.0
+
+
+def test_state_round_trip_without_pickle(tmp_path):
+    param = torch.nn.Parameter(torch.randn(3, 2))
+    opt = torch.optim.AdamW([param], lr=0.1, betas=(0.8, 0.9))
+    param.grad = torch.randn(3, 2)
+    opt.step()
+    state = {"optimizer": opt.state_dict(), "rng": ckpt.rng_state(), "sampler": {"next_index": 7}}
+    ckpt.save_state(tmp_path, "s", state)
+    assert b"pickle" not in (tmp_path / "s.json").read_bytes()
+    back = ckpt.load_state(tmp_path, "s")
+    fresh = torch.optim.AdamW([torch.nn.Parameter(param.detach().clone())], lr=0.1)
+    fresh.load_state_dict(back["optimizer"])
+    assert fresh.state_dict()["param_groups"] == opt.state_dict()["param_groups"]
+    assert torch.equal(
+        fresh.state_dict()["state"][0]["exp_avg"], opt.state_dict()["state"][0]["exp_avg"]
+    )
+    expected = (torch.rand(3), __import__("random").random(), __import__("numpy").random.rand())
+    ckpt.set_rng_state(back["rng"])
+    again = (torch.rand(3), __import__("random").random(), __import__("numpy").random.rand())
+    assert torch.equal(expected[0], again[0]) and expected[1:] == again[1:]
+
+
+_KILLED_WRITER = """
+import sys, time
+from pathlib import Path
+from metanlp.checkpoint import write_checkpoint_atomically, save_state
+import torch
+def slow(folder):
+    save_state(folder, "meta_parameters", {"w": torch.ones(4)})
+    Path(sys.argv[2]).write_text("written")
+    time.sleep(60)
+write_checkpoint_atomically(sys.argv[1], "checkpoint-2", slow)
+"""
+
+
+def test_kill_mid_write_keeps_latest_checkpoint_intact(tmp_path):
+    out = tmp_path / "run"
+    ckpt.write_checkpoint_atomically(
+        out, "checkpoint-1", lambda f: ckpt.save_state(f, "meta_parameters", {"w": torch.zeros(4)})
+    )
+    flag = tmp_path / "flag"
+    proc = subprocess.Popen([sys.executable, "-c", _KILLED_WRITER, str(out), str(flag)])
+    deadline = time.time() + 60
+    while not flag.exists() and time.time() < deadline:
+        time.sleep(0.1)
+    proc.kill()
+    proc.wait()
+    assert flag.exists(), "the writer never reached the middle of its write"
+    assert [p.name for p in ckpt.list_checkpoints(out)] == ["checkpoint-1"]
+    assert any(".tmp-" in p.name for p in out.iterdir())
+    assert torch.equal(
+        ckpt.load_state(ckpt.latest_checkpoint(out), "meta_parameters")["w"], torch.zeros(4)
+    )
+    # Rewriting a step that exists swaps in the new copy; leftovers are cleaned by pruning.
+    ckpt.write_checkpoint_atomically(
+        out, "checkpoint-1", lambda f: ckpt.save_state(f, "meta_parameters", {"w": torch.ones(4)})
+    )
+    ckpt.prune_checkpoints(out, keep=1)
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint-1"]
+    assert torch.equal(
+        load_file(str(out / "checkpoint-1" / "meta_parameters.safetensors"))["w"], torch.ones(4)
+    )
+
+
+# -- training runs --------------------------------------------------------------------------------
+def test_resume_equals_uninterrupted_run_and_logs(data_dir, tmp_path):
+    full = tmp_path / "full"
+    config = tiny_config(
+        data_dir, full, save_every=2, save_total_limit=3, report_to=["tensorboard"]
+    )
+    trainer = MetaTrainer(config)
+    state = trainer.train()
+    assert state.step == 4 and [p.name for p in ckpt.list_checkpoints(full)] == [
+        "checkpoint-2",
+        "checkpoint-4",
+    ]
+    records = read_jsonl(full / "metrics.jsonl")
+    assert [r["step"] for r in records if r["split"] == "train"] == [1, 2, 3, 4]
+    assert [r["step"] for r in records if r["split"] == "val"] == [2, 4]
+    assert all(math.isfinite(r["query_loss"]) for r in records if r["split"] == "train")
+    assert (full / "learning_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    events = list(full.rglob("events.out.tfevents.*"))
+    assert events, "no TensorBoard event file"
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    tags = EventAccumulator(str(events[0].parent)).Reload().Tags()["scalars"]
+    assert {"train/query_loss", "val/accuracy"} <= set(tags)
+
+    # Interrupted after step 2: the run folder as it was when checkpoint-2 was the newest.
+    resumed_dir = tmp_path / "resumed"
+    shutil.copytree(full, resumed_dir)
+    shutil.rmtree(resumed_dir / "checkpoint-4")
+    AcceleratorState = __import__(
+        "accelerate.state", fromlist=["AcceleratorState"]
+    ).AcceleratorState
+    AcceleratorState._reset_state()
+    resumed = MetaTrainer(tiny_config(data_dir, resumed_dir, save_every=2, save_total_limit=3))
+    resumed.train(resume_from_checkpoint=True)
+    for name, value in meta_parameters(trainer).items():
+        assert torch.equal(value, meta_parameters(resumed)[name]), name
+    a = load_file(str(full / "checkpoint-4" / "meta_parameters.safetensors"))
+    b = load_file(str(resumed_dir / "checkpoint-4" / "meta_parameters.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert read_jsonl(resumed_dir / "metrics.jsonl") == records
+    saved = json.loads((full / "checkpoint-4" / "config.json").read_text())
+    assert MetaTrainerConfig.from_dict(saved).max_steps == 4
+
+
+def test_accumulation_equals_bigger_meta_batch(data_dir, tmp_path):
+    runs = {}
+    for batch, accum in ((2, 2), (4, 1)):
+        from accelerate.state import AcceleratorState
+
+        AcceleratorState._reset_state()
+        config = tiny_config(
+            data_dir,
+            tmp_path / f"b{batch}",
+            meta_batch_size=batch,
+            gradient_accumulation_steps=accum,
+            max_steps=2,
+            keep_best=False,
+        )
+        config.data.val = None
+        trainer = MetaTrainer(config)
+        trainer.train()
+        runs[batch] = meta_parameters(trainer)
+    for name, value in runs[2].items():
+        torch.testing.assert_close(value, runs[4][name], rtol=1e-6, atol=1e-7)
+
+
+def _one_step(data_dir, out, precision, hook_dtypes=None):
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state()
+    config = tiny_config(data_dir, out, mixed_precision=precision, max_steps=1, keep_best=False)
+    config.data.val = None
+    trainer = MetaTrainer(config)
+    if hook_dtypes is not None:
+        layer = trainer.algorithm.model.base_encoder.encoder.layer[0].intermediate.dense
+        layer.register_forward_hook(lambda m, i, o: hook_dtypes.append(o.dtype))
+    return trainer, trainer.meta_step()
+
+
+def test_bf16_autocast_on_cpu_close_to_fp32(data_dir, tmp_path):
+    _, ref_metrics = (ref := _one_step(data_dir, tmp_path / "fp32", "no"))
+    seen: list[torch.dtype] = []
+    trainer, metrics = _one_step(data_dir, tmp_path / "bf16", "bf16", seen)
+    assert torch.bfloat16 in seen
+    assert metrics["query_loss"] == pytest.approx(ref_metrics["query_loss"], abs=2e-2)
+    for name, value in meta_parameters(trainer).items():
+        assert torch.isfinite(value).all()
+        torch.testing.assert_close(value, meta_parameters(ref[0])[name], rtol=0, atol=5e-3)
+
+
+def test_fp16_loss_scaling_matches_fp32_and_skips_overflow(data_dir, tmp_path):
+    ref, ref_metrics = _one_step(data_dir, tmp_path / "fp32", "no")
+    seen: list[torch.dtype] = []
+    trainer, metrics = _one_step(data_dir, tmp_path / "fp16", "fp16", seen)
+    assert torch.float16 in seen and metrics["loss_scale"] == 2.0**16
+    assert metrics["grad_norm"] == pytest.approx(ref_metrics["grad_norm"], rel=1e-2)
+    # The unscaled meta-gradients (left in .grad) agree with fp32 to fp16 accuracy.
+    grads = {n: p.grad for n, p in trainer.meta_params.items()}
+    for name, p in ref.meta_params.items():
+        assert torch.isfinite(grads[name]).all()
+        assert (grads[name] - p.grad).norm() <= 1e-2 * p.grad.norm() + 1e-6, name
+    # A scale far too large overflows fp16: the step is skipped, the scale halves, nothing is NaN.
+    before = meta_parameters(trainer)
+    trainer.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**40)
+    metrics = trainer.meta_step()
+    assert metrics["loss_scale"] == 2.0**40 and trainer.scaler.get_scale() == 2.0**39
+    for name, value in meta_parameters(trainer).items():
+        assert torch.equal(value, before[name]), name
+
+
+def test_early_stopping_keeps_best(data_dir, tmp_path):
+    # A vanishing learning rate leaves validation accuracy flat: no evaluation beats the first.
+    config = tiny_config(
+        data_dir,
+        tmp_path / "es",
+        max_steps=8,
+        eval_every=1,
+        early_stopping_patience=2,
+        optimizer={"lr": 1e-12, "warmup_steps": 0},
+    )
+    trainer = MetaTrainer(config)
+    state = trainer.train()
+    assert (state.step, state.best_step, state.stopped_early) == (3, 1, True)
+    assert [p.name for p in ckpt.list_checkpoints(tmp_path / "es")] == ["checkpoint-3"]
+    best = ckpt.load_state(tmp_path / "es" / "best", "meta_parameters")
+    for name, value in meta_parameters(trainer).items():
+        assert torch.equal(value, best[name]), name
