@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from metanlp.meta import efficient
 from metanlp.meta.inner import (
     INNER_OPTIMIZERS,
     InnerLoopResult,
@@ -61,6 +62,9 @@ class MetaConfig:
         train_dropout (`bool`, defaults to True): dropout active in meta-training inner/outer
             loops; evaluation-time adaptation always runs in eval mode (deterministic).
         grad_scale (`float`, *optional*): inner-loop loss scale for fp16 (see `inner_loop`).
+        checkpointing (`str`, defaults to ``"none"``), frozen_prefix_cache (`str`, defaults to
+            ``"auto"``), task_batching (`str`, defaults to ``"loop"``): exact speed/memory
+            options, see `metanlp.meta.efficient`.
 
     Example:
         ```python
@@ -81,6 +85,9 @@ class MetaConfig:
     inner_eps: float = 1e-8
     train_dropout: bool = True
     grad_scale: float | None = None
+    checkpointing: str = "none"
+    frozen_prefix_cache: str = "auto"
+    task_batching: str = "loop"
 
     allowed_inner_optimizers: ClassVar[tuple[str, ...]] = INNER_OPTIMIZERS
 
@@ -116,6 +123,7 @@ class MetaConfig:
             self.grad_scale is None or self.grad_scale > 0,
             f"grad_scale={self.grad_scale!r} must be None or > 0.",
         )
+        efficient.check_options(self.checkpointing, self.frozen_prefix_cache, self.task_batching)
         for key in ("params", "outer_params"):
             value = getattr(self, key)
             if isinstance(value, (list, tuple)):
@@ -264,6 +272,8 @@ class MetaAlgorithm:
         ``tie_weights`` has nothing to propagate; a name that is not a parameter would be
         ignored here and then caught by the engine's unused-parameter error.
         """
+        if efficient.PREFIX_KEY in batch:  # frozen lower layers already run for this episode
+            return efficient.layered_forward(self.model, fast, batch, n_way)
         kwargs = {k: batch[k] for k in MODEL_INPUT_KEYS if k in batch}
         kwargs["n_way"] = n_way
         return functional_call(self.model, dict(fast), (), kwargs, strict=False)
@@ -285,7 +295,12 @@ class MetaAlgorithm:
             def step_fn(f: dict[str, Tensor]) -> Tensor:
                 return task_loss(self.forward_with(f, query, n_way), query["labels"])
 
-        return inner_loop(
+        loop = (
+            efficient.checkpointed_inner_loop
+            if self.config.checkpointing == "steps"
+            else inner_loop
+        )
+        return loop(
             lambda f: task_loss(self.forward_with(f, support, n_way), support["labels"]),
             fast,
             steps=steps,
@@ -314,7 +329,8 @@ class MetaAlgorithm:
         """Accumulate ``scale ×`` this task's meta-gradient into ``.grad``; return task metrics."""
         support, query, n_way = self.unpack(episode)
         mode = "second_order" if self.second_order_now() else "first_order"
-        with model_mode(self.model, self.config.train_dropout):
+        with model_mode(self.model, self.config.train_dropout), efficient.training_context(self):
+            support, query = efficient.maybe_cache_prefix(self, support, query)
             fast = self.initial_fast_weights(support, n_way, training=True)
             result = self.run_inner(
                 fast, support, n_way, steps=self.config.inner_steps, mode=mode,
@@ -325,6 +341,16 @@ class MetaAlgorithm:
         if params and loss.requires_grad:
             torch.autograd.backward(loss * scale, inputs=params)
         return self.metrics(loss, logits, query, result)
+
+    def meta_backward_batch(
+        self, episodes: list[Any], scale: float = 1.0
+    ) -> list[dict[str, float]]:
+        """`meta_backward` of each episode; one ``vmap`` pass when ``task_batching="vmap"``."""
+        if self.config.task_batching == "vmap":
+            from metanlp.meta.efficient_vmap import vmap_meta_backward  # imports this module
+
+            return vmap_meta_backward(self, episodes, scale)
+        return [self.meta_backward(e, scale) for e in episodes]
 
     def adapt(
         self, support: Mapping[str, Tensor], n_way: int, steps: int | None = None
@@ -338,6 +364,7 @@ class MetaAlgorithm:
             )
         support = self.to_device(support)
         with model_mode(self.model, False):
+            (support,) = efficient.maybe_cache_prefix(self, support)
             fast = self.initial_fast_weights(support, n_way, training=False)
             fast = {n: t.detach() for n, t in fast.items()}
             return self.run_inner(fast, support, n_way, steps=steps, mode="no_graph").fast
