@@ -75,6 +75,41 @@ def verdicts(entry: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+def merge_records(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """One record from several runs on the same fixed episodes (later runs win per method).
+
+    Runs may split the work (methods or settings run in separate processes, SetFit on another
+    machine); episodes are paired by their index in the setting's episode file, so results from
+    different runs compare exactly like results from one. Every run's provenance is kept.
+    """
+    if not records:
+        raise ValueError("merge_records needs at least one results record.")
+    merged: dict[str, Any] = {
+        "provenance": records[-1]["provenance"],
+        "merged_from": [r["provenance"] for r in records],
+        "size": records[-1]["size"],
+        "config": dict(records[-1]["config"]),
+        "variants": records[-1]["variants"],
+        "train_seconds": {},
+        "settings": [],
+    }
+    by_name: dict[str, dict[str, Any]] = {}
+    for record in records:
+        merged["train_seconds"].update(record.get("train_seconds", {}))
+        for entry in record["settings"]:
+            into = by_name.setdefault(entry["setting"], {**entry, "results": [], "seconds": 0})
+            methods = {r["method"]: r for r in into.get("results", [])}
+            methods.update({r["method"]: r for r in entry.get("results", [])})
+            into.update({k: v for k, v in entry.items() if k not in ("results", "seconds")})
+            into["results"] = list(methods.values())
+            into["seconds"] = into.get("seconds", 0) + entry.get("seconds", 0)
+    for key in ("episodes", "setfit_episodes"):  # what the table header reports
+        merged["config"][key] = max(r["config"][key] for r in records)
+    merged["config"]["methods"] = sorted({m for r in records for m in r["config"]["methods"]})
+    merged["settings"] = list(by_name.values())
+    return merged
+
+
 def write_results(record: dict[str, Any], out: Path, stem: str) -> tuple[Path, Path, Path]:
     """Write ``<stem>.json``, ``<stem>.md`` and ``<stem>.png`` under ``out``."""
     for entry in record["settings"]:

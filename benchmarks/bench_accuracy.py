@@ -7,6 +7,7 @@ the same fixed test episodes (see `benchmarks.accuracy_setup`), with 95% Student
     .venv-bench/bin/python benchmarks/bench_accuracy.py --quick    # smoke run, a few minutes
     .venv-bench/bin/python benchmarks/bench_accuracy.py --full     # 600 episodes per setting (GPU)
     ... --settings bbc_5w5s tweets_3w8s --episodes 10 --setfit-episodes 3
+    ... --merge a/accuracy.json b/accuracy.json   # combine runs that split methods/settings
 
 SetFit is trained on each episode's support set and costs 40-220 s per episode on 2 CPU cores,
 so it runs on the first ``--setfit-episodes`` episodes only (its CI is wider; the table says how
@@ -18,6 +19,7 @@ rows are left out and the results file says so. Results go to
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -28,7 +30,7 @@ from typing import Any
 if __package__ in (None, ""):  # run as a script: make `benchmarks` and `metanlp` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.accuracy_report import write_results
+from benchmarks.accuracy_report import merge_records, write_results
 from benchmarks.accuracy_setup import SETTINGS, VARIANTS, learner_for, load_setting_episodes
 from benchmarks.common import REPO_ROOT, provenance
 
@@ -68,6 +70,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--out", default=str(REPO_ROOT / "benchmarks" / "results"))
     p.add_argument("--data-dir", default=None, help="corpora folder (default $METANLP_DATA_DIR)")
+    p.add_argument(
+        "--merge",
+        nargs="+",
+        metavar="JSON",
+        help="only combine results files of earlier runs (same episode files) into --out",
+    )
     args = p.parse_args(argv)
     size = "quick" if args.quick else "full" if args.full else "default"
     for key, value in SIZES[size].items():
@@ -171,11 +179,16 @@ def main(argv: list[str] | None = None) -> int:
     for noisy in ("httpx", "transformers", "datasets", "accelerate"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     args = parse_args(argv)
+    stem = {"quick": "accuracy_quick", "full": "accuracy_full"}.get(args.size, "accuracy")
+    if args.merge:
+        records = [json.loads(Path(p).read_text()) for p in args.merge]
+        paths = write_results(merge_records(records), Path(args.out), stem)
+        print(f"merged {len(records)} results files -> {paths[1]}")
+        return 0
     args.train_seconds = {}
     args.setfit_problem = setfit_status() if SETFIT in args.methods else None
     if args.setfit_problem:
         print(f"SetFit left out: {args.setfit_problem}")
-    stem = {"quick": "accuracy_quick", "full": "accuracy_full"}.get(args.size, "accuracy")
     record: dict[str, Any] = {
         "provenance": provenance(),
         "size": args.size,

@@ -109,3 +109,26 @@ def test_setfit_runner_imports_without_setfit(monkeypatch):
     assert runner.model_path.is_dir() and runner.max_length == 32
     with pytest.raises(ImportError):
         runner.describe()
+
+
+def test_merge_runs_that_split_methods_and_settings():
+    from benchmarks.accuracy_report import merge_records
+
+    def record(cmd: str, settings: list[dict], methods: list[str]) -> dict:
+        config = {"episodes": 4, "setfit_episodes": 1, "methods": methods}
+        return {"provenance": {"command": cmd}, "size": "default", "config": config,
+                "variants": {}, "train_seconds": {cmd: 1.0}, "settings": settings}  # fmt: skip
+
+    old_maml = _result("maml", [0.1, 0.2])
+    a = record("a", [{"setting": "s1", "results": [old_maml, _result("finetune", [0.5, 0.6])],
+                      "seconds": 2.0}], ["maml", "finetune"])  # fmt: skip
+    new_maml = _result("maml", [0.7, 0.8])
+    b = record("b", [{"setting": "s1", "results": [new_maml], "seconds": 3.0},
+                     {"setting": "s2", "results": [_result("setfit", [0.4, 0.5])]}], ["maml"])  # fmt: skip
+    merged = merge_records([a, b])
+    s1, s2 = merged["settings"]
+    assert [r["method"] for r in s1["results"]] == ["maml", "finetune"]
+    assert s1["results"][0] is new_maml  # the later run wins for a method run twice
+    assert s1["seconds"] == 5.0 and s2["setting"] == "s2"
+    assert [p["command"] for p in merged["merged_from"]] == ["a", "b"]
+    assert merged["train_seconds"] == {"a": 1.0, "b": 1.0}

@@ -136,4 +136,6 @@ class SetFitMethod:
         # Keyword names moved between SetFit releases (evaluation_ vs eval_strategy): pass the
         # ones this version has.
         accepted = inspect.signature(TrainingArguments).parameters
+        if "eval_strategy" in accepted:
+            wanted.pop("evaluation_strategy")  # deprecated alias; passing both warns
         return TrainingArguments(**{k: v for k, v in wanted.items() if k in accepted})
