@@ -1,0 +1,293 @@
+"""What every recipe shares: its command line, run sizes, and the train → evaluate → report steps.
+
+A recipe only states its data, its algorithm config and its test settings; the steps here call
+`metanlp.trainer.MetaTrainer`, `metanlp.api.MetaLearner`, `metanlp.episodes` and
+`metanlp.evaluation` and write what they return. Nothing here computes a metric.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import platform
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+SIZES = ("smoke", "default", "full")
+
+
+@dataclass(frozen=True)
+class Size:
+    """How big a run is: meta-training steps, validation and test episode counts.
+
+    Args:
+        max_steps (`int`): Meta (optimiser) steps.
+        meta_batch_size (`int`): Tasks per meta-step.
+        val_episodes (`int`): Fixed meta-validation episodes (0: no validation).
+        test_episodes (`int`): Fixed test episodes per setting (each method sees the same ones).
+        query (`int`): Query examples per class (NER: per entity type) in test episodes.
+        max_length (`int`): Tokenizer truncation.
+        finetune_baseline (`bool`): Also score the fine-tune baseline (costly on CPU).
+        inner_steps (`int`, *optional*): Override the recipe's inner steps (training and
+            evaluation); the smoke size uses 1.
+        train_shots (`int`, *optional*): Override K and Q of the meta-training/validation sources.
+    """
+
+    max_steps: int
+    meta_batch_size: int
+    val_episodes: int
+    test_episodes: int
+    query: int = 8
+    max_length: int = 64
+    finetune_baseline: bool = False
+    inner_steps: int | None = None
+    train_shots: int | None = None
+
+
+def parse_args(
+    description: str, sizes: Mapping[str, Size], extra: Callable | None = None
+) -> argparse.Namespace:
+    """The recipe command line: ``--data``, ``--out``, ``--smoke`` / ``--full`` and overrides."""
+    recipe = Path(sys.argv[0]).stem
+    parser = argparse.ArgumentParser(
+        description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    parser.add_argument("--data", default=os.environ.get("METANLP_DATA_DIR", "data"),
+                        help="folder of the built corpora (make data)")  # fmt: skip
+    parser.add_argument("--out", default=f"outputs/{recipe}", help="where results are written")
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--smoke", action="store_true", help="tiny size, for the tests (seconds)")
+    group.add_argument("--full", action="store_true", help="the GPU size (600 test episodes)")
+    parser.add_argument("--max-steps", type=int, help="override the size's meta-training steps")
+    parser.add_argument("--test-episodes", type=int, help="override the test episodes per setting")
+    parser.add_argument("--seed", type=int, default=0, help="seed of training and episodes")
+    parser.add_argument("--device", help="cuda / cpu (default: cuda when available)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    if extra is not None:
+        extra(parser)
+    args = parser.parse_args()
+    args.size_name = "smoke" if args.smoke else "full" if args.full else "default"
+    size = sizes[args.size_name]
+    if args.max_steps is not None:
+        size = replace(size, max_steps=args.max_steps)
+    if args.test_episodes is not None:
+        size = replace(size, test_episodes=args.test_episodes)
+    args.size, args.recipe = size, recipe
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    return args
+
+
+def trainer_config(args: argparse.Namespace, name: str, **settings: Any) -> Any:
+    """A `MetaTrainerConfig` from the recipe's settings, sized by ``args.size``."""
+    from metanlp.trainer_config import MetaTrainerConfig
+
+    size: Size = args.size
+    data = dict(settings.pop("data"))
+    val = data.get("val") if size.val_episodes else None
+    if size.train_shots is not None:
+        shots = {"k_shot": size.train_shots, "q_query": size.train_shots}
+        data["train"] = [{**source, **shots} for source in data["train"]]
+        val = {**val, **shots} if val else None
+    if size.inner_steps is not None and settings.get("algorithm") != "protonet":
+        steps = {"inner_steps": size.inner_steps, "eval_inner_steps": size.inner_steps}
+        settings["algorithm_config"] = {**settings.get("algorithm_config", {}), **steps}
+    data.update(val=val, val_episodes=max(size.val_episodes, 1), max_length=size.max_length,
+                seed=args.seed, data_dir=str(args.data))  # fmt: skip
+    return MetaTrainerConfig.from_dict(
+        {
+            "data": data,
+            "max_steps": size.max_steps,
+            "meta_batch_size": size.meta_batch_size,
+            "eval_every": max(1, size.max_steps // 4),
+            "output_dir": str(Path(args.out) / name / "train"),
+            "report_to": [],
+            "progress_bar": not args.no_progress,
+            "save_every": None,
+            "save_total_limit": 1,
+            "seed": args.seed,
+            "cpu": args.device == "cpu",
+            **settings,
+        }
+    )
+
+
+def meta_train(
+    config: Any, datasets: Sequence[str] | None = None, **trainer_kwargs: Any
+) -> tuple[Any, Any, dict[str, Any]]:
+    """Meta-train; returns (meta-trained learner, the same learner before training, run info).
+
+    ``datasets`` names the training data in the model card when the samplers were passed in
+    (``trainer_kwargs``: ``train_sampler``, ``val_sampler``) rather than built from the config.
+
+    The "before" learner is a copy taken after the model is built and before the first meta-step:
+    the same weights, head and adaptation rule, with no meta-training (the fair "start" baseline).
+    """
+    from metanlp.api import MetaLearner
+    from metanlp.trainer import MetaTrainer
+
+    trainer = MetaTrainer(config, **trainer_kwargs)
+    start = copy.deepcopy(MetaLearner.from_trainer(trainer, datasets=datasets))
+    start.config.meta_trained = False
+    print(f"meta-training {config.algorithm} ({config.adapt}) for {config.max_steps} steps x "
+          f"{config.meta_batch_size} tasks = {config.max_steps * config.meta_batch_size} episodes")  # fmt: skip
+    began = time.perf_counter()
+    state = trainer.train()
+    seconds = time.perf_counter() - began
+    learner = MetaLearner.from_trainer(trainer, datasets=datasets)
+    learner.save_pretrained(Path(config.output_dir).parent / "learner")
+    info = {
+        "train_episodes": config.max_steps * config.meta_batch_size,
+        "steps": state.step,
+        "best_step": state.best_step,
+        "best_val_accuracy": state.best_metric,
+        "seconds": round(seconds, 1),
+        "learning_curve": str(Path(config.output_dir) / "learning_curve.png"),
+    }
+    print(f"meta-training done in {seconds:.0f} s (best validation step: {state.best_step})")
+    return learner, start, info
+
+
+def methods_for(learner: Any, start: Any, size: Size) -> dict[str, Any]:
+    """The methods every recipe compares: meta-trained, the same start untrained, baselines."""
+    from metanlp.baselines import FineTuneBaseline, FrozenPrototypes
+
+    name = learner.config.algorithm
+    methods = {
+        f"{name} meta-trained": learner,
+        f"{name} no meta-training": start,
+        "frozen prototypes": FrozenPrototypes(start.model),
+    }
+    if size.finetune_baseline:
+        methods["fine-tune"] = FineTuneBaseline(start.model)
+    return methods
+
+
+def score_setting(
+    args: argparse.Namespace,
+    setting: str,
+    sampler: Any,
+    datasets: Mapping[str, Any],
+    methods: Mapping[str, Any],
+    tokenizer: Any,
+) -> list[dict[str, Any]]:
+    """Write ``size.test_episodes`` fixed episodes of `sampler` to a file, score every method on them."""
+    from metanlp.episodes import load_episodes, save_episodes
+    from metanlp.evaluation import comparison_table, evaluate
+
+    n = args.size.test_episodes
+    path = Path(args.out) / "episodes" / f"{setting}.json"
+    save_episodes(path, sampler.specs(n), sampler, metadata={"max_length": args.size.max_length})
+    episodes = load_episodes(path, datasets, tokenizer=tokenizer, max_length=args.size.max_length)
+    first = episodes[0]
+    print(f"\n[{setting}] {n} test episodes ({first.task}, {first.n_way}-way, "
+          f"{len(first.query_targets)} queries each) x {len(methods)} methods")  # fmt: skip
+    results = evaluate(methods, episodes, output_dir=Path(args.out) / setting,
+                       episode_set=setting, seed=args.seed, progress=not args.no_progress)  # fmt: skip
+    print(comparison_table(results))
+    return results
+
+
+def write_report(
+    args: argparse.Namespace,
+    title: str,
+    settings: Sequence[tuple[str, list[dict[str, Any]] | str]],
+    info: Mapping[str, Any],
+    started: float,
+) -> Path:
+    """``summary.json``, ``summary.md`` (one table row per setting × method) and ``summary.png``.
+
+    Args:
+        settings: ``(setting name, evaluate() results)`` or ``(setting name, why it was skipped)``.
+    """
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    seconds = time.perf_counter() - started
+    rows, skipped = [], {}
+    for setting, results in settings:
+        if isinstance(results, str):
+            skipped[setting] = results
+            continue
+        for r in results:
+            stats = {m: {k: s[k] for k in ("mean", "ci", "n")} for m, s in r["summary"].items()}
+            rows.append({"setting": setting, "method": r["method"], "seconds": r["seconds"],
+                         **stats})  # fmt: skip
+    load = os.getloadavg() if hasattr(os, "getloadavg") else None
+    meta = {
+        "recipe": args.recipe,
+        "size": args.size_name,
+        **asdict(args.size),
+        "seconds_total": round(seconds, 1),
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, load average at end {load}",
+        "training": dict(info),
+        "skipped": skipped,
+    }
+    (out / "summary.json").write_text(json.dumps({"run": meta, "rows": rows}, indent=2,
+                                                 default=str))  # fmt: skip
+    table = _markdown(rows, skipped)
+    (out / "summary.md").write_text(
+        f"# {title}\n\nsize `{args.size_name}`, {seconds / 60:.1f} min in all "
+        f"({meta['machine']})\n\n{table}\n"
+    )
+    if rows:
+        _plot(rows, title, out / "summary.png")
+    print(f"\n{title}\n{table}\n\nwrote {out}/summary.{{json,md,png}} in {seconds / 60:.1f} min")
+    return out
+
+
+def _markdown(rows: list[dict[str, Any]], skipped: Mapping[str, str]) -> str:
+    metrics = [m for m in ("accuracy", "macro_f1", "f1") if any(m in r for r in rows)]
+    lines = ["| setting | method | episodes | " + " | ".join(metrics) + " |",
+             "|---|---|---|" + "---|" * len(metrics)]  # fmt: skip
+    for r in rows:
+        n = next(r[m]["n"] for m in metrics if m in r)
+        cells = [_pct(r[m]) if m in r else "–" for m in metrics]
+        lines.append(f"| {r['setting']} | {r['method']} | {n} | " + " | ".join(cells) + " |")
+    for setting, why in skipped.items():
+        lines.append(
+            f"| {setting} | not run: {why} | – | " + " | ".join("–" for _ in metrics) + " |"
+        )
+    return "\n".join(lines)
+
+
+def _pct(stat: Mapping[str, Any]) -> str:
+    ci = stat["ci"]
+    if ci is None or ci != ci:
+        return f"{100 * stat['mean']:.1f}"
+    return f"{100 * stat['mean']:.1f} ± {100 * ci:.1f}"
+
+
+def _plot(rows: list[dict[str, Any]], title: str, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metric = "accuracy" if "accuracy" in rows[0] else "f1"
+    settings = list(dict.fromkeys(r["setting"] for r in rows))
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    width = 0.8 / len(methods)
+    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(settings) + 2), 4))
+    for j, method in enumerate(methods):
+        xs, ys, es = [], [], []
+        for i, setting in enumerate(settings):
+            for r in rows:
+                if r["setting"] == setting and r["method"] == method:
+                    ci = r[metric]["ci"]
+                    xs.append(i + (j - (len(methods) - 1) / 2) * width)
+                    ys.append(100 * r[metric]["mean"])
+                    es.append(0 if ci is None or ci != ci else 100 * ci)
+        ax.bar(xs, ys, width, yerr=es, capsize=3, label=method)
+    ax.set_xticks(range(len(settings)), settings, rotation=20, ha="right")
+    ax.set_ylabel(f"{metric} (%), mean ± 95% CI")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
