@@ -12,6 +12,7 @@ import copy
 import json
 import os
 import platform
+import re
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -169,6 +170,11 @@ def methods_for(learner: Any, start: Any, size: Size) -> dict[str, Any]:
     return methods
 
 
+def slug(setting: str) -> str:
+    """A file-system name for a setting: ``"3-way 4-shot"`` -> ``"3-way_4-shot"``."""
+    return re.sub(r"[^A-Za-z0-9.~-]+", "_", setting).strip("_")
+
+
 def score_setting(
     args: argparse.Namespace,
     setting: str,
@@ -182,13 +188,13 @@ def score_setting(
     from metanlp.evaluation import comparison_table, evaluate
 
     n = args.size.test_episodes
-    path = Path(args.out) / "episodes" / f"{setting}.json"
+    path = Path(args.out) / "episodes" / f"{slug(setting)}.json"
     save_episodes(path, sampler.specs(n), sampler, metadata={"max_length": args.size.max_length})
     episodes = load_episodes(path, datasets, tokenizer=tokenizer, max_length=args.size.max_length)
     first = episodes[0]
     print(f"\n[{setting}] {n} test episodes ({first.task}, {first.n_way}-way, "
           f"{len(first.query_targets)} queries each) x {len(methods)} methods")  # fmt: skip
-    results = evaluate(methods, episodes, output_dir=Path(args.out) / setting,
+    results = evaluate(methods, episodes, output_dir=Path(args.out) / slug(setting),
                        episode_set=setting, seed=args.seed, progress=not args.no_progress)  # fmt: skip
     print(comparison_table(results))
     return results
@@ -216,8 +222,8 @@ def write_report(
             continue
         for r in results:
             stats = {m: {k: s[k] for k in ("mean", "ci", "n")} for m, s in r["summary"].items()}
-            rows.append({"setting": setting, "method": r["method"], "seconds": r["seconds"],
-                         **stats})  # fmt: skip
+            row = {"setting": setting, "folder": slug(setting), "method": r["method"]}
+            rows.append({**row, "seconds": r["seconds"], **stats})
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
     meta = {
         "recipe": args.recipe,

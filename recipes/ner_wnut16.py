@@ -65,8 +65,7 @@ def main() -> None:
         try:
             load_corpus(POLISH, args.data)
         except CorpusError as err:
-            sys.exit(f"--polish needs the bigbench extra (pip install 'metanlp[bigbench]'), "
-                     f"built into {args.data}: {err}")  # fmt: skip
+            sys.exit(f"--polish needs the optional bigbench corpus in {args.data}: {err}")
         train = {"dataset": POLISH, "types": None}
     else:
         train = {"dataset": "wnut16", "types": TRAIN_TYPES}

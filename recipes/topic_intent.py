@@ -73,7 +73,7 @@ def main() -> None:
         snips = load_corpus(SNIPS, args.data)
     except CorpusError as err:
         if args.snips:
-            sys.exit(f"--snips needs the bigbench extra (pip install 'metanlp[bigbench]'): {err}")
+            sys.exit(f"--snips needs the optional bigbench corpus in {args.data}: {err}")
         snips_missing = f"bigbench extra not built ({err})"
         print(f"SNIPS intents skipped: {snips_missing}")
     tweets = load_corpus("tweets", args.data)
