@@ -121,3 +121,45 @@ def test_push_errors_are_clear(saved_learner, tmp_path):
         push_folder(folder, "alice/x", endpoint="http://127.0.0.1:9")
     with pytest.raises(FileNotFoundError, match="README.md"):
         push_folder(tmp_path, "alice/x")
+
+
+LOAD_FROM_HUB = """
+import json, sys
+from metanlp import MetaLearner
+learner = MetaLearner.from_pretrained(sys.argv[1])
+clf = learner.adapt(json.loads(sys.argv[2]), json.loads(sys.argv[3]))
+print(json.dumps({"config": learner.config.to_dict(),
+                  "proba": clf.predict_proba(json.loads(sys.argv[2])).tolist()}))
+"""
+
+
+def test_from_pretrained_downloads_a_pushed_learner(saved_learner, monkeypatch, tmp_path):
+    """Push, then `from_pretrained("user/repo")` in a fresh process pointed at the fake Hub by
+    HF_ENDPOINT (the variable users set for a private Hub): the same learner comes back."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    import numpy as np
+    from huggingface_hub import constants
+
+    learner, _ = saved_learner
+    texts = ["The bank raised rates", "Shares fell", "The team won", "He scored twice"]
+    labels = ["money", "money", "sport", "sport"]
+    expected = learner.adapt(texts, labels).predict_proba(texts)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    with FakeHub() as hub:
+        learner.push_to_hub("alice/shared", token="t", endpoint=hub.url)
+        env = {**os.environ, "HF_ENDPOINT": hub.url, "HF_HUB_OFFLINE": "0",
+               "HF_HOME": str(tmp_path / "hf"), "HF_TOKEN": "t"}  # fmt: skip
+        proc = subprocess.run(
+            [sys.executable, "-c", LOAD_FROM_HUB, "alice/shared", json.dumps(texts), json.dumps(labels)],
+            capture_output=True, text=True, env=env, timeout=300,
+        )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["config"] == learner.config.to_dict()
+    assert np.array_equal(np.array(out["proba"]), expected)
+    assert hub.unexpected == []
+    assert any(p.startswith("/alice/shared/resolve/") for _, p, _ in hub.requests)
