@@ -56,6 +56,9 @@ def summarize(
                 grads_path = next((r.get("grads_path") for r in ok if r.get("grads_path")), None)
                 if grads_path and Path(grads_path).is_file():
                     grads = load_file(grads_path)
+                    row["grad_norm"] = float(
+                        sum(g.double().pow(2).sum() for g in grads.values()) ** 0.5
+                    )
                     if impl == REFERENCE:
                         ref_grads = grads
                     elif ref_grads is not None:
@@ -78,18 +81,18 @@ def write_reports(
                                                       "summary": summary, "runs": runs})  # fmt: skip
     size = settings["size"]
     header = ["case", "implementation", "status", "s / meta-step", "CPU s / meta-step", "peak RSS GiB",
-              "metanlp time ratio", "metanlp CPU ratio", "metanlp memory ratio", "grad max abs diff",
-              "grad rel diff"]  # fmt: skip
+              "metanlp time ratio", "metanlp CPU ratio", "metanlp memory ratio", "grad norm",
+              "grad max abs diff", "grad rel diff"]  # fmt: skip
     rows, failures = [], []
     for case, impls in summary.items():
         for impl, r in impls.items():
             diff = r.get("grad_diff", {})
             rows.append([case, impl, r["status"], r.get("step_s"), r.get("cpu_s"), r.get("peak_step_gib"),
                          r.get("metanlp_time_ratio"), r.get("metanlp_cpu_ratio"), r.get("metanlp_peak_ratio"),
-                         diff.get("max_abs"), diff.get("rel")])  # fmt: skip
+                         r.get("grad_norm"), diff.get("max_abs"), diff.get("rel")])  # fmt: skip
             if r["status"] != "ok":
                 failures.append(f"- **{impl}**, `{case}` ({r['status']}, {r.get('phase')}): "
-                                f"`{(r.get('error') or '').splitlines()[0][:400]}` at `{r.get('where')}`")  # fmt: skip
+                                f"`{' '.join((r.get('error') or '').split())[:400]}` at `{r.get('where')}`")  # fmt: skip
     intro = (
         f"MiniLM (eager attention, mean pooling, linear head), {size['n_way']}-way {size['k_shot']}-shot "
         f"+ {size['q_query']} query per class, seq len {size['seq_len']}, meta-batch {size['meta_batch']}, "

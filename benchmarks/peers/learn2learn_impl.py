@@ -12,9 +12,14 @@ from .workload import BenchEpisode, Case, Size, loss_fn, model_inputs
 def make_stepper(model: nn.Module, case: Case, size: Size) -> Callable[[list[BenchEpisode]], None]:
     import learn2learn as l2l
 
-    # allow_unused: frozen tensors are skipped by adapt() either way; nothing else is unused
-    # (MiniLM is loaded without its pooler).
-    maml = l2l.algorithms.MAML(model, lr=size.inner_lr, first_order=case.first_order)
+    # With frozen tensors (LoRA, top layers) learn2learn needs allow_nograd=True. Without it,
+    # adapt() differentiates every parameter, prints "One of the differentiated Tensors does not
+    # require grad" and then fails with "UnboundLocalError: cannot access local variable
+    # 'gradients'" (learn2learn 0.2.0, algorithms/maml.py).
+    frozen = any(not p.requires_grad for p in model.parameters())
+    maml = l2l.algorithms.MAML(
+        model, lr=size.inner_lr, first_order=case.first_order, allow_nograd=frozen
+    )
 
     def step(episodes: list[BenchEpisode]) -> None:
         for ep in episodes:

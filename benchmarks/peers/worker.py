@@ -31,9 +31,15 @@ from benchmarks.peers import IMPLEMENTATIONS  # noqa: E402
 
 def _error(err: BaseException) -> dict:
     frames = traceback.extract_tb(err.__traceback__)
-    where = f"{frames[-1].filename}:{frames[-1].lineno} in {frames[-1].name}" if frames else ""
-    return {"error": f"{type(err).__name__}: {err}"[:2000], "where": where,
-            "traceback": "".join(traceback.format_exception(err))[-4000:]}  # fmt: skip
+    # Point at the library that raised, not at torch's autograd engine underneath it.
+    lib = [f for f in frames if "site-packages" in f.filename and "/torch/" not in f.filename]
+    top = (lib or frames)[-1] if frames else None
+    where = f"{top.filename.split('site-packages/')[-1]}:{top.lineno} in {top.name}" if top else ""
+    return {
+        "error": " ".join(f"{type(err).__name__}: {err}".split())[:2000],
+        "where": where,
+        "traceback": "".join(traceback.format_exception(err))[-4000:],
+    }
 
 
 def run(args: argparse.Namespace) -> dict:
