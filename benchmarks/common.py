@@ -394,7 +394,9 @@ def write_grouped_bars(
     fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.2), squeeze=False)
     for ax, (ylabel, data) in zip(axes[0], panels, strict=True):
         groups = list(data)
-        series = sorted({s for g in groups for s in data[g]}, key=_series_order(data))
+        order = _series_order(data)
+        # A series with no value at all (an implementation that failed everywhere) is left out.
+        series = sorted({s for g in groups for s, v in data[g].items() if v is not None}, key=order)
         width = 0.8 / max(len(series), 1)
         for i, s in enumerate(series):
             xs = [j + (i - (len(series) - 1) / 2) * width for j in range(len(groups))]
@@ -404,6 +406,7 @@ def write_grouped_bars(
                 [y for y in ys if y is not None],
                 width=width,
                 label=s,
+                color=f"C{order(s) % 10}",  # the same colour for a series in every panel
             )
         ax.set_xticks(range(len(groups)), groups, rotation=15)
         ax.set_ylabel(ylabel)

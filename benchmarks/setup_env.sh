@@ -4,7 +4,7 @@
 # SetFit 1.2.0. The peers are never dependencies of metanlp itself.
 #
 #   bash benchmarks/setup_env.sh            # or: make bench-env
-#   BENCH_VENV=/tmp/venv bash benchmarks/setup_env.sh
+#   BENCH_VENV=/tmp/venv BENCH_CACHE=/tmp/cache bash benchmarks/setup_env.sh   # elsewhere
 #
 # Idempotent: a second run checks what is there and only repeats the final import check.
 # Every trap handled below is explained in benchmarks/README.md ("The benchmark environment").
@@ -13,7 +13,7 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${BENCH_VENV:-$ROOT/.venv-bench}"
 PYTHON="${PYTHON:-python3}"
-CACHE="$ROOT/benchmarks/.cache"
+CACHE="${BENCH_CACHE:-$ROOT/benchmarks/.cache}"
 # Named on every pip line that could touch torch: any other spec pulls a multi-GB CUDA build.
 TORCH_SPEC="torch==2.13.0"
 # numpy stays 2.x: pyarrow 26 (under datasets, so metanlp and SetFit) refuses numpy 1.x at

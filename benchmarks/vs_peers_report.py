@@ -6,7 +6,12 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import (
+if __package__ in (None, ""):  # run as a script: `python benchmarks/vs_peers_report.py X.json`
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.common import (  # noqa: E402
     GIB,
     gradient_difference,
     markdown_table,
@@ -120,6 +125,10 @@ def write_reports(
             {c: {i: r.get("step_s") for i, r in v.items()} for c, v in summary.items()},
         ),
         (
+            "CPU seconds per meta-step",
+            {c: {i: r.get("cpu_s") for i, r in v.items()} for c, v in summary.items()},
+        ),
+        (
             "peak RSS (GiB)",
             {c: {i: r.get("peak_step_gib") for i, r in v.items()} for c, v in summary.items()},
         ),
@@ -128,3 +137,22 @@ def write_reports(
                                   f"MAML meta-step, meta-batch {size['meta_batch']}, seq {size['seq_len']}, "
                                   f"{size['inner_steps']} inner steps ({settings['device']})")  # fmt: skip
     return [json_path, md_path, png_path]
+
+
+def rerender(json_path: str | Path) -> list[Path]:
+    """Rewrite the Markdown and PNG of a results JSON (e.g. after a change of layout)."""
+    import json
+
+    data = json.loads(Path(json_path).read_text())
+    return write_reports(
+        Path(json_path).with_suffix(""),
+        data["provenance"],
+        data["settings"],
+        data["summary"],
+        data["runs"],
+    )
+
+
+if __name__ == "__main__":
+    for arg in sys.argv[1:]:
+        print("wrote", ", ".join(str(p) for p in rerender(arg)))
