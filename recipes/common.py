@@ -292,7 +292,8 @@ def _plot(rows: list[dict[str, Any]], title: str, path: Path) -> None:
         ax.bar(xs, ys, width, yerr=es, capsize=3, label=method)
     ax.set_xticks(range(len(settings)), settings, rotation=20, ha="right")
     ax.set_ylabel(f"{metric} (%), mean ± 95% CI")
-    ax.set_title(title)
+    ax.set_ylim(0, 100)  # tiny runs have CIs wider than the scale
+    ax.set_title(title, fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)

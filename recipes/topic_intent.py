@@ -52,11 +52,11 @@ def tweet_topics(tweets):
     """Tweets relabelled by their domain (an in-memory `datasets.Dataset`, ClassLabel labels)."""
     from datasets import ClassLabel, Dataset, Features, Value
 
-    keep = [i for i, d in enumerate(tweets["domain"]) if d in TOPICS]
+    texts, domains = list(tweets["text"]), list(tweets["domain"])
+    keep = [i for i, d in enumerate(domains) if d in TOPICS]
     features = Features({"text": Value("string"), "label": ClassLabel(names=TOPICS)})
     return Dataset.from_dict(
-        {"text": [tweets["text"][i] for i in keep], "label": [tweets["domain"][i] for i in keep]},
-        features=features,
+        {"text": [texts[i] for i in keep], "label": [domains[i] for i in keep]}, features=features
     )
 
 
@@ -80,14 +80,16 @@ def main() -> None:
     k_train = size.train_shots or 5
     # Built here, not from the config: the topic family is tweets relabelled in memory.
     collator = EpisodeCollator(load_encoder().tokenizer, size.max_length)
-    topics = ClassificationSampler(tweet_topics(tweets), n_way=5, k_shot=k_train, q_query=k_train,
+    topic_data = tweet_topics(tweets)
+    topics = ClassificationSampler(topic_data, n_way=5, k_shot=k_train, q_query=k_train,
                                    name="tweet_topics", collator=collator)  # fmt: skip
     sentiment = ClassificationSampler(tweets, n_way=None, k_shot=k_train, q_query=k_train,
                                       group_by="domain", groups=TOPICS, drop_small=True,
                                       name="tweets", collator=collator)  # fmt: skip
     train = MixtureSampler({"topics": topics, "sentiment": sentiment}, {"topics": 2, "sentiment": 1},
                            seed=args.seed, collator=collator)  # fmt: skip
-    val = ClassificationSampler(tweet_topics(tweets), n_way=3, k_shot=k_train, q_query=k_train,
+    # Meta-validation on other episodes of the topic family (BBC and SNIPS stay unseen).
+    val = ClassificationSampler(topic_data, n_way=3, k_shot=k_train, q_query=k_train,
                                 name="tweet_topics", collator=collator, seed=1234)  # fmt: skip
     config = trainer_config(
         args, "meta", adapt="top", adapt_options={"top_layers": 2}, algorithm="protomaml",
