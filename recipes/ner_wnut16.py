@@ -83,7 +83,8 @@ def main() -> None:
     learner, start, info = meta_train(config)
     methods = methods_for(learner, start, args.size)
     settings = []
-    for setting, k in SETTINGS.items():
+    for name, k in SETTINGS.items():
+        setting = f"{name} ({args.mode})"
         try:
             sampler = NERSampler(wnut, n_way=5, k_shot=k, q_query=k, types=TEST_TYPES,
                                  mode=args.mode, scheme="io", name="wnut16",
@@ -91,9 +92,9 @@ def main() -> None:
             results = score_setting(args, setting, sampler, {"wnut16": wnut}, methods,
                                     learner.tokenizer)  # fmt: skip
         except EpisodeSamplingError as err:
-            print(f"\n[{setting}] not possible with {args.mode} sampling: {err}")
+            print(f"\n[{setting}] not possible: {err}")
             results = f"{args.mode} sampling cannot draw it: {err}"
-        settings.append((f"{setting} ({args.mode})", results))
+        settings.append((setting, results))
     origin = "Polish sequence-labelling types" if args.polish else "the frequent WNUT-16 types"
     write_report(args, f"Few-shot NER on rare WNUT-16 types, meta-trained on {origin}",
                  settings, info, started)  # fmt: skip
