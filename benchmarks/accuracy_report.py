@@ -84,8 +84,10 @@ def merge_records(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """
     if not records:
         raise ValueError("merge_records needs at least one results record.")
+    from benchmarks.common import provenance
+
     merged: dict[str, Any] = {
-        "provenance": records[-1]["provenance"],
+        "provenance": provenance(),
         "merged_from": [r["provenance"] for r in records],
         "size": records[-1]["size"],
         "config": dict(records[-1]["config"]),
@@ -127,11 +129,18 @@ def markdown(record: Mapping[str, Any]) -> list[str]:
     cfg = record["config"]
     sections = [
         provenance_markdown(record["provenance"]),
-        f"Size `{record['size']}`: {cfg['episodes']} test episodes per setting (SetFit: the first "
-        f"{cfg['setfit_episodes']}), {cfg['train_steps']} meta-training steps per variant, "
+        f"Size `{record['size']}`: {'up to ' if record.get('merged_from') else ''}"
+        f"{cfg['episodes']} test episodes per setting (SetFit: the first "
+        f"{cfg['setfit_episodes']}; each table gives the count per method), "
+        f"{cfg['train_steps']} meta-training steps per variant, "
         f"fine-tune baseline {cfg['finetune_steps']} steps. Mean ± 95% CI half-width, in %.",
         summary_table(record),
     ]
+    if record.get("merged_from"):
+        runs = "\n".join(f"- `{p.get('command')}` ({p.get('date')})" for p in record["merged_from"])
+        sections.insert(
+            2, f"Merged from {len(record['merged_from'])} runs on the same episodes:\n\n{runs}"
+        )
     for entry in record["settings"]:
         if "skipped" in entry:
             sections.append(f"## {entry['setting']}\n\nSkipped: {entry['skipped']}")

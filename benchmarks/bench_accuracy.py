@@ -40,11 +40,13 @@ BASELINES = ("finetune", "frozen_protos")
 SETFIT = "setfit"
 SIZES: dict[str, dict[str, Any]] = {
     # episodes per setting, SetFit episodes per setting, meta-training steps per variant
-    "quick": {"episodes": 3, "setfit_episodes": 1, "train_steps": 4,
-              "settings": ["bbc_5w5s", "tweets_3w8s"]},
-    "default": {"episodes": 16, "setfit_episodes": 3, "train_steps": 30,
-                "settings": ["bbc_5w1s", "bbc_5w5s", "tweets_3w4s", "tweets_3w8s",
-                             "tweets_3w16s", "wnut_ner_3w1s"]},
+    "quick": {"episodes": 2, "setfit_episodes": 1, "train_steps": 2,
+              "settings": ["tweets_3w4s"]},
+    # Sized for an idle 2-core CPU, about an hour: meta-training ~17 min (6 variants x 20
+    # steps), metanlp + baselines ~25-60 s per episode, SetFit 40-220 s per episode.
+    "default": {"episodes": 8, "setfit_episodes": 2, "train_steps": 20,
+                "settings": ["bbc_5w1s", "bbc_5w5s", "tweets_3w4s", "tweets_3w16s",
+                             "wnut_ner_3w1s"]},
     "full": {"episodes": 600, "setfit_episodes": 200, "train_steps": 300,
              "settings": list(SETTINGS)},
 }  # fmt: skip
