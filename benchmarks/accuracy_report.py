@@ -78,8 +78,9 @@ def verdicts(entry: Mapping[str, Any]) -> dict[str, Any]:
 def merge_records(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """One record from several runs on the same fixed episodes (later runs win per method).
 
-    Runs may split the work (methods or settings run in separate processes, SetFit on another
-    machine); episodes are paired by their index in the setting's episode file, so results from
+    Runs may split the work (methods, settings or episode ranges run in separate processes,
+    SetFit on another machine); a method's episodes from two runs add up when they are
+    disjoint; episodes are paired by their index in the setting's episode file, so results from
     different runs compare exactly like results from one. Every run's provenance is kept.
     """
     if not records:
@@ -101,7 +102,8 @@ def merge_records(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         for entry in record["settings"]:
             into = by_name.setdefault(entry["setting"], {**entry, "results": [], "seconds": 0})
             methods = {r["method"]: r for r in into.get("results", [])}
-            methods.update({r["method"]: r for r in entry.get("results", [])})
+            for r in entry.get("results", []):
+                methods[r["method"]] = _join(methods.get(r["method"]), r)
             into.update({k: v for k, v in entry.items() if k not in ("results", "seconds")})
             into["results"] = list(methods.values())
             into["seconds"] = into.get("seconds", 0) + entry.get("seconds", 0)
@@ -110,6 +112,18 @@ def merge_records(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     merged["config"]["methods"] = sorted({m for r in records for m in r["config"]["methods"]})
     merged["settings"] = list(by_name.values())
     return merged
+
+
+def _join(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> Mapping[str, Any]:
+    """Episodes of one method from two runs: disjoint episode sets add up, otherwise new wins."""
+    from metanlp.metrics.functional import mean_ci
+
+    if old is None or {e["index"] for e in old["episodes"]} & {e["index"] for e in new["episodes"]}:
+        return new
+    episodes = sorted([*old["episodes"], *new["episodes"]], key=lambda e: e["index"])
+    summary = {m: mean_ci([e[m] for e in episodes]) for m in new["summary"]}
+    seconds = old["seconds"] + new["seconds"]
+    return {**new, "episodes": episodes, "summary": summary, "seconds": round(seconds, 3)}
 
 
 def write_results(record: dict[str, Any], out: Path, stem: str) -> tuple[Path, Path, Path]:

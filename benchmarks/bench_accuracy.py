@@ -61,6 +61,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--methods", nargs="+", help=f"default: {list(VARIANTS)} + baselines + setfit")
     p.add_argument("--episodes", type=int, help="test episodes per setting (default: by size)")
     p.add_argument("--setfit-episodes", type=int, help="SetFit's episodes (a prefix of them)")
+    p.add_argument(
+        "--first-episode",
+        type=int,
+        default=0,
+        help="skip the episodes before this index (split a long run; --merge adds them up)",
+    )
     p.add_argument("--train-steps", type=int, help="meta-training steps per variant")
     p.add_argument("--finetune-steps", type=int, default=10, help="fine-tune baseline steps")
     p.add_argument(
@@ -91,6 +97,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.episodes < 2 or args.setfit_episodes < 0:
         p.error("--episodes must be >= 2 (a CI needs two) and --setfit-episodes >= 0.")
     args.setfit_episodes = min(args.setfit_episodes, args.episodes)
+    if not 0 <= args.first_episode < args.episodes:
+        p.error(f"--first-episode {args.first_episode} must be in [0, --episodes).")
     return args
 
 
@@ -157,6 +165,7 @@ def run_setting(args: argparse.Namespace, name: str, cache: dict) -> dict[str, A
     if "tokenizer" not in cache:
         cache["tokenizer"] = load_encoder().tokenizer
     episodes = load_setting_episodes(setting, cache["tokenizer"], args.episodes, args.data_dir)
+    episodes = episodes[args.first_episode :]
     methods = build_methods(args, setting.family, cache)
     print(f"[{name}] {len(methods)} methods on {len(episodes)} episodes: {list(methods)}")
     results = evaluate(methods, episodes, episode_set=name, progress=True) if methods else []

@@ -132,3 +132,22 @@ def test_merge_runs_that_split_methods_and_settings():
     assert s1["seconds"] == 5.0 and s2["setting"] == "s2"
     assert [p["command"] for p in merged["merged_from"]] == ["a", "b"]
     assert merged["train_seconds"] == {"a": 1.0, "b": 1.0}
+
+
+def test_merge_adds_up_disjoint_episode_ranges():
+    from benchmarks.accuracy_report import merge_records
+    from metanlp.metrics.functional import mean_ci
+
+    first, second = _result("setfit", [0.5, 0.7]), _result("setfit", [0.2, 0.4])
+    for e in second["episodes"]:
+        e["index"] += 2  # a run started with --first-episode 2
+    records = [
+        {"provenance": {}, "size": "default", "variants": {}, "train_seconds": {},
+         "config": {"episodes": 4, "setfit_episodes": 2, "methods": ["setfit"]},
+         "settings": [{"setting": "s", "results": [r]}]}
+        for r in (first, second)
+    ]  # fmt: skip
+    (joined,) = merge_records(records)["settings"][0]["results"]
+    assert [e["index"] for e in joined["episodes"]] == [0, 1, 2, 3]
+    assert joined["summary"]["accuracy"] == mean_ci([0.5, 0.7, 0.2, 0.4])
+    assert joined["seconds"] == 2.0
