@@ -29,7 +29,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from benchmarks.common import alternating_schedule, provenance, run_isolated  # noqa: E402
-from benchmarks.peers import IMPLEMENTATIONS  # noqa: E402
+from benchmarks.peers import DEFAULT_IMPLEMENTATIONS, IMPLEMENTATIONS  # noqa: E402
 from benchmarks.peers.workload import CASES, DEFAULT_CASES, Size  # noqa: E402
 from benchmarks.vs_peers_report import summarize, write_reports  # noqa: E402
 
@@ -51,7 +51,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     size.add_argument("--full", action="store_true", help="5 repeats, + all-parameter second order")
     p.add_argument("--cases", nargs="+", choices=sorted(CASES), help="adapted-parameter cases")
     p.add_argument(
-        "--impls", nargs="+", choices=list(IMPLEMENTATIONS), default=list(IMPLEMENTATIONS)
+        "--impls",
+        nargs="+",
+        choices=list(IMPLEMENTATIONS),
+        default=list(DEFAULT_IMPLEMENTATIONS),
+        help="metanlp_plain/_ckpt/_vmap are metanlp's efficiency modes (metanlp: default config)",
     )
     p.add_argument("--repeats", type=int)
     p.add_argument("--meta-batch", type=int)
@@ -68,6 +72,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="folder holding bbc_news (default $METANLP_DATA_DIR or ./data; built into benchmarks/.cache/data when missing)",
     )
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    p.add_argument(
+        "--name", help="results file stem (default vs_peers, vs_peers_quick, vs_peers_full)"
+    )
     args = p.parse_args(argv)
     preset = PRESETS["quick" if args.quick else "full" if args.full else "default"]
     args.preset = "quick" if args.quick else "full" if args.full else "default"
@@ -196,7 +203,9 @@ def main(argv: list[str] | None = None) -> int:
                 "query_shape": inputs["query_shape"], "tasks": inputs["tasks"]}  # fmt: skip
     for r in runs:
         r.pop("grads_path", None)
-    paths = write_reports(args.out / f"vs_peers{suffix}", prov, settings, summary, runs)
+    paths = write_reports(
+        args.out / (args.name or f"vs_peers{suffix}"), prov, settings, summary, runs
+    )
     print("wrote", ", ".join(str(p) for p in paths))
     return 0
 

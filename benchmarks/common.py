@@ -363,7 +363,7 @@ def provenance_markdown(prov: Mapping[str, Any]) -> str:
         f"- Date: {prov.get('date')}  \n- Command: `{prov.get('command')}`  \n"
         f"- Commit: {prov.get('git_commit')}  \n"
         f"- Machine: {m.get('cpu')}, {m.get('cores')} cores, {m.get('memory_gib')} GiB, "
-        f"torch threads {m.get('torch_threads')}, GPU {m.get('cuda')}  \n- Versions: {versions}\n"
+        f"torch default threads {m.get('torch_threads')}, GPU {m.get('cuda')}  \n- Versions: {versions}\n"
     )
 
 
