@@ -137,13 +137,13 @@ def model_inputs(batch: Mapping[str, Tensor], n_way: int) -> dict:
 
 
 def gradients(model: nn.Module, names: list[str]) -> dict[str, Tensor]:
-    """``.grad`` of the named parameters (zeros where a tensor got none), detached copies."""
+    """``.grad`` of the named parameters (zeros where a tensor got none), detached CPU copies."""
     params = dict(model.named_parameters())
     return {
         n: (
-            params[n].grad.detach().clone()
+            params[n].grad.detach().cpu().clone()
             if params[n].grad is not None
-            else torch.zeros_like(params[n])
+            else torch.zeros_like(params[n], device="cpu")
         )
         for n in names
     }
