@@ -160,7 +160,7 @@ def markdown(record: Mapping[str, Any]) -> list[str]:
             sections.append(f"## {entry['setting']}\n\nSkipped: {entry['skipped']}")
             continue
         rows = []
-        for r in entry["results"]:
+        for r in sorted(entry["results"], key=_method_order):
             s = r["summary"]
             n = next(iter(s.values()))["n"]
             metrics = [_pct(s.get(m)) for m in ("accuracy", "macro_f1", "f1")]
@@ -214,9 +214,10 @@ def plot(record: Mapping[str, Any], path: Path) -> Path:
                              squeeze=False)  # fmt: skip
     for ax, entry in zip(axes[0], entries, strict=False):
         metric = main_metric(entry["results"][0]["kind"])
-        names = [r["method"] for r in entry["results"]]
-        means = [100 * r["summary"][metric]["mean"] for r in entry["results"]]
-        errs = [100 * _ci(r["summary"][metric]) for r in entry["results"]]
+        results = sorted(entry["results"], key=_method_order)
+        names = [r["method"] for r in results]
+        means = [100 * r["summary"][metric]["mean"] for r in results]
+        errs = [100 * _ci(r["summary"][metric]) for r in results]
         colors = ["tab:blue" if n in VARIANTS else "tab:orange" if n == "setfit" else "tab:gray"
                   for n in names]  # fmt: skip
         ax.bar(range(len(names)), means, yerr=errs, color=colors, capsize=3)
@@ -251,6 +252,11 @@ def _paired(c: Mapping[str, Any] | None) -> str:
         return "-"
     d = c["paired_diff"]
     return f"{_pm(d['mean'], d['ci'])} (n={d['n']})"
+
+
+def _method_order(result: Mapping[str, Any]) -> int:
+    order = [*VARIANTS, *BASELINE_NAMES]
+    return order.index(result["method"]) if result["method"] in order else len(order)
 
 
 def _label(method: str) -> str:
