@@ -166,9 +166,15 @@ def run_all(args: argparse.Namespace, size: Size, inputs: dict, work: Path) -> l
             try:
                 result = json.loads((out / "result.json").read_text())
             except (OSError, json.JSONDecodeError):
-                why = "timed out" if proc.timed_out else f"exit code {proc.returncode}"
+                if proc.timed_out:
+                    why = f"timed out after {args.timeout:.0f} s"
+                elif proc.returncode == -9:
+                    why = "killed by SIGKILL, most likely the out-of-memory killer"
+                else:
+                    why = f"exit code {proc.returncode}"
+                why += f", peak RSS {proc.peak_rss_bytes / 2**30:.1f} GiB"
                 result = {"impl": impl, "case": case, "status": "failed", "phase": "process",
-                          "error": f"worker process died ({why}): {proc.stderr[-1500:]}"}  # fmt: skip
+                          "error": f"worker process died ({why}); stderr ends: {proc.stderr[-300:]}"}  # fmt: skip
             result.update(
                 repeat=repeat, process_peak_rss_bytes=proc.peak_rss_bytes, wall_s=proc.wall_s
             )
