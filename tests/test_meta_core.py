@@ -29,6 +29,7 @@ from metanlp.models import FewShotModel, get_attn_implementation, load_encoder
 
 OURS = ("maml", "fomaml", "reptile", "anil", "metasgd", "mamlpp")
 SUBSETS = ("all", "top", "head", "lora")
+TASKS = ("sequence", "token")
 LORA = {"r": 2, "target_modules": ["query", "value"]}
 
 
@@ -355,6 +356,16 @@ CASES = (
         ("maml", "lora", "sequence", {"outer_params": "all"}),
         ("fomaml", "all", "sequence", {"outer_params": "lora"}),
     ]
+    # The metric and implicit methods share the same contract.
+    # (Proto-MAML and ProtoNet refuse a head-only meta-learned set: their head comes from prototypes.)
+    + [
+        (a, s, t, {})
+        for a in ("protomaml", "protonet")
+        for s in SUBSETS
+        if s != "head"
+        for t in TASKS
+    ]
+    + [("imaml", s, t, {}) for s in SUBSETS for t in TASKS]
 )
 
 
@@ -371,10 +382,14 @@ def test_every_algorithm_runs_on_every_subset(name, subset, task, extra):
         task, peft=LoraConfig(**LORA) if lora else None, head_init=extra.pop("head_init", "random")
     )
     options = {"params": subset, "top_layers": 1, "inner_steps": 2, "inner_lr": 0.1, **extra}
+    if name == "protonet":  # no inner loop
+        options.pop("inner_lr")
+        options["inner_steps"] = 0
     algo = build_algorithm(name, model, options)
     ep = tiny_episode(task)
     metrics = algo.meta_backward(ep, scale=0.5)
-    assert {"query_loss", "query_acc", "support_loss"} <= set(metrics)
+    expected = {"query_loss", "query_acc"} | ({"support_loss"} if name != "protonet" else set())
+    assert expected <= set(metrics)
     assert all(torch.isfinite(torch.tensor(v)) for k, v in metrics.items() if k != "query_acc")
     meta = dict(algo.named_meta_parameters())
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in meta.values()), [
@@ -384,10 +399,14 @@ def test_every_algorithm_runs_on_every_subset(name, subset, task, extra):
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert trainable == set(algo.inner_names) | set(algo.outer_names)
     assert all(p.grad is None for n, p in model.named_parameters() if n not in trainable)
-    fast = algo.adapt(ep.support, ep.n_way, steps=1)
-    assert list(fast) == algo.inner_names
-    logits = algo.predict_logits(fast, ep.query, ep.n_way)
-    assert logits.shape[-1] == ep.n_way and logits.shape[0] == ep.query["input_ids"].shape[0]
+    n = ep.num_labels
+    fast = algo.adapt(ep.support, n, steps=None if name == "protonet" else 1)
+    if name == "protonet":  # no inner loop: adaptation is the class prototypes
+        assert list(fast) == ["prototypes"] and fast["prototypes"].shape[0] == n
+    else:
+        assert list(fast) == algo.inner_names
+    logits = algo.predict_logits(fast, ep.query, n)
+    assert logits.shape[-1] == n and logits.shape[0] == ep.query["input_ids"].shape[0]
 
 
 @pytest.mark.parametrize(
