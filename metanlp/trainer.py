@@ -153,11 +153,22 @@ class MetaTrainer:
                 self.state.step // (config.steps_per_epoch or config.eval_every)
             )
         sums: dict[str, float] = {}
-        for _ in range(tasks_per_step // self.world_size):
-            spec = self.train_sampler.next_spec()
-            episode = self._to_device(self.train_sampler.build(spec))
-            with seeded_task(config.seed, spec.index, self.accelerator.device), self.autocast():
-                metrics = self.algorithm.meta_backward(episode, scale=loss_scale / tasks_per_step)
+        scale = loss_scale / tasks_per_step
+        local_tasks = tasks_per_step // self.world_size
+        if getattr(getattr(self.algorithm, "config", None), "task_batching", "loop") == "vmap":
+            # One batched pass over this process's tasks (per-task fast weights under vmap).
+            specs = [self.train_sampler.next_spec() for _ in range(local_tasks)]
+            episodes = [self._to_device(self.train_sampler.build(s)) for s in specs]
+            with seeded_task(config.seed, specs[0].index, self.accelerator.device), self.autocast():
+                results = self.algorithm.meta_backward_batch(episodes, scale=scale)
+        else:
+            results = []
+            for _ in range(local_tasks):
+                spec = self.train_sampler.next_spec()
+                episode = self._to_device(self.train_sampler.build(spec))
+                with seeded_task(config.seed, spec.index, self.accelerator.device), self.autocast():
+                    results.append(self.algorithm.meta_backward(episode, scale=scale))
+        for metrics in results:
             for key, value in metrics.items():
                 sums[key] = sums.get(key, 0.0) + float(value)
         params = list(self.meta_params.values())

@@ -233,6 +233,34 @@ def test_accumulation_equals_bigger_meta_batch(data_dir, tmp_path):
         torch.testing.assert_close(value, runs[4][name], rtol=1e-6, atol=1e-7)
 
 
+def test_vmap_task_batching_equals_the_task_loop(data_dir, tmp_path):
+    """`task_batching: vmap` runs a meta-batch in one pass; the update must equal the loop's."""
+    runs = {}
+    for batching in ("loop", "vmap"):
+        from accelerate.state import AcceleratorState
+
+        AcceleratorState._reset_state()
+        config = tiny_config(
+            data_dir,
+            tmp_path / batching,
+            meta_batch_size=2,
+            max_steps=1,
+            keep_best=False,
+            adapt_options={"lora_dropout": 0.0},  # vmap draws dropout masks differently
+            algorithm_config={"task_batching": batching, "train_dropout": False},
+        )
+        config.data.val = None
+        trainer = MetaTrainer(config)
+        trainer.train()
+        # The meta-gradient of the step (AdamW's first step is ~lr * sign(g), which would turn
+        # float noise on near-zero gradient entries into lr-sized differences).
+        runs[batching] = {n: p.grad.clone() for n, p in trainer.meta_params.items()}
+    loop = torch.cat([g.flatten() for g in runs["loop"].values()])
+    vmap = torch.cat([g.flatten() for g in runs["vmap"].values()])
+    assert loop.norm() > 0
+    assert (vmap - loop).norm() / loop.norm() < 1e-4
+
+
 def _one_step(data_dir, out, precision, hook_dtypes=None):
     from accelerate.state import AcceleratorState
 
