@@ -94,10 +94,6 @@ def build(
         NAME,
         out,
         lambda: make_dataset(root),
-        source={
-            "package": source.dist,
-            "version": source.installed_version(),
-            "file": source.relpath,
-        },
+        source=source.stamp(),
         force=force,
     )

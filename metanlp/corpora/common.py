@@ -88,6 +88,10 @@ class SourcePackage:
         except importlib.metadata.PackageNotFoundError:
             return "unknown"
 
+    def stamp(self) -> dict[str, str]:
+        """What a build stamp records of its source: a new package version makes builds stale."""
+        return {"package": self.dist, "version": self.installed_version(), "file": self.relpath}
+
 
 @dataclass
 class BuildResult:

@@ -163,11 +163,7 @@ def build(
         NAME,
         out,
         lambda: make_dataset(path),
-        source={
-            "package": source.dist,
-            "version": source.installed_version(),
-            "file": source.relpath,
-        },
+        source=source.stamp(),
         # The rules are part of the stamp: editing the table makes existing builds stale.
         options={"domain_rules": [[d, list(k)] for d, k in DOMAIN_RULES]},
         force=force,

@@ -97,10 +97,6 @@ def build(
         NAME,
         out,
         lambda: make_dataset(path),
-        source={
-            "package": source.dist,
-            "version": source.installed_version(),
-            "file": source.relpath,
-        },
+        source=source.stamp(),
         force=force,
     )
