@@ -107,11 +107,24 @@ def merge_records(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
             into.update({k: v for k, v in entry.items() if k not in ("results", "seconds")})
             into["results"] = list(methods.values())
             into["seconds"] = into.get("seconds", 0) + entry.get("seconds", 0)
-    for key in ("episodes", "setfit_episodes"):  # what the table header reports
-        merged["config"][key] = max(r["config"][key] for r in records)
-    merged["config"]["methods"] = sorted({m for r in records for m in r["config"]["methods"]})
     merged["settings"] = list(by_name.values())
+    # What the header reports: counts as merged, steps of the runs that scored metanlp variants.
+    counts = [(r["method"], _n(r)) for e in merged["settings"] for r in e.get("results", [])]
+    merged["config"]["episodes"] = max((n for _, n in counts), default=0)
+    merged["config"]["setfit_episodes"] = max((n for m, n in counts if m == "setfit"), default=0)
+    steps = {
+        r["config"]["train_steps"]
+        for r in records
+        if set(r["config"]["methods"]) & set(VARIANTS) and "train_steps" in r["config"]
+    }
+    if steps:
+        merged["config"]["train_steps"] = steps.pop() if len(steps) == 1 else sorted(steps)
+    merged["config"]["methods"] = sorted({m for r in records for m in r["config"]["methods"]})
     return merged
+
+
+def _n(result: Mapping[str, Any]) -> int:
+    return int(next(iter(result["summary"].values()))["n"]) if result["summary"] else 0
 
 
 def _join(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> Mapping[str, Any]:
