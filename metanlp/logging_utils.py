@@ -67,7 +67,7 @@ def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
 def plot_learning_curve(
     records: list[dict[str, Any]],
     path: str | os.PathLike,
-    train_key: str = "loss",
+    train_key: str = "query_loss",
     val_key: str = "accuracy",
 ) -> Path:
     """Draw meta-train loss and meta-validation accuracy against the meta-step into a PNG.
@@ -75,7 +75,7 @@ def plot_learning_curve(
     Args:
         records (`list[dict]`): JSONL records (``split`` is ``"train"`` or ``"val"``).
         path (`str` or `os.PathLike`): Where to write the PNG.
-        train_key (`str`, defaults to ``"loss"``): Metric of the train records to draw.
+        train_key (`str`, defaults to ``"query_loss"``): Metric of the train records to draw.
         val_key (`str`, defaults to ``"accuracy"``): Metric of the validation records to draw.
 
     Returns:
@@ -94,6 +94,11 @@ def plot_learning_curve(
     val = [
         (r["step"], r[val_key]) for r in records if r.get("split") == "val" and _num(r.get(val_key))
     ]
+    for split, key, points in (("train", train_key, train), ("val", val_key, val)):
+        logged = [r for r in records if r.get("split") == split]
+        if logged and not points:  # a curve silently missing its line is worse than an error
+            keys = sorted({k for r in logged for k in r} - {"step", "split"})
+            raise ValueError(f"No {split} record has {key!r} to plot; the records have {keys}.")
     fig, ax_loss = plt.subplots(figsize=(7, 4))
     if train:
         ax_loss.plot(*zip(*train, strict=True), color="tab:blue", label=f"meta-train {train_key}")

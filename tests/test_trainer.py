@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 from trainer_helpers import build_corpus, meta_parameters, tiny_config
 
 from metanlp import checkpoint as ckpt
-from metanlp.logging_utils import read_jsonl
+from metanlp.logging_utils import plot_learning_curve, read_jsonl
 from metanlp.trainer import MetaTrainer
 from metanlp.trainer_config import MetaTrainerConfig, OptimizerConfig
 from metanlp.trainer_utils import build_scheduler, lr_factor
@@ -322,3 +322,15 @@ def test_early_stopping_keeps_best(data_dir, tmp_path):
     best = ckpt.load_state(tmp_path / "es" / "best", "meta_parameters")
     for name, value in meta_parameters(trainer).items():
         assert torch.equal(value, best[name]), name
+
+
+def test_learning_curve_draws_the_logged_keys(tmp_path):
+    records = [
+        {"step": 1, "split": "train", "query_loss": 1.1},
+        {"step": 2, "split": "train", "query_loss": 0.9},
+        {"step": 2, "split": "val", "accuracy": 0.5},
+    ]
+    png = plot_learning_curve(records, tmp_path / "curve.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(ValueError, match=r"No train record has 'loss'.*query_loss"):
+        plot_learning_curve(records, tmp_path / "bad.png", train_key="loss")
