@@ -28,8 +28,6 @@ from metanlp.episodes import (
 )
 from metanlp.models import default_model_path
 
-REPO_DATA = Path(__file__).resolve().parents[1] / "data"
-
 
 def real_corpus(name: str, data_dir: Path) -> Dataset:
     """A default corpus, built by conftest's ``data_dir`` fixture if it was missing."""

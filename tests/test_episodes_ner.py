@@ -7,7 +7,6 @@ Mention counts are recomputed here from the raw IOB2 tags, independently of the 
 from __future__ import annotations
 
 from collections import Counter
-from pathlib import Path
 
 import pytest
 import torch
@@ -27,8 +26,6 @@ from metanlp.episodes import (
     word_predictions,
 )
 from metanlp.models import default_model_path
-
-REPO_DATA = Path(__file__).resolve().parents[1] / "data"
 
 
 @pytest.fixture(scope="module")
