@@ -69,3 +69,15 @@ def data_dir() -> Path:
         except SourcePackageMissingError as err:
             pytest.skip(f"default corpus {name!r} cannot be built: {err}")
     return root
+
+
+@pytest.fixture(scope="module")
+def single_thread():
+    """One torch thread for a module of tiny-model tests: they are dominated by thread start-up,
+    and with the cores shared one thread is far faster. The count is restored afterwards."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

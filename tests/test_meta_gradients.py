@@ -21,17 +21,7 @@ from metanlp.models import FewShotModel
 N_WAY = 3
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _hf_home(tmp_path_factory):
-    mp = pytest.MonkeyPatch()
-    mp.setenv("HF_HOME", str(tmp_path_factory.mktemp("hf_home")))
-    mp.setenv("HF_HUB_OFFLINE", "1")
-    # Tiny models are dominated by thread start-up: with the cores shared, one thread is far faster.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-    mp.undo()
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def tiny_model(seed: int = 0, **kwargs) -> FewShotModel:
