@@ -31,7 +31,9 @@ def score_episode(
 
     Returns:
         `dict[str, float]`: ``accuracy`` and ``loss`` (mean cross-entropy) on the query set; for
-        NER, token-level accuracy over labelled sub-tokens (entity F1 is `metanlp.evaluation`'s job).
+        NER, ``accuracy`` is token-level over labelled sub-tokens (dominated by ``O``), and the
+        entity-level ``f1``, ``precision`` and ``recall`` of `metanlp.evaluation.episode_metrics`
+        are added, so that ``metric_for_best: f1`` selects NER checkpoints on entities.
     """
     # The head size: N for classification, the episode's tags (O included) for NER.
     n_labels = episode.num_labels
@@ -45,7 +47,12 @@ def score_episode(
     keep = flat != -100
     loss = F.cross_entropy(logits[keep], flat[keep]).item()
     predictions = logits[keep].argmax(-1).tolist()
-    return {"accuracy": accuracy(predictions, flat[keep].tolist()), "loss": float(loss)}
+    scores = {"accuracy": accuracy(predictions, flat[keep].tolist()), "loss": float(loss)}
+    if episode.kind == "ner":
+        from .evaluation import episode_metrics  # evaluation imports the baselines, and so the models
+
+        scores.update(episode_metrics(episode, logits.reshape(*labels.shape, -1).cpu()))
+    return scores
 
 
 def summarize_scores(scores: list[dict[str, float]]) -> dict[str, float]:

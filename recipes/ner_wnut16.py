@@ -77,7 +77,7 @@ def main() -> None:
         algorithm_config={"inner_steps": 3, "eval_inner_steps": 5, "inner_lr": 5e-3,
                           "first_order": True},
         optimizer={"lr": 2e-4, "schedule": "cosine", "warmup_steps": 5},
-        metric_for_best="accuracy",
+        metric_for_best="f1",
         data={"train": [source], "val": source},
     )  # fmt: skip
     learner, start, info = meta_train(config)

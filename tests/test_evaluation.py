@@ -221,3 +221,33 @@ def test_default_episode_count():
 
     assert default_episode_count("cpu") == CPU_EPISODES < GPU_EPISODES == 600
     assert default_episode_count("cuda") == 600
+
+
+class OracleAlgorithm:
+    """The `score_episode` interface (adapt, predict_logits) answering with the query labels."""
+
+    def __init__(self, episode, wrong: bool = False) -> None:
+        self.oracle, self.episode = Oracle(wrong=wrong), episode
+
+    def adapt(self, support, n_labels):
+        return None
+
+    def predict_logits(self, fast, batch, n_labels):
+        return self.oracle.query_logits(self.episode)
+
+
+def test_ner_validation_reports_entity_f1(data_dir, model):
+    """Meta-validation scores NER episodes on entities too, so `metric_for_best: f1` can work."""
+    from metanlp.corpora import load_corpus
+    from metanlp.episodes import NERSampler
+    from metanlp.validation import score_episode
+
+    wnut = load_corpus("wnut16", data_dir)
+    sampler = NERSampler(wnut, n_way=3, k_shot=1, mode="relaxed", seed=0, name="wnut16",
+                         tokenizer=model.tokenizer, max_length=48)  # fmt: skip
+    episode = sampler.episode(0)
+    right = score_episode(OracleAlgorithm(episode), episode)
+    wrong = score_episode(OracleAlgorithm(episode, wrong=True), episode)
+    assert right["f1"] == 1.0 and right["accuracy"] == 1.0
+    # All-O is right on most tokens but finds no entity: token accuracy hides what F1 shows.
+    assert wrong["recall"] == 0.0 and wrong["f1"] == 0.0 and wrong["accuracy"] > 0.5
