@@ -49,7 +49,8 @@ def score_episode(
     predictions = logits[keep].argmax(-1).tolist()
     scores = {"accuracy": accuracy(predictions, flat[keep].tolist()), "loss": float(loss)}
     if episode.kind == "ner":
-        from .evaluation import episode_metrics  # evaluation imports the baselines, and so the models
+        # Imported here: evaluation imports the baselines, and through them the models.
+        from .evaluation import episode_metrics
 
         scores.update(episode_metrics(episode, logits.reshape(*labels.shape, -1).cpu()))
     return scores
