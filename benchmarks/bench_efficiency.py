@@ -22,12 +22,17 @@ import json
 import platform
 import resource
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-RESULTS = Path(__file__).resolve().parent / "results"
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks.common import run_json_worker  # noqa: E402
+
+RESULTS = ROOT / "benchmarks" / "results"
 # name -> (algorithm, params, config overrides, family whose plain mode is the reference)
 MODES: dict[str, tuple[str, str, dict, str]] = {
     "lora-2nd/plain": ("maml", "lora", {}, "lora-2nd"),
@@ -55,7 +60,7 @@ def worker(mode: str, size: dict, threads: int) -> dict:
     import torch
     from peft import LoraConfig
 
-    from metanlp.episodes.types import Episode
+    from benchmarks.peers.workload import random_token_episodes
     from metanlp.meta import build_algorithm
     from metanlp.models import FewShotModel
 
@@ -68,28 +73,9 @@ def worker(mode: str, size: dict, threads: int) -> dict:
     config.update(train_dropout=False, **overrides)
     algo = build_algorithm(algo_name, model, config)
 
-    def part(per_class: int) -> dict:
-        n = 5 * per_class
-        ids = torch.randint(1000, 20000, (n, size["seq"]))
-        mask = torch.ones_like(ids)
-        mask[:, size["seq"] * 3 // 4 :] = 0
-        return {"input_ids": ids, "attention_mask": mask, "labels": torch.arange(n) % 5}
-
-    episodes = [
-        Episode(
-            support=part(size["shots"]),
-            query=part(size["queries"]),
-            n_way=5,
-            label_names=list("abcde"),
-            kind="classification",
-            task="bench",
-            support_inputs=[],
-            query_inputs=[],
-            support_targets=[],
-            query_targets=[],
-        )  # fmt: skip
-        for _ in range(size["meta_batch"])
-    ]
+    episodes = random_token_episodes(
+        5, size["shots"], size["queries"], size["seq"], size["meta_batch"]
+    )
     times, cpu_times = [], []  # CPU seconds are steadier than wall time on shared cores
     if mode != "baseline":
         for _ in range(size["repeats"]):
@@ -105,10 +91,10 @@ def worker(mode: str, size: dict, threads: int) -> dict:
 def run_mode(mode: str, size: dict, threads: int) -> dict:
     cmd = [sys.executable, __file__, "--worker", mode, "--size", json.dumps(size)]
     cmd += ["--threads", str(threads)]
-    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        raise RuntimeError(f"mode {mode} failed:\n{done.stderr[-3000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    result = run_json_worker(cmd)
+    if result.get("status") == "failed":
+        raise RuntimeError(f"mode {mode} failed: {result['error']}")
+    return result
 
 
 def summarize(runs: dict[str, list[dict]]) -> list[dict]:

@@ -28,7 +28,12 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import alternating_schedule, provenance, run_isolated  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    alternating_schedule,
+    failure_reason,
+    provenance,
+    run_isolated,
+)
 from benchmarks.peers import DEFAULT_IMPLEMENTATIONS, IMPLEMENTATIONS  # noqa: E402
 from benchmarks.peers.workload import CASES, DEFAULT_CASES, Size  # noqa: E402
 from benchmarks.vs_peers_report import summarize, write_reports  # noqa: E402
@@ -166,13 +171,7 @@ def run_all(args: argparse.Namespace, size: Size, inputs: dict, work: Path) -> l
             try:
                 result = json.loads((out / "result.json").read_text())
             except (OSError, json.JSONDecodeError):
-                if proc.timed_out:
-                    why = f"timed out after {args.timeout:.0f} s"
-                elif proc.returncode == -9:
-                    why = "killed by SIGKILL, most likely the out-of-memory killer"
-                else:
-                    why = f"exit code {proc.returncode}"
-                why += f", peak RSS {proc.peak_rss_bytes / 2**30:.1f} GiB"
+                why = failure_reason(proc, args.timeout)
                 result = {"impl": impl, "case": case, "status": "failed", "phase": "process",
                           "error": f"worker process died ({why}); stderr ends: {proc.stderr[-300:]}"}  # fmt: skip
             result.update(

@@ -232,6 +232,56 @@ def run_isolated(
     )
 
 
+def failure_reason(proc: IsolatedRun, timeout_s: float | None = None) -> str:
+    """Why an isolated process gave no result: timeout, SIGKILL (out of memory), or its exit code."""
+    if proc.timed_out:
+        why = f"timed out after {timeout_s:.0f} s" if timeout_s else "timed out"
+    elif proc.returncode == -9:
+        why = "killed by SIGKILL, most likely the out-of-memory killer"
+    else:
+        why = f"exit code {proc.returncode}"
+    return why + f", peak RSS {proc.peak_rss_bytes / GIB:.1f} GiB"
+
+
+def run_json_worker(
+    cmd: Sequence[str],
+    *,
+    timeout_s: float | None = None,
+    env: Mapping[str, str] | None = None,
+    cwd: str | os.PathLike | None = None,
+) -> dict[str, Any]:
+    """`run_isolated` a worker that prints one JSON object as the last line of its stdout.
+
+    Returns that object with ``process_peak_rss_bytes`` and ``process_wall_s`` added. A worker
+    that fails (non-zero exit, killed, timed out, no JSON on its last line) is a result, not an
+    exception: ``{"status": "failed", "error": <why, and the end of its stderr>}`` plus the same
+    two measures.
+
+    Example:
+        ```python
+        >>> run_json_worker([sys.executable, "-c", "print('{\\"x\\": 1}')"])["x"]
+        1
+        ```
+    """
+    proc = run_isolated(cmd, timeout_s=timeout_s, env=env, cwd=cwd)
+    lines = proc.stdout.strip().splitlines()
+    result: dict[str, Any] | None = None
+    if proc.returncode == 0 and not proc.timed_out and lines:
+        try:
+            result = json.loads(lines[-1])
+        except json.JSONDecodeError:
+            result = None
+    if not isinstance(result, dict):
+        tail = " ".join(proc.stderr[-600:].split())
+        result = {
+            "status": "failed",
+            "error": f"worker process gave no result ({failure_reason(proc, timeout_s)}); "
+            f"stderr ends: {tail}",
+        }
+    result.update(process_peak_rss_bytes=proc.peak_rss_bytes, process_wall_s=proc.wall_s)
+    return result
+
+
 def _child_hwm_bytes(pid: int) -> int:
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():

@@ -101,6 +101,19 @@ def test_run_isolated_reports_failure_and_timeout():
     assert slow.timed_out and slow.returncode != 0 and slow.wall_s < 20
 
 
+def test_run_json_worker_returns_the_last_line_or_a_failure_saying_why():
+    code = "import json; print('loading...'); print(json.dumps({'status': 'ok', 'x': 2}))"
+    ok = common.run_json_worker([sys.executable, "-c", code])
+    assert ok["status"] == "ok" and ok["x"] == 2 and ok["process_wall_s"] > 0
+    died = common.run_json_worker(
+        [sys.executable, "-c", "import sys; sys.stderr.write('boom'); sys.exit(3)"]
+    )
+    assert died["status"] == "failed" and "exit code 3" in died["error"]
+    assert died["error"].endswith("boom") and "process_peak_rss_bytes" in died
+    no_json = common.run_json_worker([sys.executable, "-c", "print('not json')"])
+    assert no_json["status"] == "failed" and "exit code 0" in no_json["error"]
+
+
 def test_peak_rss_reset_forgets_earlier_peaks():
     code = (
         f"import sys; sys.path.insert(0, {str(ROOT)!r})\n"

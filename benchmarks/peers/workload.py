@@ -73,6 +73,33 @@ class BenchEpisode:
     n_way: int
 
 
+def random_token_episodes(
+    n_way: int, shots: int, queries: int, seq_len: int, count: int, *, padded: float = 0.25
+) -> list[BenchEpisode]:
+    """``count`` episodes of random token ids, for measuring cost (which does not depend on words).
+
+    Every row holds ids in ``[1000, 20000)`` with its last ``padded`` fraction masked out
+    (attention mask 0); labels cycle through ``0 .. n_way - 1``. Ids come from torch's global
+    generator: seed it first for the same ids in every process.
+
+    Example:
+        ```python
+        >>> ep = random_token_episodes(5, 5, 5, 64, count=4)[0]
+        >>> ep.support["input_ids"].shape, ep.query["labels"][:6].tolist()
+        (torch.Size([25, 64]), [0, 1, 2, 3, 4, 0])
+        ```
+    """
+
+    def part(per_class: int) -> dict[str, Tensor]:
+        n = n_way * per_class
+        ids = torch.randint(1000, 20000, (n, seq_len))
+        mask = torch.ones_like(ids)
+        mask[:, seq_len - int(seq_len * padded) :] = 0
+        return {"input_ids": ids, "attention_mask": mask, "labels": torch.arange(n) % n_way}
+
+    return [BenchEpisode(part(shots), part(queries), n_way) for _ in range(count)]
+
+
 def build_model(case: Case, n_way: int) -> nn.Module:
     """The workload's model: `metanlp.models.FewShotModel` on MiniLM, eager attention, mean pooling.
 
