@@ -30,14 +30,12 @@ def main_metric(kind: str) -> str:
 
 def compare(a: Mapping[str, Any], b: Mapping[str, Any], metric: str) -> dict[str, Any]:
     """``a`` vs ``b``: means, intervals, whether they are disjoint, and the paired difference."""
-    from metanlp.metrics.functional import mean_ci
+    from metanlp.evaluation import paired_difference
 
     sa, sb = a["summary"][metric], b["summary"][metric]
     lo_a, hi_a = sa["mean"] - _ci(sa), sa["mean"] + _ci(sa)
     lo_b, hi_b = sb["mean"] - _ci(sb), sb["mean"] + _ci(sb)
-    by_index = {e["index"]: e[metric] for e in a["episodes"]}
-    diffs = [by_index[e["index"]] - e[metric] for e in b["episodes"] if e["index"] in by_index]
-    paired = mean_ci(diffs) if diffs else None
+    paired = paired_difference(a, b, metric)
     if lo_a > hi_b:
         verdict = "above (CIs disjoint)"
     elif hi_a < lo_b:

@@ -30,6 +30,7 @@ _EXPORTS = {
     "evaluate": "metanlp.evaluation",
     "evaluate_file": "metanlp.evaluation",
     "comparison_table": "metanlp.evaluation",
+    "paired_difference": "metanlp.evaluation",
     "FineTuneBaseline": "metanlp.baselines",
     "FrozenPrototypes": "metanlp.baselines",
     "build_algorithm": "metanlp.meta.registry",

@@ -230,7 +230,11 @@ def save_results(results: Sequence[Mapping[str, Any]], output_dir: str | os.Path
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(_nan_to_none(list(results)), indent=2), encoding="utf-8")
     os.replace(tmp, path)
-    (out / TABLE_FILE).write_text(comparison_table(results) + "\n", encoding="utf-8")
+    table = comparison_table(results)
+    if len(results) > 1 and results[0]["summary"]:
+        metric = next(iter(results[0]["summary"]))
+        table += "\n\nPaired per episode:\n\n" + paired_table(results, metric)
+    (out / TABLE_FILE).write_text(table + "\n", encoding="utf-8")
     return path
 
 
@@ -277,6 +281,60 @@ def comparison_table(results: Sequence[Mapping[str, Any]]) -> str:
         n = next(iter(r["summary"].values()))["n"] if r["summary"] else 0
         rows.append(f"| {r['method']} | {n} | " + " | ".join(cells) + " |")
     return "\n".join(rows)
+
+
+def paired_difference(
+    a: Mapping[str, Any], b: Mapping[str, Any], metric: str
+) -> dict[str, float] | None:
+    """Per-episode ``a − b`` on the episodes both were scored on: mean and 95% t-interval.
+
+    Methods scored on the same episodes are paired; the interval of the per-episode differences
+    is much narrower than the two methods' own intervals, since most of the spread is episode
+    difficulty that both share.
+
+    Args:
+        a, b: Results of `evaluate` (``{"method", "episodes": [{"index", metric, ...}], ...}``).
+        metric (`str`): e.g. ``"accuracy"`` or ``"f1"``.
+
+    Returns:
+        ``{"mean", "ci", "std", "n"}`` as `mean_ci` gives them, or ``None`` when no episode
+        index is shared or a method lacks the metric.
+
+    Example:
+        ```python
+        >>> d = paired_difference(results[0], results[2], "accuracy")
+        >>> d["mean"] - d["ci"] > 0  # a is better, at 95%
+        ```
+    """
+    scores = {e["index"]: e.get(metric) for e in a["episodes"]}
+    diffs = [
+        scores[e["index"]] - e[metric]
+        for e in b["episodes"]
+        if scores.get(e["index"]) is not None and e.get(metric) is not None
+    ]
+    return mean_ci(diffs) if diffs else None
+
+
+def paired_table(results: Sequence[Mapping[str, Any]], metric: str) -> str:
+    """Markdown: the first method minus each other one, paired per episode, in points (%).
+
+    A difference whose interval excludes 0 is marked *significant*.
+    """
+    rows = [f"| {results[0]['method']} minus | episodes | {metric} difference | at 95% |",
+            "|---|---|---|---|"]  # fmt: skip
+    for other in results[1:]:
+        d = paired_difference(results[0], other, metric)
+        if d is None:
+            continue
+        sign = d["mean"] - d["ci"] > 0 or d["mean"] + d["ci"] < 0
+        verdict = "significant" if sign else "interval includes 0"
+        rows.append(f"| {other['method']} | {d['n']} | {_signed(d)} | {verdict} |")
+    return "\n".join(rows)
+
+
+def _signed(stat: Mapping[str, float]) -> str:
+    mean, ci = 100 * stat["mean"], stat["ci"]
+    return f"{mean:+.2f}" if ci != ci else f"{mean:+.2f} ± {100 * ci:.2f}"
 
 
 def _fmt(stat: Mapping[str, float]) -> str:

@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import os
-import platform
 import re
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -198,103 +196,3 @@ def score_setting(
                        episode_set=setting, seed=args.seed, progress=not args.no_progress)  # fmt: skip
     print(comparison_table(results))
     return results
-
-
-def write_report(
-    args: argparse.Namespace,
-    title: str,
-    settings: Sequence[tuple[str, list[dict[str, Any]] | str]],
-    info: Mapping[str, Any],
-    started: float,
-) -> Path:
-    """``summary.json``, ``summary.md`` (one table row per setting × method) and ``summary.png``.
-
-    Args:
-        settings: ``(setting name, evaluate() results)`` or ``(setting name, why it was skipped)``.
-    """
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    seconds = time.perf_counter() - started
-    rows, skipped = [], {}
-    for setting, results in settings:
-        if isinstance(results, str):
-            skipped[setting] = results
-            continue
-        for r in results:
-            stats = {m: {k: s[k] for k in ("mean", "ci", "n")} for m, s in r["summary"].items()}
-            row = {"setting": setting, "folder": slug(setting), "method": r["method"]}
-            rows.append({**row, "seconds": r["seconds"], **stats})
-    load = os.getloadavg() if hasattr(os, "getloadavg") else None
-    meta = {
-        "recipe": args.recipe,
-        "size": args.size_name,
-        **asdict(args.size),
-        "seconds_total": round(seconds, 1),
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, load average at end {load}",
-        "training": dict(info),
-        "skipped": skipped,
-    }
-    (out / "summary.json").write_text(json.dumps({"run": meta, "rows": rows}, indent=2,
-                                                 default=str))  # fmt: skip
-    table = _markdown(rows, skipped)
-    (out / "summary.md").write_text(
-        f"# {title}\n\nsize `{args.size_name}`, {seconds / 60:.1f} min in all "
-        f"({meta['machine']})\n\n{table}\n"
-    )
-    if rows:
-        _plot(rows, title, out / "summary.png")
-    print(f"\n{title}\n{table}\n\nwrote {out}/summary.{{json,md,png}} in {seconds / 60:.1f} min")
-    return out
-
-
-def _markdown(rows: list[dict[str, Any]], skipped: Mapping[str, str]) -> str:
-    metrics = [m for m in ("accuracy", "macro_f1", "f1") if any(m in r for r in rows)]
-    lines = ["| setting | method | episodes | " + " | ".join(metrics) + " |",
-             "|---|---|---|" + "---|" * len(metrics)]  # fmt: skip
-    for r in rows:
-        n = next(r[m]["n"] for m in metrics if m in r)
-        cells = [_pct(r[m]) if m in r else "–" for m in metrics]
-        lines.append(f"| {r['setting']} | {r['method']} | {n} | " + " | ".join(cells) + " |")
-    for setting, why in skipped.items():
-        lines.append(
-            f"| {setting} | not run: {why} | – | " + " | ".join("–" for _ in metrics) + " |"
-        )
-    return "\n".join(lines)
-
-
-def _pct(stat: Mapping[str, Any]) -> str:
-    ci = stat["ci"]
-    if ci is None or ci != ci:
-        return f"{100 * stat['mean']:.1f}"
-    return f"{100 * stat['mean']:.1f} ± {100 * ci:.1f}"
-
-
-def _plot(rows: list[dict[str, Any]], title: str, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    metric = "accuracy" if "accuracy" in rows[0] else "f1"
-    settings = list(dict.fromkeys(r["setting"] for r in rows))
-    methods = list(dict.fromkeys(r["method"] for r in rows))
-    width = 0.8 / len(methods)
-    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(settings) + 2), 4))
-    for j, method in enumerate(methods):
-        xs, ys, es = [], [], []
-        for i, setting in enumerate(settings):
-            for r in rows:
-                if r["setting"] == setting and r["method"] == method:
-                    ci = r[metric]["ci"]
-                    xs.append(i + (j - (len(methods) - 1) / 2) * width)
-                    ys.append(100 * r[metric]["mean"])
-                    es.append(0 if ci is None or ci != ci else 100 * ci)
-        ax.bar(xs, ys, width, yerr=es, capsize=3, label=method)
-    ax.set_xticks(range(len(settings)), settings, rotation=20, ha="right")
-    ax.set_ylabel(f"{metric} (%), mean ± 95% CI")
-    ax.set_ylim(0, 100)  # tiny runs have CIs wider than the scale
-    ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)

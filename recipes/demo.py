@@ -25,8 +25,8 @@ from common import (
     parse_args,
     score_setting,
     trainer_config,
-    write_report,
 )
+from report import write_report
 from sentiment_domains import sentiment_trainer_settings
 
 TEST_DOMAIN = "coachella"

@@ -28,8 +28,8 @@ from common import (
     parse_args,
     score_setting,
     trainer_config,
-    write_report,
 )
+from report import write_report
 
 TRAIN_TYPES = ["person", "geo-loc", "other", "company", "facility"]
 TEST_TYPES = ["product", "musicartist", "sportsteam", "tvshow", "movie"]

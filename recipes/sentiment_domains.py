@@ -21,8 +21,8 @@ from common import (
     parse_args,
     score_setting,
     trainer_config,
-    write_report,
 )
+from report import write_report
 
 TRAIN_DOMAINS = ["airlines", "apple", "claritin", "driverless_cars"]
 VAL_DOMAINS = ["other"]

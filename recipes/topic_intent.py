@@ -25,8 +25,8 @@ from common import (
     parse_args,
     score_setting,
     trainer_config,
-    write_report,
 )
+from report import write_report
 
 TOPICS = ["airlines", "apple", "claritin", "coachella", "deflategate", "driverless_cars"]
 SNIPS = "bigbench/intent_recognition"

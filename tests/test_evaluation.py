@@ -251,3 +251,26 @@ def test_ner_validation_reports_entity_f1(data_dir, model):
     assert right["f1"] == 1.0 and right["accuracy"] == 1.0
     # All-O is right on most tokens but finds no entity: token accuracy hides what F1 shows.
     assert wrong["recall"] == 0.0 and wrong["f1"] == 0.0 and wrong["accuracy"] > 0.5
+
+
+def test_paired_difference_matches_scipy_paired_t_interval():
+    """Per-episode differences on shared indices; the interval is scipy's paired-t interval."""
+    from metanlp.evaluation import paired_difference, paired_table
+
+    rng = np.random.default_rng(0)
+    a_vals, b_vals = rng.uniform(0.4, 0.9, 12), rng.uniform(0.3, 0.8, 12)
+    a = {"method": "a", "episodes": [{"index": i, "accuracy": v} for i, v in enumerate(a_vals)]}
+    # b misses episode 0 and has an extra episode 99 that a never saw: both are left out.
+    b_eps = [{"index": i, "accuracy": v} for i, v in enumerate(b_vals)][1:]
+    b = {"method": "b", "episodes": b_eps + [{"index": 99, "accuracy": 0.0}]}
+    got = paired_difference(a, b, "accuracy")
+    diffs = a_vals[1:] - b_vals[1:]
+    lo, hi = stats.t.interval(0.95, len(diffs) - 1, loc=diffs.mean(), scale=stats.sem(diffs))
+    assert got["n"] == 11
+    assert got["mean"] == pytest.approx(diffs.mean())
+    assert got["ci"] == pytest.approx((hi - lo) / 2)
+    assert paired_difference(a, {"method": "c", "episodes": [{"index": 50, "accuracy": 1}]},
+                             "accuracy") is None  # fmt: skip
+    table = paired_table([a, b], "accuracy")
+    significant = lo > 0 or hi < 0
+    assert ("| significant |" in table) == significant

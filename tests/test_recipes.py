@@ -79,6 +79,22 @@ def test_recipe_smoke(recipe, settings, metric, data_dir, tmp_path):
         )  # fmt: skip
         values = [e[metric] for e in saved["episodes"]]
         assert math.isclose(row[metric]["mean"], sum(values) / len(values), rel_tol=1e-9)
+    # Paired rows: the first method minus each other one, episode by episode.
+    assert len(summary["paired"]) == len(settings) * (len(METHODS) - 1)
+    for pair in summary["paired"]:
+        folder = next(r["folder"] for r in summary["rows"] if r["setting"] == pair["setting"])
+        saved = per_episode_results(tmp_path / recipe, folder)
+        first, other = (next(r for r in saved if r["method"] == m)
+                        for m in (pair["method"], pair["minus"]))  # fmt: skip
+        pairs = zip(first["episodes"], other["episodes"], strict=True)
+        diffs = [a[metric] - b[metric] for a, b in pairs]
+        assert math.isclose(pair["mean"], sum(diffs) / len(diffs), abs_tol=1e-12)
+    # `python recipes/report.py OUT` rewrites the same summary from the saved results.
+    before = (tmp_path / recipe / "summary.json").read_text()
+    redo = subprocess.run([sys.executable, "recipes/report.py", str(tmp_path / recipe)],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert redo.returncode == 0, redo.stderr[-2000:]
+    assert json.loads((tmp_path / recipe / "summary.json").read_text()) == json.loads(before)
 
 
 def test_topic_intent_smoke(data_dir, tmp_path):
