@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from metanlp.baselines import model_inputs
-from metanlp.episodes.tags import align_word_labels, word_predictions
+from metanlp.episodes.tags import align_word_labels, support_windows, word_predictions
 from metanlp.metrics.functional import to_iob2
 
 BATCH_SIZE = 32
@@ -144,7 +144,19 @@ def encode_ner(
     tag_ids: Sequence[Sequence[int]] | None,
     max_length: int,
 ) -> tuple[dict[str, torch.Tensor], list[list[int | None]]]:
-    """Tokenize word lists; label the first sub-token of each word (others -100)."""
+    """Tokenize word lists; label the first sub-token of each word (others -100).
+
+    With labels (a support set), a sentence whose mentions pass ``max_length`` is split into
+    windows that cover them all (`metanlp.episodes.tags.entity_windows`), so no tagged type
+    loses its only example to truncation.
+    """
+    if tag_ids is not None:
+        parts = [
+            (list(w)[a:b], list(t)[a:b])
+            for w, t in zip(token_lists, tag_ids, strict=True)
+            for a, b in support_windows(tokenizer, w, t, max_length)
+        ]
+        token_lists, tag_ids = [p[0] for p in parts], [p[1] for p in parts]
     enc = tokenizer(
         [list(w) for w in token_lists],
         is_split_into_words=True,

@@ -262,3 +262,62 @@ def test_ner_schema_errors():
         NERSampler(data, n_way=4)
     with pytest.raises(ValueError, match=r"Unknown entity types \['d'\]"):
         NERSampler(data, n_way=1, types=["d"])
+
+
+def test_entity_windows_cover_every_mention():
+    from metanlp.episodes.tags import entity_windows
+
+    assert entity_windows([1, 1, 1], [0, 1, 0], budget=5) == [(0, 3)]  # fits: untouched
+    assert entity_windows([1, 1, 1, 1, 1], [0, 0, 0, 0, 2], budget=3) == [(0, 3), (4, 5)]
+    # Words with no mention between windows are dropped; every labelled word is covered.
+    lengths, labels = [2, 1, 1, 3, 1, 1, 2, 1], [1, 0, 0, 2, 2, 0, 0, 3]
+    windows = entity_windows(lengths, labels, budget=4)
+    assert windows == [(0, 3), (3, 5), (7, 8)]
+    covered = {i for a, b in windows for i in range(a, b)}
+    assert all(i in covered for i, t in enumerate(labels) if t)
+    assert all(sum(lengths[a:b]) <= 4 for a, b in windows)
+    assert entity_windows([4, 1], [1, 0], budget=2) == [(0, 1)]  # an over-long word is kept
+
+
+def test_long_support_sentences_keep_their_mentions(data_dir):
+    """At a max_length far below the sentences' length, every support type keeps its tokens
+    (plain prefix truncation drops some), and the kept words and tags stay aligned."""
+    from metanlp.corpora import load_corpus
+    from metanlp.episodes import NERSampler
+    from metanlp.models import load_encoder
+
+    tokenizer = load_encoder().tokenizer
+    wnut = load_corpus("wnut16", data_dir)
+    sampler = NERSampler(wnut, n_way=5, k_shot=1, q_query=1, mode="relaxed", seed=3,
+                         name="wnut16", tokenizer=tokenizer, max_length=12)  # fmt: skip
+    cut = 0
+    for index in range(10):
+        episode = sampler.episode(index)
+        labels = episode.support["labels"]
+        counts = torch.bincount(labels[labels >= 0], minlength=episode.num_labels)
+        assert (counts[1:] > 0).all(), (index, counts.tolist())
+        rows = episode.spec.support_rows
+        for words, tags in zip(episode.support_inputs, episode.support_targets, strict=True):
+            row = next(r for r in rows if _contains(list(wnut[r]["tokens"]), words))
+            full = list(wnut[row]["tokens"])
+            cut += len(words) < len(full)
+            start = next(i for i in range(len(full)) if full[i : i + len(words)] == words)
+            assert len(tags) == len(words) and start + len(words) <= len(full)
+    assert cut > 0  # the test did exercise the windows
+
+
+def _contains(full: list[str], part: list[str]) -> bool:
+    return any(full[i : i + len(part)] == part for i in range(len(full) - len(part) + 1))
+
+
+def test_adapt_encoding_splits_long_support_sentences():
+    """`MetaLearner.adapt`'s NER encoding: a mention past max_length still gets its tokens."""
+    from metanlp.predictors import encode_ner
+
+    tokenizer = AutoTokenizer.from_pretrained(default_model_path())
+    words = ["Paris"] + ["the"] * 30 + ["Google", "rocks"]
+    tags = [1] + [0] * 30 + [2, 0]
+    batch, word_ids = encode_ner(tokenizer, [words, ["hi", "Bob"]], [tags, [0, 3]], max_length=16)
+    assert batch["input_ids"].shape[1] <= 16
+    assert sorted(set(batch["labels"][batch["labels"] >= 0].tolist())) == [0, 1, 2, 3]
+    assert len(word_ids) == 3  # the long sentence became two windows, the short one stayed

@@ -10,7 +10,13 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ..models import check_tokenizer_matches
 from .sources import ClassificationSource, NERSource
-from .tags import IGNORE_INDEX, align_word_labels, episode_tag_names, sentence_tags
+from .tags import (
+    IGNORE_INDEX,
+    align_word_labels,
+    episode_tag_names,
+    sentence_tags,
+    support_windows,
+)
 from .types import Episode, EpisodeSpec
 
 Encoding = tuple[tuple[int, ...], tuple[int, ...] | None, tuple[int | None, ...] | None]
@@ -21,7 +27,12 @@ class EpisodeCollator:
 
     The encoding of a row is cached per (dataset fingerprint, kind, row, ``max_length``) in an LRU
     of ``cache_size`` entries, so a long meta-training run tokenizes each text once. Padding is
-    per episode: the support (and the query) is padded to its own longest sequence.
+    per episode: the support (and the query) is padded to its own longest sequence. An NER
+    support sentence whose mentions pass ``max_length`` is split into windows that cover them
+    all (`metanlp.episodes.tags.entity_windows`), so truncation never leaves a type without
+    support tokens; the episode's ``support_inputs``/``support_targets`` hold the windows (then
+    more rows than ``spec.support_rows``). Query sentences keep their prefix (words past it
+    are predicted ``O``, and scored).
 
     Args:
         tokenizer (`PreTrainedTokenizerBase`): The model's tokenizer; must be a fast tokenizer for NER.
@@ -113,6 +124,39 @@ class EpisodeCollator:
             self._cache.popitem(last=False)
         return out
 
+    def _support_windows(
+        self,
+        encodings: list[Encoding],
+        words: list[list[str]],
+        word_tags: list[list[str]],
+        tag_index: dict[str, int],
+    ) -> tuple[list[Encoding], list[list[str]], list[list[str]]]:
+        """Split each support sentence whose mentions pass ``max_length`` into windows."""
+        out: tuple[list, list, list] = ([], [], [])
+        for enc, sentence, tags in zip(encodings, words, word_tags, strict=True):
+            ids = [tag_index[t] for t in tags]
+            kept = max((w for w in enc[2] if w is not None), default=-1) + 1
+            if not any(ids[kept:]):
+                parts = [(enc, sentence, tags)]
+            else:
+                windows = support_windows(self.tokenizer, sentence, ids, self.max_length)
+                parts = [(self._encode_words(sentence[a:b]), sentence[a:b], tags[a:b])
+                         for a, b in windows]  # fmt: skip
+            for column, value in zip(out, zip(*parts, strict=True), strict=True):
+                column.extend(value)
+        return out
+
+    def _encode_words(self, words: list[str]) -> Encoding:
+        """One word list, uncached (a support sentence cut to the window of its mentions)."""
+        enc = self.tokenizer(words, is_split_into_words=True, truncation=True,
+                             max_length=self.max_length)  # fmt: skip
+        type_ids = enc.get("token_type_ids")
+        return (
+            tuple(enc["input_ids"]),
+            tuple(type_ids) if type_ids is not None else None,
+            tuple(enc.word_ids()),
+        )
+
     def _pad(
         self, encodings: list[Encoding], labels: list[list[int]] | None = None
     ) -> tuple[dict[str, torch.Tensor], list[list[int | None]]]:
@@ -182,12 +226,17 @@ class EpisodeCollator:
                 )
                 for r in rows
             ]
+            words = [list(source.tokens[r]) for r in rows]
+            if split == "support":  # keep every support mention that plain truncation would cut
+                encodings, words, word_tags = self._support_windows(
+                    encodings, words, word_tags, tag_index
+                )
             labels = [
                 align_word_labels(e[2], [tag_index[t] for t in tags])
                 for e, tags in zip(encodings, word_tags, strict=True)
             ]
             batch, word_ids = self._pad(encodings, labels)
-            sets[split] = (batch, [list(source.tokens[r]) for r in rows], word_tags, word_ids)
+            sets[split] = (batch, words, word_tags, word_ids)
         return Episode(
             support=sets["support"][0],
             query=sets["query"][0],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 
@@ -44,6 +45,61 @@ def sentence_tags(
         for i in range(start, end):
             tags[i] = name if scheme == "io" else f"{'B' if i == start else 'I'}-{name}"
     return tags
+
+
+def entity_windows(
+    word_lengths: Sequence[int], word_labels: Sequence[int], budget: int
+) -> list[tuple[int, int]]:
+    """Word windows ``[start, end)`` of at most `budget` sub-tokens that cover every mention.
+
+    Plain truncation keeps a prefix and can cut off a support sentence's only mention of a type,
+    which leaves that type without a prototype. A sentence that fits is one window ``(0, n)``;
+    one that does not is split greedily: the first window is the prefix, and each later window
+    starts at the first labelled word not yet covered. Words between windows that hold no
+    mention are dropped.
+
+    Args:
+        word_lengths: Sub-tokens per word (without special tokens).
+        word_labels: Tag id per word; 0 is ``O``.
+        budget: Sub-tokens available (``max_length`` minus the special tokens).
+
+    Returns:
+        The windows, in order; each holds at least one word (an over-long word is kept whole
+        and truncated by the tokenizer).
+
+    Example:
+        ```python
+        >>> entity_windows([1, 1, 1, 1, 1], [1, 0, 0, 0, 2], budget=3)
+        [(0, 3), (4, 5)]
+        >>> entity_windows([1, 1, 1], [0, 1, 0], budget=3)
+        [(0, 3)]
+        ```
+    """
+    n = len(word_lengths)
+    windows: list[tuple[int, int]] = []
+    start = 0
+    while start < n:
+        end, used = start, 0
+        while end < n and used + word_lengths[end] <= budget:
+            used += word_lengths[end]
+            end += 1
+        end = max(end, start + 1)
+        windows.append((start, end))
+        start = next((i for i in range(end, n) if word_labels[i]), n)
+    return windows
+
+
+def support_windows(
+    tokenizer: Any, words: Sequence[str], word_labels: Sequence[int], max_length: int
+) -> list[tuple[int, int]]:
+    """`entity_windows` of one sentence for a tokenizer and ``max_length`` (specials included)."""
+    pieces = tokenizer(list(words), is_split_into_words=True, add_special_tokens=False)
+    lengths = [0] * len(words)
+    for w in pieces.word_ids():
+        if w is not None:
+            lengths[w] += 1
+    budget = max_length - tokenizer.num_special_tokens_to_add(pair=False)
+    return entity_windows(lengths, word_labels, budget)
 
 
 def align_word_labels(word_ids: Sequence[int | None], word_labels: Sequence[int]) -> list[int]:
