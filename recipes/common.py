@@ -145,7 +145,7 @@ def meta_train(
         "train_episodes": config.max_steps * config.meta_batch_size,
         "steps": state.step,
         "best_step": state.best_step,
-        "best_val_accuracy": state.best_metric,
+        f"best_val_{config.metric_for_best}": state.best_metric,
         "seconds": round(seconds, 1),
         "learning_curve": str(Path(config.output_dir) / "learning_curve.png"),
     }
