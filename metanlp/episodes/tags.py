@@ -93,7 +93,9 @@ def support_windows(
     tokenizer: Any, words: Sequence[str], word_labels: Sequence[int], max_length: int
 ) -> list[tuple[int, int]]:
     """`entity_windows` of one sentence for a tokenizer and ``max_length`` (specials included)."""
-    pieces = tokenizer(list(words), is_split_into_words=True, add_special_tokens=False)
+    pieces = tokenizer(
+        list(words), is_split_into_words=True, add_special_tokens=False, verbose=False
+    )
     lengths = [0] * len(words)
     for w in pieces.word_ids():
         if w is not None:
