@@ -1,4 +1,5 @@
-"""`MetaAlgorithm`, the base every meta-learner extends, and `MetaConfig`, its config base.
+"""`MetaAlgorithm`, the base every meta-learner extends (its config base, `MetaConfig`, lives in
+`metanlp.meta.config` and is re-exported here).
 
 A subclass says only what makes it different: which tensors adapt (`inner_names`), which are
 meta-learned (`outer_names`), extra learned tensors (`extra`), the inner learning rates
@@ -11,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Iterator, Mapping
-from dataclasses import asdict, dataclass, fields
 from typing import Any, ClassVar
 
 import torch
@@ -20,14 +20,14 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from metanlp.meta import efficient
+from metanlp.meta.config import MetaConfig
 from metanlp.meta.inner import (
-    INNER_OPTIMIZERS,
     InnerLoopResult,
     InnerOptimizer,
     LRSchedule,
     inner_loop,
 )
-from metanlp.meta.params import ParamSelection, configure_trainable, select_parameters
+from metanlp.meta.params import configure_trainable, select_parameters
 from metanlp.models import (
     HEAD_PARAMETER_NAMES,
     FewShotModel,
@@ -39,111 +39,6 @@ logger = logging.getLogger(__name__)
 _warned_eager = False
 
 MODEL_INPUT_KEYS = ("input_ids", "attention_mask", "token_type_ids")
-
-
-@dataclass
-class MetaConfig:
-    """Options shared by the gradient-based meta-learners.
-
-    Args:
-        inner_steps (`int`, defaults to 5): inner steps k during meta-training.
-        eval_inner_steps (`int`, *optional*): steps for `adapt` at evaluation (default k).
-        inner_lr (`float`, defaults to 1e-3): inner rate α (initial value when it is learned).
-        params (`str` or `list[str]`, defaults to ``"all"``): adapted tensors, a value of
-            `metanlp.meta.params.PARAMETER_SETS` or explicit names.
-        outer_params (`str` or `list[str]`, *optional*): meta-learned tensors when they differ
-            from ``params`` (e.g. inner ``"lora"``, outer ``"all"``).
-        top_layers (`int`, defaults to 2): layers taken by ``"top"``.
-        first_order (`bool`, defaults to False): drop second derivatives (FOMAML).
-        inner_optimizer (`str`, defaults to ``"sgd"``): ``"sgd"``, ``"momentum"`` or ``"adam"``
-            where the algorithm allows it.
-        inner_momentum (`float`, defaults to 0.9), inner_betas (`tuple`, defaults to
-            ``(0.9, 0.999)``), inner_eps (`float`, defaults to 1e-8): inner optimiser settings.
-        train_dropout (`bool`, defaults to True): dropout active in meta-training inner/outer
-            loops; evaluation-time adaptation always runs in eval mode (deterministic).
-        grad_scale (`float`, *optional*): inner-loop loss scale for fp16 (see `inner_loop`).
-        checkpointing (`str`, defaults to ``"none"``), frozen_prefix_cache (`str`, defaults to
-            ``"auto"``), task_batching (`str`, defaults to ``"loop"``): exact speed/memory
-            options, see `metanlp.meta.efficient`.
-
-    Example:
-        ```python
-        >>> MetaConfig(params="lora", inner_steps=3, inner_lr=1e-2)
-        ```
-    """
-
-    inner_steps: int = 5
-    eval_inner_steps: int | None = None
-    inner_lr: float = 1e-3
-    params: ParamSelection = "all"
-    outer_params: ParamSelection | None = None
-    top_layers: int = 2
-    first_order: bool = False
-    inner_optimizer: str = "sgd"
-    inner_momentum: float = 0.9
-    inner_betas: tuple[float, float] = (0.9, 0.999)
-    inner_eps: float = 1e-8
-    train_dropout: bool = True
-    grad_scale: float | None = None
-    checkpointing: str = "none"
-    frozen_prefix_cache: str = "auto"
-    task_batching: str = "loop"
-
-    allowed_inner_optimizers: ClassVar[tuple[str, ...]] = INNER_OPTIMIZERS
-
-    def __post_init__(self) -> None:
-        def need(cond: bool, msg: str) -> None:
-            if not cond:
-                raise ValueError(f"{type(self).__name__}: {msg}")
-
-        need(
-            _is_int(self.inner_steps) and self.inner_steps >= 0,
-            f"inner_steps={self.inner_steps!r} must be an int >= 0.",
-        )
-        need(self.eval_inner_steps is None or (_is_int(self.eval_inner_steps) and self.eval_inner_steps >= 0),
-             f"eval_inner_steps={self.eval_inner_steps!r} must be None or an int >= 0.")  # fmt: skip
-        need(
-            isinstance(self.inner_lr, (int, float)) and self.inner_lr > 0,
-            f"inner_lr={self.inner_lr!r} must be a number > 0.",
-        )
-        need(
-            _is_int(self.top_layers) and self.top_layers >= 1,
-            f"top_layers={self.top_layers!r} must be an int >= 1.",
-        )
-        need(self.inner_optimizer in self.allowed_inner_optimizers,
-             f"inner_optimizer={self.inner_optimizer!r} is not allowed here; use one of {self.allowed_inner_optimizers}.")  # fmt: skip
-        need(
-            0 <= self.inner_momentum < 1,
-            f"inner_momentum={self.inner_momentum!r} must be in [0, 1).",
-        )
-        self.inner_betas = tuple(self.inner_betas)  # JSON gives lists back
-        need(len(self.inner_betas) == 2 and all(0 <= b < 1 for b in self.inner_betas),
-             f"inner_betas={self.inner_betas!r} must be two numbers in [0, 1).")  # fmt: skip
-        need(
-            self.grad_scale is None or self.grad_scale > 0,
-            f"grad_scale={self.grad_scale!r} must be None or > 0.",
-        )
-        efficient.check_options(self.checkpointing, self.frozen_prefix_cache, self.task_batching)
-        for key in ("params", "outer_params"):
-            value = getattr(self, key)
-            if isinstance(value, (list, tuple)):
-                setattr(self, key, list(value))
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-friendly dict (``from_dict`` reads it back)."""
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> MetaConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"{cls.__name__} has no options {unknown}; known: {sorted(known)}.")
-        return cls(**data)
-
-
-def _is_int(x: object) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool)
 
 
 def use_eager_for_second_order(model: FewShotModel) -> None:
