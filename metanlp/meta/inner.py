@@ -98,7 +98,8 @@ class InnerLoopResult:
         support_losses (`list[float]`): support loss before each step (``[0]`` is at φ_0).
         step_query_losses (`list[Tensor]`): query loss after each step, when a
             ``step_loss_fn`` was given (MAML++ multi-step loss); graph attached unless ``"no_graph"``.
-        skipped_steps (`int`): steps skipped because the (unscaled) gradient was not finite.
+        skipped_steps (`int`): steps skipped because the (unscaled) gradient was not finite
+            (checked only under loss scaling, ``grad_scale``).
     """
 
     fast: dict[str, Tensor]
@@ -216,9 +217,11 @@ def inner_loop(
             )
         if not create_graph:
             grads = tuple(g.detach() for g in grads)
+        # Only under loss scaling: an overflowed step is skipped (checking every gradient for
+        # finiteness costs ~8 % of an all-parameter first-order meta-step on CPU).
         if grad_scale is not None:
             grads = tuple(g / grad_scale for g in grads)
-        if not bool(torch.stack([torch.isfinite(g).all() for g in grads]).all()):
+        if grad_scale is not None and not _all_finite(grads):
             result.skipped_steps += 1
         else:
             current = _apply_step(current, names, grads, lr, step, opt, training)
@@ -229,6 +232,10 @@ def inner_loop(
     if not training:
         result.fast = {n: t.detach() for n, t in current.items()}
     return result
+
+
+def _all_finite(tensors: Sequence[Tensor]) -> bool:
+    return bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all())
 
 
 def _apply_step(
