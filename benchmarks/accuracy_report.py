@@ -94,6 +94,8 @@ def merge_records(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         "train_seconds": {},
         "settings": [],
     }
+    given = {g for r in records for g in (r["config"].get("learner") or [])}
+    merged["config"]["learner"] = sorted(given)
     by_name: dict[str, dict[str, Any]] = {}
     for record in records:
         merged["train_seconds"].update(record.get("train_seconds", {}))
@@ -157,7 +159,7 @@ def markdown(record: Mapping[str, Any]) -> list[str]:
         f"Size `{record['size']}`: {'up to ' if record.get('merged_from') else ''}"
         f"{cfg['episodes']} test episodes per setting (SetFit: the first "
         f"{cfg['setfit_episodes']}; each table gives the count per method), "
-        f"{cfg['train_steps']} meta-training steps per variant, "
+        f"{_training(cfg)}, "
         f"fine-tune baseline {cfg['finetune_steps']} steps. Mean ± 95% CI half-width, in %.",
         summary_table(record),
     ]
@@ -275,3 +277,12 @@ def _label(method: str) -> str:
 
 
 __all__: Sequence[str] = ["compare", "main_metric", "verdicts", "write_results"]
+
+
+def _training(cfg: Mapping[str, Any]) -> str:
+    """How the metanlp variants were obtained: trained here, or saved learners (``--learner``)."""
+    given = cfg.get("learner") or []
+    trained = f"{cfg['train_steps']} meta-training steps per variant trained here"
+    if not given:
+        return trained
+    return f"saved learners given for {', '.join(f'`{g}`' for g in given)} (not trained here); {trained}"

@@ -115,7 +115,8 @@ def test_merge_runs_that_split_methods_and_settings():
     from benchmarks.accuracy_report import merge_records
 
     def record(cmd: str, settings: list[dict], methods: list[str]) -> dict:
-        config = {"episodes": 4, "setfit_episodes": 1, "methods": methods}
+        config = {"episodes": 4, "setfit_episodes": 1, "methods": methods, "train_steps": 20,
+                  "learner": ["maml=/saved"] if cmd == "a" else None}  # fmt: skip
         return {"provenance": {"command": cmd}, "size": "default", "config": config,
                 "variants": {}, "train_seconds": {cmd: 1.0}, "settings": settings}  # fmt: skip
 
@@ -132,6 +133,12 @@ def test_merge_runs_that_split_methods_and_settings():
     assert s1["seconds"] == 5.0 and s2["setting"] == "s2"
     assert [p["command"] for p in merged["merged_from"]] == ["a", "b"]
     assert merged["train_seconds"] == {"a": 1.0, "b": 1.0}
+    # A learner given to any run (--learner) is named, not reported as trained here.
+    from benchmarks.accuracy_report import _training
+
+    assert merged["config"]["learner"] == ["maml=/saved"]
+    assert "`maml=/saved` (not trained here)" in _training(merged["config"])
+    assert _training({"train_steps": 20}) == "20 meta-training steps per variant trained here"
 
 
 def test_merge_adds_up_disjoint_episode_ranges():
