@@ -23,17 +23,17 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
-from . import checkpoint as ckpt
 from .episodes.types import Episode
 from .logging_utils import CURVE_FILE, METRICS_FILE, JsonlLogger, plot_learning_curve, read_jsonl
+from .trainer_checkpoint import CheckpointMixin
 from .trainer_config import MetaTrainerConfig
 from .trainer_setup import build_algorithm, build_samplers, move_algorithm, named_meta_parameters
 from .trainer_utils import (
     all_reduce_gradients,
     build_optimizer,
     build_scheduler,
-    load_scheduler_state,
-    scheduler_state,
+    flat_hparams,
+    has_accelerator,
     seeded_task,
 )
 from .validation import score_episode, summarize_scores
@@ -41,7 +41,6 @@ from .validation import score_episode, summarize_scores
 logger = logging.getLogger(__name__)
 
 BEST_DIR = "best"
-WEIGHTS_NAME = "meta_parameters"
 
 
 @dataclass
@@ -56,7 +55,7 @@ class TrainerState:
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
-class MetaTrainer:
+class MetaTrainer(CheckpointMixin):
     """Meta-train a `MetaAlgorithm` on episodes, the way `transformers.Trainer` trains a model.
 
     Args:
@@ -85,7 +84,7 @@ class MetaTrainer:
         self.config = config
         self.accelerator = Accelerator(
             # Accelerate starts a multi-process CPU (gloo) run only with cpu=True.
-            cpu=config.cpu or not _has_accelerator(),
+            cpu=config.cpu or not has_accelerator(),
             mixed_precision=config.mixed_precision,
             log_with=config.report_to or None,
             project_dir=config.output_dir,
@@ -267,7 +266,7 @@ class MetaTrainer:
             else None
         )
         if config.report_to:
-            acc.init_trackers("metanlp", config=_flat_hparams(config.to_dict()))
+            acc.init_trackers("metanlp", config=flat_hparams(config.to_dict()))
         bar = tqdm(
             total=config.max_steps,
             initial=self.state.step,
@@ -328,104 +327,6 @@ class MetaTrainer:
             patience = self.config.early_stopping_patience
             if patience is not None and self.state.evals_without_improvement >= patience:
                 self.state.stopped_early = True
-
-    # -- checkpoints -------------------------------------------------------------------------------
-    def _resolve_checkpoint(self, value: str | Path | bool) -> Path:
-        if value is True:
-            found = ckpt.latest_checkpoint(self.output_dir)
-            if found is None:
-                raise FileNotFoundError(
-                    f"resume_from_checkpoint=True but {self.output_dir} has no checkpoint-* folder."
-                )
-            return found
-        return Path(value)
-
-    def save_meta_parameters(self, folder: Path) -> None:
-        """Write the meta-parameters (adapter/head weights, learned inner rates) atomically."""
-        if self.accelerator.is_main_process:
-            tensors = {n: p.detach() for n, p in self.meta_params.items()}
-
-            def write(tmp: Path) -> None:
-                ckpt.save_state(tmp, WEIGHTS_NAME, tensors)
-                self.config.to_json(tmp / "config.json")
-
-            ckpt.write_checkpoint_atomically(folder.parent, folder.name, write)
-        self.accelerator.wait_for_everyone()
-
-    def load_meta_parameters(self, folder: Path) -> None:
-        tensors = ckpt.load_state(folder, WEIGHTS_NAME)
-        missing = sorted(set(self.meta_params) - set(tensors))
-        if missing:
-            raise ValueError(
-                f"{folder} lacks meta-parameters {missing[:5]}; was it written for this model and config?"
-            )
-        with torch.no_grad():
-            for name, param in self.meta_params.items():
-                param.copy_(tensors[name].to(param.device, param.dtype))
-
-    def save_checkpoint(self) -> Path:
-        """Write ``checkpoint-<step>`` (weights, optimiser, schedule, scaler, RNG, sampler, config)."""
-        per_rank = self._gather(
-            [(self.rank, {"rng": ckpt.rng_state(), "sampler": self.train_sampler.state_dict()})]
-        )
-        name = f"{ckpt.CHECKPOINT_PREFIX}{self.state.step}"
-        if self.accelerator.is_main_process:
-            tensors = {n: p.detach() for n, p in self.meta_params.items()}
-
-            def write(tmp: Path) -> None:
-                ckpt.save_state(tmp, WEIGHTS_NAME, tensors)
-                ckpt.save_state(tmp, "optimizer", self.optimizer.state_dict())
-                ckpt.save_state(tmp, "scheduler", scheduler_state(self.scheduler))
-                ckpt.save_state(tmp, "scaler", self.scaler.state_dict())
-                ckpt.save_state(tmp, "trainer_state", dataclasses.asdict(self.state))
-                for rank, state in per_rank:
-                    ckpt.save_state(tmp, f"rank{rank}", state)
-                self.config.to_json(tmp / "config.json")
-
-            ckpt.write_checkpoint_atomically(self.output_dir, name, write)
-            ckpt.prune_checkpoints(self.output_dir, self.config.save_total_limit)
-        self.accelerator.wait_for_everyone()
-        return self.output_dir / name
-
-    def load_checkpoint(self, path: str | Path) -> None:
-        """Restore everything `save_checkpoint` wrote (no pickle: safetensors + JSON)."""
-        path = Path(path)
-        if not (path / "trainer_state.json").is_file():
-            raise FileNotFoundError(f"{path} is not a metanlp checkpoint (no trainer_state.json).")
-        self.load_meta_parameters(path)
-        self.optimizer.load_state_dict(ckpt.load_state(path, "optimizer"))
-        load_scheduler_state(self.scheduler, ckpt.load_state(path, "scheduler"))
-        self.scaler.load_state_dict(ckpt.load_state(path, "scaler"))
-        self.state = TrainerState(**ckpt.load_state(path, "trainer_state"))
-        rank_file = path / f"rank{self.rank}.json"
-        if not rank_file.is_file():
-            raise ValueError(
-                f"{path} was written by fewer processes than rank {self.rank}; resume with the same number of processes."
-            )
-        per_rank = ckpt.load_state(path, f"rank{self.rank}")
-        ckpt.set_rng_state(per_rank["rng"])
-        self.train_sampler.load_state_dict(per_rank["sampler"])
-
-
-def _has_accelerator() -> bool:
-    accel = getattr(torch, "accelerator", None)
-    if accel is not None and hasattr(accel, "is_available"):
-        return bool(accel.is_available())
-    return torch.cuda.is_available()
-
-
-def _flat_hparams(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    # TensorBoard hparams take scalars and strings only.
-    out: dict[str, Any] = {}
-    for key, value in config.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            out.update(_flat_hparams(value, f"{name}."))
-        elif isinstance(value, (int, float, str, bool)):
-            out[name] = value
-        else:
-            out[name] = str(value)
-    return out
 
 
 __all__ = ["MetaTrainer", "MetaTrainerConfig", "TrainerState"]

@@ -1,0 +1,96 @@
+"""`MetaTrainer`'s checkpoints: the meta-parameters alone (``best/``) or everything needed to
+resume exactly (``checkpoint-<step>``), written atomically with `metanlp.checkpoint` (no pickle:
+safetensors + JSON)."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import torch
+
+from . import checkpoint as ckpt
+from .trainer_utils import load_scheduler_state, scheduler_state
+
+WEIGHTS_NAME = "meta_parameters"
+
+
+class CheckpointMixin:
+    """Saving and loading for `MetaTrainer` (it provides the attributes used here)."""
+
+    # -- checkpoints -------------------------------------------------------------------------------
+    def _resolve_checkpoint(self, value: str | Path | bool) -> Path:
+        if value is True:
+            found = ckpt.latest_checkpoint(self.output_dir)
+            if found is None:
+                raise FileNotFoundError(
+                    f"resume_from_checkpoint=True but {self.output_dir} has no checkpoint-* folder."
+                )
+            return found
+        return Path(value)
+
+    def save_meta_parameters(self, folder: Path) -> None:
+        """Write the meta-parameters (adapter/head weights, learned inner rates) atomically."""
+        if self.accelerator.is_main_process:
+            tensors = {n: p.detach() for n, p in self.meta_params.items()}
+
+            def write(tmp: Path) -> None:
+                ckpt.save_state(tmp, WEIGHTS_NAME, tensors)
+                self.config.to_json(tmp / "config.json")
+
+            ckpt.write_checkpoint_atomically(folder.parent, folder.name, write)
+        self.accelerator.wait_for_everyone()
+
+    def load_meta_parameters(self, folder: Path) -> None:
+        tensors = ckpt.load_state(folder, WEIGHTS_NAME)
+        missing = sorted(set(self.meta_params) - set(tensors))
+        if missing:
+            raise ValueError(
+                f"{folder} lacks meta-parameters {missing[:5]}; was it written for this model and config?"
+            )
+        with torch.no_grad():
+            for name, param in self.meta_params.items():
+                param.copy_(tensors[name].to(param.device, param.dtype))
+
+    def save_checkpoint(self) -> Path:
+        """Write ``checkpoint-<step>`` (weights, optimiser, schedule, scaler, RNG, sampler, config)."""
+        per_rank = self._gather(
+            [(self.rank, {"rng": ckpt.rng_state(), "sampler": self.train_sampler.state_dict()})]
+        )
+        name = f"{ckpt.CHECKPOINT_PREFIX}{self.state.step}"
+        if self.accelerator.is_main_process:
+            tensors = {n: p.detach() for n, p in self.meta_params.items()}
+
+            def write(tmp: Path) -> None:
+                ckpt.save_state(tmp, WEIGHTS_NAME, tensors)
+                ckpt.save_state(tmp, "optimizer", self.optimizer.state_dict())
+                ckpt.save_state(tmp, "scheduler", scheduler_state(self.scheduler))
+                ckpt.save_state(tmp, "scaler", self.scaler.state_dict())
+                ckpt.save_state(tmp, "trainer_state", dataclasses.asdict(self.state))
+                for rank, state in per_rank:
+                    ckpt.save_state(tmp, f"rank{rank}", state)
+                self.config.to_json(tmp / "config.json")
+
+            ckpt.write_checkpoint_atomically(self.output_dir, name, write)
+            ckpt.prune_checkpoints(self.output_dir, self.config.save_total_limit)
+        self.accelerator.wait_for_everyone()
+        return self.output_dir / name
+
+    def load_checkpoint(self, path: str | Path) -> None:
+        """Restore everything `save_checkpoint` wrote (no pickle: safetensors + JSON)."""
+        path = Path(path)
+        if not (path / "trainer_state.json").is_file():
+            raise FileNotFoundError(f"{path} is not a metanlp checkpoint (no trainer_state.json).")
+        self.load_meta_parameters(path)
+        self.optimizer.load_state_dict(ckpt.load_state(path, "optimizer"))
+        load_scheduler_state(self.scheduler, ckpt.load_state(path, "scheduler"))
+        self.scaler.load_state_dict(ckpt.load_state(path, "scaler"))
+        self.state = type(self.state)(**ckpt.load_state(path, "trainer_state"))
+        rank_file = path / f"rank{self.rank}.json"
+        if not rank_file.is_file():
+            raise ValueError(
+                f"{path} was written by fewer processes than rank {self.rank}; resume with the same number of processes."
+            )
+        per_rank = ckpt.load_state(path, f"rank{self.rank}")
+        ckpt.set_rng_state(per_rank["rng"])
+        self.train_sampler.load_state_dict(per_rank["sampler"])
