@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from benchmarks.accuracy_setup import VARIANTS
+from benchmarks.accuracy_setup import FT_SUFFIX, METANLP_METHODS, variant_of
 from benchmarks.common import markdown_table, provenance_markdown, write_json, write_markdown
 
 BASELINE_NAMES = {
@@ -62,7 +62,7 @@ def verdicts(entry: Mapping[str, Any]) -> dict[str, Any]:
     if not results:
         return {}
     metric = main_metric(next(iter(results.values()))["kind"])
-    ours = [r for name, r in results.items() if name in VARIANTS]
+    ours = [r for name, r in results.items() if variant_of(name)]
     if not ours:
         return {}
     best = max(ours, key=lambda r: r["summary"][metric]["mean"])
@@ -115,7 +115,7 @@ def merge_records(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     steps = {
         r["config"]["train_steps"]
         for r in records
-        if set(r["config"]["methods"]) & set(VARIANTS) and "train_steps" in r["config"]
+        if any(variant_of(m) for m in r["config"]["methods"]) and "train_steps" in r["config"]
     }
     if steps:
         merged["config"]["train_steps"] = steps.pop() if len(steps) == 1 else sorted(steps)
@@ -231,7 +231,7 @@ def plot(record: Mapping[str, Any], path: Path) -> Path:
         names = [r["method"] for r in results]
         means = [100 * r["summary"][metric]["mean"] for r in results]
         errs = [100 * _ci(r["summary"][metric]) for r in results]
-        colors = ["tab:blue" if n in VARIANTS else "tab:orange" if n == "setfit" else "tab:gray"
+        colors = ["tab:blue" if variant_of(n) else "tab:orange" if n == "setfit" else "tab:gray"
                   for n in names]  # fmt: skip
         ax.bar(range(len(names)), means, yerr=errs, color=colors, capsize=3)
         ax.set_xticks(range(len(names)), names, rotation=60, ha="right", fontsize=8)
@@ -268,11 +268,13 @@ def _paired(c: Mapping[str, Any] | None) -> str:
 
 
 def _method_order(result: Mapping[str, Any]) -> int:
-    order = [*VARIANTS, *BASELINE_NAMES]
+    order = [*METANLP_METHODS, *BASELINE_NAMES]
     return order.index(result["method"]) if result["method"] in order else len(order)
 
 
 def _label(method: str) -> str:
+    if method.endswith(FT_SUFFIX):
+        return f"metanlp {method.removesuffix(FT_SUFFIX)} + test-time fine-tune"
     return BASELINE_NAMES.get(method, f"metanlp {method}")
 
 

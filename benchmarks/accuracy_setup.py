@@ -149,6 +149,19 @@ VARIANTS: dict[str, Variant] = {
 Proto-MAML (first order, as in its paper's cheaper variant) and ProtoNet. All adapt LoRA (r=8,
 query/value) + head as in default.yaml; ANIL adapts the head only."""
 
+FT_SUFFIX = "+ft"
+"""``VARIANT+ft``: the same learner, then test-time fine-tuning of every weight from its adapted
+state (`metanlp.meta.finetune`, as many AdamW steps as the fine-tune baseline)."""
+
+
+def variant_of(method: str) -> str | None:
+    """The metanlp variant a method name scores (``protomaml+ft`` -> ``protomaml``), else None."""
+    base = method.removesuffix(FT_SUFFIX)
+    return base if base in VARIANTS else None
+
+
+METANLP_METHODS = [m for v in VARIANTS for m in (v, v + FT_SUFFIX)]
+
 
 def episode_file(setting: Setting, data_dir: str | None = None) -> Path:
     """The setting's fixed test episodes (drawn once, `FULL_EPISODES` of them, seed `TEST_SEED`)."""

@@ -24,6 +24,7 @@ import logging
 import os
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,14 @@ if __package__ in (None, ""):  # run as a script: make `benchmarks` and `metanlp
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.accuracy_report import merge_records, write_results
-from benchmarks.accuracy_setup import SETTINGS, VARIANTS, learner_for, load_setting_episodes
+from benchmarks.accuracy_setup import (
+    METANLP_METHODS,
+    SETTINGS,
+    VARIANTS,
+    learner_for,
+    load_setting_episodes,
+    variant_of,
+)
 from benchmarks.common import REPO_ROOT, provenance
 
 logger = logging.getLogger("bench_accuracy")
@@ -58,7 +66,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     size.add_argument("--quick", action="store_true", help="smoke run (a few minutes on CPU)")
     size.add_argument("--full", action="store_true", help="600 episodes per setting (GPU)")
     p.add_argument("--settings", nargs="+", choices=sorted(SETTINGS), help="default: by size")
-    p.add_argument("--methods", nargs="+", help=f"default: {list(VARIANTS)} + baselines + setfit")
+    p.add_argument(
+        "--methods",
+        nargs="+",
+        help=f"default: {list(VARIANTS)} + baselines + setfit; VARIANT+ft adds test-time "
+        "fine-tuning (--finetune-steps AdamW steps on every weight) to a variant",
+    )
     p.add_argument("--episodes", type=int, help="test episodes per setting (default: by size)")
     p.add_argument("--setfit-episodes", type=int, help="SetFit's episodes (a prefix of them)")
     p.add_argument(
@@ -68,7 +81,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="skip the episodes before this index (split a long run; --merge adds them up)",
     )
     p.add_argument("--train-steps", type=int, help="meta-training steps per variant")
-    p.add_argument("--finetune-steps", type=int, default=10, help="fine-tune baseline steps")
+    p.add_argument(
+        "--finetune-steps", type=int, default=10, help="fine-tune baseline (and VARIANT+ft) steps"
+    )
     p.add_argument(
         "--learner",
         action="append",
@@ -91,9 +106,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             setattr(args, key, value)
     args.size = size
     args.methods = args.methods or [*VARIANTS, *BASELINES, SETFIT]
-    unknown = sorted(set(args.methods) - {*VARIANTS, *BASELINES, SETFIT})
+    allowed = [*METANLP_METHODS, *BASELINES, SETFIT]
+    unknown = sorted(set(args.methods) - set(allowed))
     if unknown:
-        p.error(f"unknown method(s) {unknown}; choose from {[*VARIANTS, *BASELINES, SETFIT]}")
+        p.error(f"unknown method(s) {unknown}; choose from {allowed}")
     if args.episodes < 2 or args.setfit_episodes < 0:
         p.error("--episodes must be >= 2 (a CI needs two) and --setfit-episodes >= 0.")
     args.setfit_episodes = min(args.setfit_episodes, args.episodes)
@@ -135,16 +151,21 @@ def build_methods(args: argparse.Namespace, family: str, cache: dict) -> dict[st
     given = saved_learners(args.learner) if family == "text" else {}
     methods: dict[str, Any] = {}
     for name in args.methods:
-        if name in VARIANTS and family in VARIANTS[name].families:
-            key = (name, family)
+        variant = variant_of(name)
+        if variant and family in VARIANTS[variant].families:
+            key = (variant, family)
             if key not in cache:
                 start = time.perf_counter()
-                if name in given:
-                    cache[key] = MetaLearner.from_pretrained(given[name])
+                if variant in given:
+                    cache[key] = MetaLearner.from_pretrained(given[variant])
                 else:
-                    cache[key] = learner_for(VARIANTS[name], family, args.train_steps)
-                args.train_seconds[f"{name}/{family}"] = round(time.perf_counter() - start, 1)
-            methods[name] = cache[key]
+                    cache[key] = learner_for(VARIANTS[variant], family, args.train_steps)
+                args.train_seconds[f"{variant}/{family}"] = round(time.perf_counter() - start, 1)
+            learner = cache[key]
+            if name != variant:  # same weights, fine-tuned after adapting
+                ft = {"steps": args.finetune_steps}
+                learner = MetaLearner(learner.algorithm, replace(learner.config, finetune=ft))
+            methods[name] = learner
     if any(b in args.methods for b in BASELINES):
         task = "token" if family == "ner" else "sequence"
         if ("base", family) not in cache:

@@ -16,6 +16,7 @@ never modified, so one learner serves any number of tasks.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -25,6 +26,7 @@ from typing import Any
 import torch
 
 from metanlp.baselines import model_inputs
+from metanlp.meta.finetune import FineTuneConfig, finetune_fast_weights
 from metanlp.predictors import (
     FewShotClassifier,
     FewShotTagger,
@@ -92,8 +94,9 @@ class MetaLearner:
                 classification) or ``"token"`` (NER). A saved learner knows its own task.
             device (`str` or `torch.device`, *optional*): Defaults to CUDA when available.
             **overrides: For a plain encoder, `LearnerConfig` fields (``algorithm``, ``adapt``,
-                ``algorithm_config``, ``pooling``, ``max_length``, ...); the defaults are
-                `UNTRAINED_DEFAULTS`.
+                ``algorithm_config``, ``pooling``, ``max_length``, ``finetune``, ...); the
+                defaults are `UNTRAINED_DEFAULTS`. A saved learner takes only ``finetune``
+                (test-time fine-tuning after adaptation, see `metanlp.meta.finetune`).
 
         Example:
             ```python
@@ -104,12 +107,16 @@ class MetaLearner:
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         folder = _find_learner_folder(name_or_path)
         if folder is not None:
-            if overrides:
+            fixed = sorted(set(overrides) - {"finetune"})
+            if fixed:
                 raise ValueError(
                     f"{name_or_path} is a saved learner; its settings come from its config, so "
-                    f"{sorted(overrides)} cannot be overridden. Load it without them."
+                    f"{fixed} cannot be overridden (only the test-time `finetune`). Load it "
+                    "without them."
                 )
             algorithm, config, results = load_learner_parts(folder, device)
+            if "finetune" in overrides:
+                config = dataclasses.replace(config, finetune=overrides["finetune"])
             return cls(algorithm, config, results)
         options = {**UNTRAINED_DEFAULTS, **overrides}
         config = LearnerConfig(base_model=canonical_base_model(name_or_path), task=task, **options)
@@ -178,6 +185,7 @@ class MetaLearner:
         *,
         steps: int | None = None,
         entity_types: Sequence[str] | None = None,
+        finetune: bool | int | Mapping[str, Any] | FineTuneConfig | None = None,
     ) -> FewShotClassifier | FewShotTagger:
         """Adapt to a new task from a few labelled examples; the learner itself is not changed.
 
@@ -190,6 +198,11 @@ class MetaLearner:
                 steps (ProtoNet has none).
             entity_types (`Sequence[str]`, *optional*): NER only; the allowed entity types, so a
                 misspelt tag is an error instead of a new type.
+            finetune (*optional*): After the inner loop, fine-tune every weight (or a subset)
+                with AdamW on the support set (`metanlp.meta.finetune`): ``True`` (defaults: 10
+                steps), a step count, a dict of `FineTuneConfig` fields or a `FineTuneConfig`;
+                ``False`` turns it off. Defaults to the learner's ``config.finetune`` (off unless
+                set). Slower, and better on tasks unlike the meta-training tasks.
 
         Returns:
             `FewShotClassifier` (``predict``, ``predict_proba``) or `FewShotTagger` (``predict``).
@@ -217,7 +230,7 @@ class MetaLearner:
                 f"but this learner's head has {self.model.max_ways} rows (max_ways); use fewer "
                 "classes or a learner built with a larger max_ways."
             )
-        fast = self.algorithm.adapt(batch, n_labels, steps=steps)
+        fast = self._adapt(batch, n_labels, steps, finetune)
         if self.config.task == "token":
             return FewShotTagger(self, fast, check.tag_names, check.iob2_output)
         return FewShotClassifier(self, fast, check.label_names)
@@ -225,8 +238,23 @@ class MetaLearner:
     def query_logits(self, episode: Any) -> torch.Tensor:
         """Adapt on an episode's support and return its query logits (for `metanlp.evaluation`)."""
         n = int(episode.num_labels)
-        fast = self.algorithm.adapt(episode.support, n, steps=self.eval_steps)
+        fast = self._adapt(episode.support, n, self.eval_steps, None)
         return self.algorithm.predict_logits(fast, model_inputs(episode.query, self.device), n)
+
+    @property
+    def finetune(self) -> FineTuneConfig | None:
+        """The test-time fine-tuning `adapt` and `query_logits` use by default (``None``: off)."""
+        return FineTuneConfig.coerce(self.config.finetune)
+
+    def _adapt(
+        self, support: Mapping[str, Any], n: int, steps: int | None, finetune: Any
+    ) -> dict[str, torch.Tensor]:
+        """The algorithm's adaptation, then fine-tuning when asked (or set in the config)."""
+        fast = self.algorithm.adapt(support, n, steps=steps)
+        ft = self.finetune if finetune is None else FineTuneConfig.coerce(finetune)
+        if ft is not None:
+            fast = finetune_fast_weights(self.algorithm, support, n, ft, fast)
+        return fast
 
     # ---- saving and sharing ------------------------------------------------------------------
     def model_card(

@@ -35,6 +35,12 @@ class _Formatter(argparse.RawDescriptionHelpFormatter):
         return text
 
 
+FINETUNE_AFTER_HELP = (
+    "test-time fine-tuning: AdamW steps on every weight after the learner's adaptation "
+    "(0: off; default: the learner's config)"
+)
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="metanlp",
@@ -91,6 +97,7 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--base-model", default=None, help="encoder of the baselines (default MiniLM)")
     e.add_argument("--steps", type=int, help="inner steps for the learners (default: their config)")
     e.add_argument("--finetune-steps", type=int, default=10, help="optimiser steps of finetune")
+    e.add_argument("--finetune-after", type=int, metavar="STEPS", help=FINETUNE_AFTER_HELP)
     e.add_argument("--n-episodes", type=int,
                    help="episodes to use (default 600 on GPU, fewer on CPU; printed)")  # fmt: skip
     e.add_argument("--output-dir", default="eval", help="where results.json and comparison.md go")
@@ -107,6 +114,7 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("--inputs", required=True, help="examples to label (JSON lines or plain text)")
     a.add_argument("--output", help="write predictions here instead of stdout")
     a.add_argument("--steps", type=int, help="inner steps (default: the learner's config)")
+    a.add_argument("--finetune-after", type=int, metavar="STEPS", help=FINETUNE_AFTER_HELP)
     a.add_argument("--task", choices=("sequence", "token"), default="sequence",
                    help="task of a plain encoder (saved learners know theirs)")  # fmt: skip
 
@@ -190,6 +198,15 @@ def cmd_make_episodes(args: argparse.Namespace) -> int:
     return 0
 
 
+def _finetune(args: argparse.Namespace) -> dict[str, Any]:
+    """``finetune=`` for `MetaLearner.from_pretrained` from ``--finetune-after`` (none if not given)."""
+    if args.finetune_after is None:
+        return {}
+    if args.finetune_after < 0:
+        raise ValueError(f"--finetune-after {args.finetune_after}: give 0 (off) or a step count.")
+    return {"finetune": args.finetune_after or None}
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from metanlp.api import MetaLearner
     from metanlp.baselines import FineTuneBaseline, FrozenPrototypes
@@ -206,7 +223,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         name, sep, path = item.partition("=")
         if not sep:
             name, path = Path(item).name, item
-        learner = MetaLearner.from_pretrained(path, device=args.device)
+        learner = MetaLearner.from_pretrained(path, device=args.device, **_finetune(args))
         learner.eval_steps = args.steps
         methods[name] = learner
         tokenizer = tokenizer or learner.tokenizer
@@ -232,11 +249,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_adapt_predict(args: argparse.Namespace) -> int:
     from metanlp.api import MetaLearner
 
-    learner = (
-        MetaLearner.from_pretrained(args.model, task=args.task)
-        if args.model
-        else MetaLearner.from_pretrained(task=args.task)
-    )
+    learner = MetaLearner.from_pretrained(args.model, task=args.task, **_finetune(args))
     support, inputs = _read_jsonl(args.support), _read_jsonl(args.inputs)
     lines = []
     if learner.config.task == "token":

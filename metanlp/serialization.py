@@ -69,6 +69,9 @@ class LearnerConfig:
         meta_trained (`bool`, defaults to False): Whether the weights were meta-trained.
         n_way, k_shot (`int`, *optional*): Episode shape of meta-training (for the card).
         datasets (`list[str]`): Meta-training data (for the card).
+        finetune (`dict`, *optional*): Test-time fine-tuning after adaptation, as
+            `metanlp.meta.finetune.FineTuneConfig` fields; ``None`` (default) adapts with the
+            algorithm's inner loop only.
     """
 
     base_model: str
@@ -85,8 +88,13 @@ class LearnerConfig:
     n_way: int | None = None
     k_shot: int | None = None
     datasets: list[str] = field(default_factory=list)
+    finetune: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
+        from metanlp.meta.finetune import FineTuneConfig
+
+        ft = FineTuneConfig.coerce(self.finetune)
+        self.finetune = None if ft is None else ft.to_dict()
         for key, allowed in (
             ("task", FEWSHOT_TASKS),
             ("pooling", POOLINGS),

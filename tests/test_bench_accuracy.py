@@ -102,6 +102,23 @@ def test_verdicts_pick_best_metanlp_variant_not_a_baseline():
     assert v["frozen_protos"]["verdict"].startswith("below")
 
 
+def test_fine_tuned_variants_count_as_metanlp():
+    from benchmarks.accuracy_report import _label
+    from benchmarks.bench_accuracy import parse_args
+
+    entry = {"results": [_result("protomaml", [0.6, 0.7]), _result("protomaml+ft", [0.8, 0.9]),
+                         _result("finetune", [0.85, 0.88])]}  # fmt: skip
+    assert verdicts(entry)["best"] == "protomaml+ft"
+    assert setup.variant_of("protomaml+ft") == "protomaml" and setup.variant_of("finetune") is None
+    assert _label("anil+ft") == "metanlp anil + test-time fine-tune"
+    assert parse_args(["--methods", "protonet+ft", "finetune"]).methods == [
+        "protonet+ft",
+        "finetune",
+    ]
+    with pytest.raises(SystemExit):
+        parse_args(["--methods", "finetune+ft"])
+
+
 def test_setfit_runner_imports_without_setfit(monkeypatch):
     monkeypatch.setitem(sys.modules, "setfit", None)  # as if SetFit were not installed
     module = importlib.reload(importlib.import_module("benchmarks.peers.setfit_runner"))

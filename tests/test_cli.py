@@ -130,6 +130,16 @@ def test_end_to_end(data_dir, tmp_path, capsys, monkeypatch):
     assert all(
         r["label"] in ("film", "money") and set(r["scores"]) == {"film", "money"} for r in rows
     )
+    tuned = tmp_path / "tuned.jsonl"
+    assert main(["adapt-predict", "--model", str(learner), "--support", str(support),
+                 "--inputs", str(inputs), "--output", str(tuned), "--steps", "2",
+                 "--finetune-after", "2"]) == 0  # fmt: skip
+    tuned_rows = [json.loads(line) for line in tuned.read_text().splitlines()]
+    assert [r["text"] for r in tuned_rows] == [r["text"] for r in rows]
+    assert [r["scores"] for r in tuned_rows] != [r["scores"] for r in rows]  # it fine-tuned
+    assert main(["adapt-predict", "--model", str(learner), "--support", str(support),
+                 "--inputs", str(inputs), "--finetune-after", "-1"]) != 0  # fmt: skip
+    assert "--finetune-after -1" in capsys.readouterr().err
 
     from huggingface_hub import constants
 

@@ -19,11 +19,9 @@ import torch
 from torch import Tensor
 
 from metanlp.meta.base import MODEL_INPUT_KEYS, MetaAlgorithm, MetaConfig, model_mode, task_loss
-from metanlp.meta.prototypes import class_prototypes, squared_euclidean_logits
+from metanlp.meta.prototypes import PROTOTYPES_KEY, class_prototypes, squared_euclidean_logits
 from metanlp.meta.registry import register_algorithm
 from metanlp.models import HEAD_PARAMETER_NAMES
-
-PROTOTYPES_KEY = "prototypes"
 
 
 @dataclass
@@ -127,11 +125,17 @@ class ProtoNet(MetaAlgorithm):
     def predict_logits(
         self, fast: Mapping[str, Tensor], batch: Mapping[str, Tensor], n_way: int
     ) -> Tensor:
-        """``−‖f(x) − c_n‖²`` logits ``(B, n_way)`` or ``(B, T, n_way)`` from `adapt`'s output."""
+        """``−‖f(x) − c_n‖²`` logits ``(B, n_way)`` or ``(B, T, n_way)`` from `adapt`'s output.
+
+        Fast weights without prototypes (test-time fine-tuning turns them into a linear head,
+        `metanlp.meta.finetune`) go through the model's forward like any other algorithm's.
+        """
         if PROTOTYPES_KEY not in fast:
+            if HEAD_PARAMETER_NAMES[0] in fast:
+                return super().predict_logits(fast, batch, n_way)
             raise KeyError(
-                f"ProtoNet.predict_logits needs the output of ProtoNet.adapt ({{'{PROTOTYPES_KEY}': ...}}), "
-                f"got keys {sorted(fast)[:4]}."
+                f"ProtoNet.predict_logits needs the output of ProtoNet.adapt ({{'{PROTOTYPES_KEY}': ...}}) "
+                f"or fine-tuned weights with a head, got keys {sorted(fast)[:4]}."
             )
         protos = fast[PROTOTYPES_KEY]
         if protos.shape[0] < n_way:

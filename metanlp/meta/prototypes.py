@@ -13,6 +13,8 @@ import torch
 from torch import Tensor
 
 IGNORE_INDEX = -100
+PROTOTYPES_KEY = "prototypes"
+"""The key of ProtoNet's fast-weight dict, ``{"prototypes": (N, H)}``."""
 
 
 def flatten_labelled(features: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:

@@ -1,0 +1,144 @@
+"""Test-time fine-tuning after adaptation ("P>M>F": pre-train, meta-train, fine-tune; Hu et al.
+2022, *Pushing the Limits of Simple Pipelines for Few-Shot Learning*).
+
+A meta-learned inner loop adapts a few tensors for a few SGD steps. On a task far from the
+meta-training tasks (news topics after meta-training on tweets) that can be too little, and plain
+fine-tuning of the whole pretrained model wins. Fine-tuning *from the adapted state* keeps what
+meta-training gives (the learned start and, for Proto-MAML / ProtoNet, a head that already
+classifies from the prototypes) and adds what fine-tuning gives (every weight moves):
+
+1. φ_k = the algorithm's own adaptation (its inner loop; ProtoNet's prototypes become the linear
+   head ``W_n = 2 c_n, b_n = −‖c_n‖²``, the same softmax as its distance classifier);
+2. starting there, ``steps`` full-batch AdamW steps on the support cross-entropy over ``params``
+   (default every parameter) plus the head, with dropout off, so the result is deterministic.
+
+The learner's own weights are never modified; the returned dict holds copies of every tuned tensor.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from metanlp.meta.params import PARAMETER_SETS, select_parameters
+from metanlp.meta.prototypes import PROTOTYPES_KEY, prototype_head
+from metanlp.models import HEAD_PARAMETER_NAMES
+
+
+@dataclass(frozen=True)
+class FineTuneConfig:
+    """How to fine-tune after the learned adaptation.
+
+    Args:
+        steps (`int`, defaults to 10): Full-batch AdamW steps on the support set.
+        lr (`float`, defaults to 5e-5): Learning rate of the encoder tensors.
+        head_lr (`float`, defaults to 5e-3): Learning rate of the head.
+        params (`str`, defaults to ``"all"``): Tensors that move besides the head, one of
+            `PARAMETER_SETS` (``"all"``, ``"top"``, ``"head"``, ``"lora"``, ``"adapter"``).
+        top_layers (`int`, defaults to 2): Layers for ``params="top"``.
+        weight_decay (`float`, defaults to 0.0): AdamW's decoupled weight decay.
+
+    Example:
+        ```python
+        >>> FineTuneConfig(steps=10, params="top", top_layers=2)
+        ```
+    """
+
+    steps: int = 10
+    lr: float = 5e-5
+    head_lr: float = 5e-3
+    params: str = "all"
+    top_layers: int = 2
+    weight_decay: float = 0.0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
+            raise ValueError(f"FineTuneConfig.steps={self.steps!r} must be an int >= 1.")
+        for key in ("lr", "head_lr", "weight_decay"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+                raise ValueError(f"FineTuneConfig.{key}={value!r} must be a number >= 0.")
+        if self.params not in PARAMETER_SETS:
+            raise ValueError(
+                f"FineTuneConfig.params={self.params!r} is not allowed; choose one of {list(PARAMETER_SETS)}."
+            )
+        if isinstance(self.top_layers, bool) or not isinstance(self.top_layers, int):
+            raise ValueError(f"FineTuneConfig.top_layers={self.top_layers!r} must be an int >= 1.")
+
+    @classmethod
+    def coerce(cls, value: Any) -> FineTuneConfig | None:
+        """``None`` / ``False`` -> no fine-tuning; ``True`` -> defaults; an int -> that many
+        steps; a mapping -> its fields; a `FineTuneConfig` as is."""
+        if value is None or value is False:
+            return None
+        if value is True:
+            return cls()
+        if isinstance(value, cls):
+            return value
+        if isinstance(value, int):
+            return cls(steps=value)
+        if isinstance(value, Mapping):
+            unknown = sorted(set(value) - set(cls.__dataclass_fields__))
+            if unknown:
+                raise ValueError(
+                    f"finetune: unknown field(s) {unknown}; allowed: {sorted(cls.__dataclass_fields__)}."
+                )
+            return cls(**value)
+        raise TypeError(
+            f"finetune={value!r}: expected None, a bool, a step count, a dict of FineTuneConfig "
+            "fields or a FineTuneConfig."
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def finetune_fast_weights(
+    algorithm: Any,
+    support: Mapping[str, Tensor],
+    n_way: int,
+    config: FineTuneConfig,
+    start: Mapping[str, Tensor],
+) -> dict[str, Tensor]:
+    """Fine-tune from ``start`` (the output of ``algorithm.adapt``) on ``support``.
+
+    Args:
+        algorithm (`MetaAlgorithm`): Gives the model and its functional forward.
+        support (`dict`): Encoded support batch with ``labels``.
+        n_way (`int`): Classes (NER: tags, ``O`` included).
+        config (`FineTuneConfig`): Steps, rates and which tensors move.
+        start (`dict`): The adapted fast weights φ_k; ProtoNet's ``{"prototypes": ...}`` too.
+
+    Returns:
+        A fast-weight dict over ``params`` + head (+ any adapted tensor), for ``predict_logits``.
+    """
+    from metanlp.meta.base import model_mode, task_loss  # base imports this module's users
+
+    model = algorithm.model
+    support = algorithm.to_device(support)
+    start = dict(start)
+    if PROTOTYPES_KEY in start:
+        start["head.weight"], start["head.bias"] = prototype_head(start.pop(PROTOTYPES_KEY)[:n_way])
+    own = dict(model.named_parameters())
+    names = select_parameters(model, config.params, top_layers=config.top_layers)
+    names = list(dict.fromkeys([*names, *start, *HEAD_PARAMETER_NAMES]))
+    weights = {
+        n: (start[n] if n in start else own[n]).detach().clone().requires_grad_(True) for n in names
+    }
+    head = [weights[n] for n in HEAD_PARAMETER_NAMES]
+    body = [w for n, w in weights.items() if n not in HEAD_PARAMETER_NAMES]
+    optimizer = torch.optim.AdamW(
+        [{"params": body, "lr": config.lr}, {"params": head, "lr": config.head_lr}],
+        weight_decay=config.weight_decay,
+    )
+    with model_mode(model, False), torch.enable_grad():
+        for _ in range(config.steps):
+            loss = task_loss(algorithm.forward_with(weights, support, n_way), support["labels"])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+    return {n: w.detach() for n, w in weights.items()}
