@@ -89,7 +89,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="append",
         default=[],
         metavar="VARIANT=PATH",
-        help="use a saved learner (e.g. a recipe's) for a text variant instead of training one",
+        help="use a saved learner (e.g. a recipe's) for a variant instead of training one; "
+        "its task says which settings (text or NER) it serves",
     )
     p.add_argument("--out", default=str(REPO_ROOT / "benchmarks" / "results"))
     p.add_argument("--data-dir", default=None, help="corpora folder (default $METANLP_DATA_DIR)")
@@ -129,16 +130,21 @@ def setfit_status() -> str | None:
     return None
 
 
-def saved_learners(pairs: list[str]) -> dict[str, str]:
+def saved_learners(pairs: list[str]) -> dict[tuple[str, str], str]:
+    """``(variant, family) -> folder``; the family comes from the learner's own task."""
+    from metanlp.serialization import CONFIG_NAME
+
     out = {}
     for pair in pairs:
         name, sep, path = pair.partition("=")
-        if not sep or name not in VARIANTS or not Path(path).is_dir():
+        config = Path(path) / CONFIG_NAME
+        if not sep or name not in VARIANTS or not config.is_file():
             raise SystemExit(
                 f"--learner {pair!r}: expected VARIANT=FOLDER with VARIANT in {list(VARIANTS)} "
                 "and FOLDER a saved learner (MetaLearner.save_pretrained)."
             )
-        out[name] = path
+        family = "ner" if json.loads(config.read_text()).get("task") == "token" else "text"
+        out[(name, family)] = path
     return out
 
 
@@ -148,7 +154,7 @@ def build_methods(args: argparse.Namespace, family: str, cache: dict) -> dict[st
     from metanlp.baselines import FineTuneBaseline, FrozenPrototypes
     from metanlp.models import FewShotModel
 
-    given = saved_learners(args.learner) if family == "text" else {}
+    given = saved_learners(args.learner)
     methods: dict[str, Any] = {}
     for name in args.methods:
         variant = variant_of(name)
@@ -156,8 +162,8 @@ def build_methods(args: argparse.Namespace, family: str, cache: dict) -> dict[st
             key = (variant, family)
             if key not in cache:
                 start = time.perf_counter()
-                if variant in given:
-                    cache[key] = MetaLearner.from_pretrained(given[variant])
+                if key in given:
+                    cache[key] = MetaLearner.from_pretrained(given[key])
                 else:
                     cache[key] = learner_for(VARIANTS[variant], family, args.train_steps)
                 args.train_seconds[f"{variant}/{family}"] = round(time.perf_counter() - start, 1)

@@ -55,7 +55,7 @@ def _reference_logits(learner, start, config, support, query, n_way):
     own = dict(model.named_parameters())
     with torch.no_grad():
         for name, value in start.items():
-            own[name].copy_(value)
+            own[name].copy_(value if config.head_start == "adapted" or "head" not in name else 0)
     for p in model.parameters():
         p.requires_grad_(True)
     head = list(model.head.parameters())
@@ -74,9 +74,12 @@ def _reference_logits(learner, start, config, support, query, n_way):
         return model(**query, n_way=n_way)
 
 
-def test_finetune_matches_adamw_on_a_copied_model(learner):
+@pytest.mark.parametrize("head_start", ["zero", "adapted"])
+def test_finetune_matches_adamw_on_a_copied_model(learner, head_start):
     torch.manual_seed(0)
-    config = FineTuneConfig(steps=3, lr=1e-4, head_lr=1e-2, weight_decay=0.01)
+    config = FineTuneConfig(
+        steps=3, lr=1e-4, head_lr=1e-2, weight_decay=0.01, head_start=head_start
+    )
     label_ids = [0, 0, 1, 1, 2, 2]
     support, query = _batch(learner, TEXTS, label_ids), _batch(learner, QUERY)
     start = learner.algorithm.adapt(support, 3, steps=2)  # the inner loop, then fine-tuning
@@ -102,7 +105,8 @@ def test_protonet_prototypes_become_an_equivalent_head():
         return torch.log_softmax(clf._logits(QUERY).double(), -1)
 
     plain = log_probs(learner.adapt(TEXTS, LABELS))
-    frozen = learner.adapt(TEXTS, LABELS, finetune={"steps": 1, "lr": 0.0, "head_lr": 0.0})
+    no_move = {"steps": 1, "lr": 0.0, "head_lr": 0.0, "head_start": "adapted"}
+    frozen = learner.adapt(TEXTS, LABELS, finetune=no_move)
     torch.testing.assert_close(log_probs(frozen), plain, rtol=1e-4, atol=1e-3)
     # Each class mixes two topics, so the support loss is far from 0 and AdamW moves things
     # (on well separated classes its gradients fall below AdamW's eps).
@@ -145,9 +149,10 @@ def test_learner_default_survives_save_and_load(learner, tmp_path):
         ({"steps": 2, "lr": -1.0}, ValueError, r"lr=-1.0 must be a number >= 0"),
         ({"params": "everything"}, ValueError, r"params='everything' is not allowed"),
         ({"stpes": 3}, ValueError, r"unknown field\(s\) \['stpes'\]"),
+        ({"head_start": "random"}, ValueError, r"head_start='random' is not allowed"),
         ("10", TypeError, "expected None, a bool, a step count"),
     ],
-    ids=["zero-steps", "negative-lr", "bad-params", "typo", "string"],
+    ids=["zero-steps", "negative-lr", "bad-params", "typo", "head-start", "string"],
 )
 def test_bad_finetune_settings(learner, value, error, match):
     with pytest.raises(error, match=match):

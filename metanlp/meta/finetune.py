@@ -4,13 +4,16 @@
 A meta-learned inner loop adapts a few tensors for a few SGD steps. On a task far from the
 meta-training tasks (news topics after meta-training on tweets) that can be too little, and plain
 fine-tuning of the whole pretrained model wins. Fine-tuning *from the adapted state* keeps what
-meta-training gives (the learned start and, for Proto-MAML / ProtoNet, a head that already
-classifies from the prototypes) and adds what fine-tuning gives (every weight moves):
+meta-training gives (the meta-learned encoder after its inner loop and, if asked, the adapted
+head, for Proto-MAML / ProtoNet a classifier built from the prototypes) and adds what
+fine-tuning gives (every weight moves):
 
 1. φ_k = the algorithm's own adaptation (its inner loop; ProtoNet's prototypes become the linear
    head ``W_n = 2 c_n, b_n = −‖c_n‖²``, the same softmax as its distance classifier);
 2. starting there, ``steps`` full-batch AdamW steps on the support cross-entropy over ``params``
    (default every parameter) plus the head, with dropout off, so the result is deterministic.
+   The head restarts from zeros by default (``head_start="zero"``, see `FineTuneConfig` for the
+   measurements); ``head_start="adapted"`` keeps the adapted one.
 
 The learner's own weights are never modified; the returned dict holds copies of every tuned tensor.
 """
@@ -28,6 +31,8 @@ from metanlp.meta.params import PARAMETER_SETS, select_parameters
 from metanlp.meta.prototypes import PROTOTYPES_KEY, prototype_head
 from metanlp.models import HEAD_PARAMETER_NAMES
 
+HEAD_STARTS = ("zero", "adapted")
+
 
 @dataclass(frozen=True)
 class FineTuneConfig:
@@ -41,6 +46,14 @@ class FineTuneConfig:
             `PARAMETER_SETS` (``"all"``, ``"top"``, ``"head"``, ``"lora"``, ``"adapter"``).
         top_layers (`int`, defaults to 2): Layers for ``params="top"``.
         weight_decay (`float`, defaults to 0.0): AdamW's decoupled weight decay.
+        head_start (`str`, defaults to ``"zero"``): ``"zero"`` starts the head from zeros (every
+            class equally likely, as plain fine-tuning does) on the adapted encoder;
+            ``"adapted"`` keeps the head adaptation gave (for Proto-MAML / ProtoNet the
+            prototype classifier). Measured on BBC 5-way 5-shot with a learner meta-trained on
+            tweets, the adapted head already fits the support set (loss about 0.1), so
+            fine-tuning moves the encoder less: 88.5 % against 90.5 % from a zero head (8
+            episodes); on WNUT-16 NER the prototype head's ``O`` row wins every token and
+            fine-tuning from it keeps tagging ``O``.
 
     Example:
         ```python
@@ -54,8 +67,13 @@ class FineTuneConfig:
     params: str = "all"
     top_layers: int = 2
     weight_decay: float = 0.0
+    head_start: str = "zero"
 
     def __post_init__(self) -> None:
+        if self.head_start not in HEAD_STARTS:
+            raise ValueError(
+                f"FineTuneConfig.head_start={self.head_start!r} is not allowed; choose one of {list(HEAD_STARTS)}."
+            )
         if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
             raise ValueError(f"FineTuneConfig.steps={self.steps!r} must be an int >= 1.")
         for key in ("lr", "head_lr", "weight_decay"):
@@ -129,6 +147,10 @@ def finetune_fast_weights(
     weights = {
         n: (start[n] if n in start else own[n]).detach().clone().requires_grad_(True) for n in names
     }
+    if config.head_start == "zero":
+        with torch.no_grad():
+            for n in HEAD_PARAMETER_NAMES:
+                weights[n].zero_()
     head = [weights[n] for n in HEAD_PARAMETER_NAMES]
     body = [w for n, w in weights.items() if n not in HEAD_PARAMETER_NAMES]
     optimizer = torch.optim.AdamW(
