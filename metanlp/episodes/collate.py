@@ -110,12 +110,8 @@ class EpisodeCollator:
                 max_length=self.max_length,
             )
             for b, r in enumerate(missing):
-                type_ids = enc.get("token_type_ids")
-                self._cache[(source.fingerprint, kind, r, self.max_length)] = (
-                    tuple(enc["input_ids"][b]),
-                    tuple(type_ids[b]) if type_ids is not None else None,
-                    tuple(enc.word_ids(b)) if words else None,
-                )
+                key = (source.fingerprint, kind, r, self.max_length)
+                self._cache[key] = _encoding(enc, b, words)
         out = []
         for k in keys:
             self._cache.move_to_end(k)
@@ -148,14 +144,9 @@ class EpisodeCollator:
 
     def _encode_words(self, words: list[str]) -> Encoding:
         """One word list, uncached (a support sentence cut to the window of its mentions)."""
-        enc = self.tokenizer(words, is_split_into_words=True, truncation=True,
+        enc = self.tokenizer([words], is_split_into_words=True, truncation=True,
                              max_length=self.max_length)  # fmt: skip
-        type_ids = enc.get("token_type_ids")
-        return (
-            tuple(enc["input_ids"]),
-            tuple(type_ids) if type_ids is not None else None,
-            tuple(enc.word_ids()),
-        )
+        return _encoding(enc, 0, True)
 
     def _pad(
         self, encodings: list[Encoding], labels: list[list[int]] | None = None
@@ -253,3 +244,13 @@ class EpisodeCollator:
             tag_names=tag_names,
             spec=spec,
         )
+
+
+def _encoding(enc: Any, b: int, words: bool) -> Encoding:
+    """Row ``b`` of a batch tokenizer output as the cached tuple (ids, type ids, word ids)."""
+    type_ids = enc.get("token_type_ids")
+    return (
+        tuple(enc["input_ids"][b]),
+        tuple(type_ids[b]) if type_ids is not None else None,
+        tuple(enc.word_ids(b)) if words else None,
+    )
