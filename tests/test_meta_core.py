@@ -12,7 +12,7 @@ import torch
 from peft import IA3Config, LoraConfig
 from transformers import BertConfig, BertModel
 
-import metanlp.meta.base as meta_base
+import metanlp.meta.helpers as meta_helpers
 from metanlp.episodes.types import Episode
 from metanlp.meta import (
     MetaAlgorithm,
@@ -257,7 +257,7 @@ def test_head_init_zero_lives_in_fast_weights_only():
 
 # ---- SDPA -> eager ---------------------------------------------------------------------------------
 def test_second_order_switches_sdpa_to_eager_once_and_runs_on_minilm(minilm, caplog):
-    meta_base._warned_eager = False
+    meta_helpers._warned_eager = False
     first = FewShotModel(load_encoder().model, max_ways=4)
     build_algorithm("fomaml", first, {"params": "top", "top_layers": 1})
     assert get_attn_implementation(first.base_encoder) == "sdpa"  # first order keeps SDPA

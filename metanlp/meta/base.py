@@ -1,5 +1,6 @@
 """`MetaAlgorithm`, the base every meta-learner extends (its config base, `MetaConfig`, lives in
-`metanlp.meta.config` and is re-exported here).
+`metanlp.meta.config`, and the shared helpers `task_loss`, `accuracy`, `model_mode` in
+`metanlp.meta.helpers`; all are re-exported here).
 
 A subclass says only what makes it different: which tensors adapt (`inner_names`), which are
 meta-learned (`outer_names`), extra learned tensors (`extra`), the inner learning rates
@@ -9,18 +10,16 @@ outer loss (`outer_loss`) or the whole `meta_backward` (Reptile, ProtoNet).
 
 from __future__ import annotations
 
-import contextlib
-import logging
 from collections.abc import Iterator, Mapping
 from typing import Any, ClassVar
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
 from metanlp.meta import efficient
 from metanlp.meta.config import MetaConfig
+from metanlp.meta.helpers import accuracy, model_mode, task_loss, use_eager_for_second_order
 from metanlp.meta.inner import (
     InnerLoopResult,
     InnerOptimizer,
@@ -28,34 +27,9 @@ from metanlp.meta.inner import (
     inner_loop,
 )
 from metanlp.meta.params import configure_trainable, select_parameters
-from metanlp.models import (
-    HEAD_PARAMETER_NAMES,
-    FewShotModel,
-    get_attn_implementation,
-    set_attn_implementation,
-)
-
-logger = logging.getLogger(__name__)
-_warned_eager = False
+from metanlp.models import HEAD_PARAMETER_NAMES, FewShotModel
 
 MODEL_INPUT_KEYS = ("input_ids", "attention_mask", "token_type_ids")
-
-
-def use_eager_for_second_order(model: FewShotModel) -> None:
-    """Switch SDPA attention to eager up front: SDPA's CPU kernel has no double backward.
-
-    Without this the failure would come at the outer backward, after the whole inner loop ran.
-    """
-    global _warned_eager
-    encoder = model.base_encoder
-    if get_attn_implementation(encoder) == "sdpa":
-        set_attn_implementation(encoder, "eager")
-        if not _warned_eager:
-            logger.warning(
-                "Second-order meta-gradients need double backward through attention, which SDPA "
-                "lacks in torch; switched the encoder to eager attention (same results, more memory)."
-            )
-            _warned_eager = True
 
 
 class MetaAlgorithm:
@@ -331,30 +305,3 @@ class MetaAlgorithm:
     @staticmethod
     def _short(names: list[str]) -> str:
         return f"{names[:4]}{' ...' if len(names) > 4 else ''}"
-
-
-def task_loss(logits: Tensor, labels: Tensor) -> Tensor:
-    """Cross-entropy over ``(B, N)`` or ``(B, T, N)`` logits; ``-100`` labels are ignored."""
-    return F.cross_entropy(
-        logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100
-    )
-
-
-def accuracy(logits: Tensor, labels: Tensor) -> float:
-    """Fraction of non-ignored labels predicted right (token accuracy for NER)."""
-    keep = labels != -100
-    if not bool(keep.any()):
-        return float("nan")
-    return float((logits.detach().argmax(-1)[keep] == labels[keep]).float().mean())
-
-
-@contextlib.contextmanager
-def model_mode(model: nn.Module, train: bool) -> Iterator[None]:
-    """Temporarily set train/eval mode (dropout), restoring every submodule's flag after."""
-    before = {m: m.training for m in model.modules()}
-    model.train(train)
-    try:
-        yield
-    finally:
-        for m, flag in before.items():
-            m.training = flag
