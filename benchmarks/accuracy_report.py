@@ -207,10 +207,12 @@ def summary_table(record: Mapping[str, Any]) -> str:
                 if "finetune" in v
                 else "-",
                 v["finetune"]["verdict"] if "finetune" in v else "-",
+                _paired(v.get("finetune")),
             ]
         )
     header = ["setting", "best metanlp", "its score", "SetFit", "vs SetFit",
-              "paired diff vs SetFit", "fine-tune", "vs fine-tune"]  # fmt: skip
+              "paired diff vs SetFit", "fine-tune", "vs fine-tune",
+              "paired diff vs fine-tune"]  # fmt: skip
     return "## Summary\n\n" + markdown_table(header, rows)
 
 
