@@ -14,23 +14,13 @@ import copy
 import numpy as np
 import pytest
 import torch
+from text_examples import LABELS, QUERY, TEXTS
 from torch import nn
 
 from metanlp.api import MetaLearner
 from metanlp.baselines import model_inputs
 from metanlp.meta.finetune import FineTuneConfig
 from metanlp.predictors import encode_texts
-
-TEXTS = [
-    "Shares fell sharply as the bank cut its profit forecast",
-    "The central bank raised interest rates again",
-    "The striker scored twice in the cup final",
-    "The coach praised his team after the win",
-    "The new phone has a faster chip and a better camera",
-    "A software update fixes the security flaw",
-]
-LABELS = ["business", "business", "sport", "sport", "tech", "tech"]
-QUERY = ["Investors sold stocks after weak earnings", "The goalkeeper saved a penalty"]
 
 
 @pytest.fixture(scope="module")
