@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from metanlp.meta.helpers import model_mode, task_loss
 from metanlp.meta.params import PARAMETER_SETS, select_parameters
 from metanlp.meta.prototypes import PROTOTYPES_KEY, prototype_head
 from metanlp.models import HEAD_PARAMETER_NAMES
@@ -134,8 +135,6 @@ def finetune_fast_weights(
     Returns:
         A fast-weight dict over ``params`` + head (+ any adapted tensor), for ``predict_logits``.
     """
-    from metanlp.meta.base import model_mode, task_loss  # base imports this module's users
-
     model = algorithm.model
     support = algorithm.to_device(support)
     start = dict(start)
