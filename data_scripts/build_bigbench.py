@@ -35,6 +35,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--index-url", default=bigbench.INDEX_URL, help="PEP 503 index for --download"
     )
+    parser.add_argument(
+        "--families",
+        action="store_true",
+        help="also find and build every fixed-label task (the general learner's labelled "
+        "families; writes OUT/bigbench/families.json)",
+    )
     parser.add_argument("--force", action="store_true", help="rebuild even if up to date")
     args = parser.parse_args(argv)
     try:
@@ -46,6 +52,15 @@ def main(argv: list[str] | None = None) -> None:
             args.tasks or list(bigbench.TASKS), args.out, sdist, force=args.force
         ):
             print(result.report())
+        if args.families:
+            results, summary = bigbench.build_families(args.out, sdist, force=args.force)
+            for result in results:
+                print(result.report())
+            print(
+                f"fixed-label families: {len(summary['used'])} used, "
+                f"{len(summary['skipped'])} skipped (reasons in {args.out}/bigbench/"
+                f"{bigbench.FAMILIES_FILE})"
+            )
     except CorpusError as err:
         parser.exit(2, f"error: {err}\n")
 

@@ -14,11 +14,13 @@ label set, plus the four tasks in :data:`TASKS`.
 from __future__ import annotations
 
 import fnmatch
+import json
 import hashlib
 import os
 import re
 import tarfile
 import urllib.request
+from collections import Counter
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -90,8 +92,6 @@ def read_task_jsons(sdist: str | os.PathLike, patterns: Iterable[str]) -> dict[s
         patterns (`Iterable[str]`): task paths under ``benchmark_tasks/`` such as
             ``"intent_recognition"`` or ``"bbq_lite_json/*_ambig"``.
     """
-    import json
-
     patterns = list(patterns)
     found: dict[str, dict] = {}
     with tarfile.open(sdist, mode="r|gz") as archive:  # streaming: one sequential read
@@ -226,6 +226,87 @@ def convert_sequence_labeling(
     return ds, dropped
 
 
+LETTER_LABEL = re.compile(r"^\(?[A-Za-z0-9]\)?$")
+
+
+def scan_fixed_label_tasks(
+    task_jsons: dict[str, dict],
+    *,
+    min_per_label: int = 12,
+    max_labels: int = 20,
+    max_input_words: int = 200,
+) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
+    """Which BIG-bench tasks are few-shot classification tasks with a small, fixed label set.
+
+    A task is *used* when every example scores the same label names (``target_scores`` with one
+    key set), at most ``max_labels`` of them, the names are not option letters (``A``/``(b)``,
+    whose meaning changes from example to example), the median input has at most
+    ``max_input_words`` words, and at least two labels have ``min_per_label`` unambiguous
+    examples (labels with fewer are dropped from the task). Everything else is *skipped* with the
+    reason.
+
+    Args:
+        task_jsons (`dict`): ``{task path: task.json}`` (see `read_task_jsons`).
+        min_per_label (`int`, defaults to 12): Examples a label needs (K + Q of an episode).
+        max_labels (`int`, defaults to 20): Larger label sets are not "small and fixed".
+        max_input_words (`int`, defaults to 200): Longer inputs are reading tasks, not
+            classification of a sentence.
+
+    Returns:
+        ``(used, skipped)``: ``{task: {"labels": {label: count}, "examples": n}}`` and
+        ``{task: reason}``.
+    """
+    used: dict[str, dict[str, Any]] = {}
+    skipped: dict[str, str] = {}
+    for task, tj in sorted(task_jsons.items()):
+        examples = tj.get("examples") or []
+        if not examples or any(not isinstance(ex.get("target_scores"), dict) for ex in examples):
+            skipped[task] = "no target_scores (generative task)"
+            continue
+        keysets = {frozenset(ex["target_scores"]) for ex in examples}
+        if len(keysets) != 1:
+            skipped[task] = f"{len(keysets)} different choice sets (choices vary per example)"
+            continue
+        names = sorted(next(iter(keysets)))
+        if len(names) > max_labels:
+            skipped[task] = f"{len(names)} labels > {max_labels}"
+            continue
+        if all(LETTER_LABEL.match(n.strip()) for n in names):
+            skipped[task] = f"labels are option letters {names}"
+            continue
+        words = sorted(len(str(ex.get("input", "")).split()) for ex in examples)
+        if words[len(words) // 2] > max_input_words:
+            skipped[task] = f"median input {words[len(words) // 2]} words > {max_input_words}"
+            continue
+        counts = Counter(
+            lab for lab in (example_label(ex, task) for ex in examples) if lab is not None
+        )
+        kept = {lab: n for lab, n in sorted(counts.items()) if n >= min_per_label}
+        if len(kept) < 2:
+            skipped[task] = (
+                f"fewer than 2 labels with >= {min_per_label} examples ({dict(sorted(counts.items()))})"
+            )
+            continue
+        used[task] = {"labels": kept, "examples": int(sum(kept.values()))}
+    return used, skipped
+
+
+def convert_scanned_task(
+    task_json: dict, name: str, labels: Iterable[str]
+) -> tuple[Dataset, dict[str, int]]:
+    """A task `scan_fixed_label_tasks` kept, restricted to its ``labels`` (the frequent ones)."""
+    keep = set(labels)
+    examples = task_json.get("examples") or []
+    texts = [str(ex.get("input", "")) for ex in examples]
+    raw = [example_label(ex, name) for ex in examples]
+    rare = sum(lab is not None and lab not in keep for lab in raw)
+    labs = [lab if lab in keep else None for lab in raw]
+    ds, dropped = _classification(name, texts, labs, {})
+    dropped["ambiguous_target"] = dropped.get("ambiguous_target", 0) - rare
+    dropped["rare_label"] = rare
+    return ds, dropped
+
+
 # name -> (task patterns read from the sdist, converter over {task: task.json})
 TASKS: dict[
     str, tuple[tuple[str, ...], Callable[[dict[str, dict]], tuple[Dataset, dict[str, int]]]]
@@ -291,3 +372,56 @@ def build(
             )
         )
     return results
+
+
+FAMILIES_FILE = "families.json"
+
+
+def build_families(
+    data_dir: str | os.PathLike,
+    sdist: str | os.PathLike | None = None,
+    *,
+    force: bool = False,
+    **scan_options: Any,
+) -> tuple[list[BuildResult], dict[str, Any]]:
+    """Find every fixed-label task of the sdist (`scan_fixed_label_tasks`) and build each one.
+
+    Writes ``data_dir/bigbench/<task>`` per used task and ``data_dir/bigbench/families.json``
+    (``{"used": {task: labels and counts}, "skipped": {task: reason}, "options": ...}``), which
+    `fixed_label_families` reads back. Reads the sdist once (about a minute).
+    """
+    archive = find_sdist(sdist)
+    task_jsons = read_task_jsons(archive, ["*"])
+    used, skipped = scan_fixed_label_tasks(task_jsons, **scan_options)
+    results = []
+    for task, info in used.items():
+        results.append(
+            build_corpus(
+                f"bigbench/{task}",
+                Path(data_dir) / "bigbench" / task,
+                lambda task=task, info=info: convert_scanned_task(
+                    task_jsons[task], task, info["labels"]
+                ),
+                source={"sdist": archive.name, "bytes": archive.stat().st_size, "tasks": [task]},
+                options={"labels": sorted(info["labels"])},
+                force=force,
+            )
+        )
+    summary = {"used": used, "skipped": skipped, "options": scan_options}
+    out = Path(data_dir) / "bigbench" / FAMILIES_FILE
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(json.dumps(summary, indent=1, sort_keys=True), encoding="utf-8")
+    os.replace(tmp, out)
+    return results, summary
+
+
+def fixed_label_families(data_dir: str | os.PathLike) -> dict[str, dict[str, Any]]:
+    """The tasks `build_families` built: ``{task: {"labels": ..., "examples": n}}``."""
+    path = Path(data_dir) / "bigbench" / FAMILIES_FILE
+    if not path.is_file():
+        raise CorpusError(
+            f"{path} is missing: build the BIG-bench task families first with "
+            f"`python data_scripts/build_bigbench.py --out {data_dir} --families`."
+        )
+    return json.loads(path.read_text(encoding="utf-8"))["used"]

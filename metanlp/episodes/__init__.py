@@ -11,6 +11,7 @@ from .io import load_episode_specs, load_episodes, save_episodes
 from .mixture import MixtureSampler
 from .ner import NERSampler
 from .sampler import EpisodeSampler, episode_rng
+from .smlmt import SMLMTSampler, SMLMTSource
 from .sources import ClassificationSource, NERSource
 from .splits import cross_dataset_types, split_names
 from .tags import episode_tag_names, episode_word_tags, word_predictions
@@ -27,6 +28,8 @@ __all__ = [
     "MixtureSampler",
     "NERSampler",
     "NERSource",
+    "SMLMTSampler",
+    "SMLMTSource",
     "cross_dataset_types",
     "episode_rng",
     "episode_tag_names",

@@ -133,6 +133,11 @@ class ClassificationSampler(EpisodeSampler):
                 raise ValueError(f"No {group_by} of {source.name!r} can make an episode: {chosen}.")
         self.task_probs = self._weights(group_weights)
 
+    @property
+    def num_examples(self) -> int:
+        """Rows of the allowed classes (and groups) episodes are drawn from."""
+        return int(sum(t.size for t in self.tasks))
+
     def _task(
         self,
         task_name: str,
