@@ -14,8 +14,8 @@ label set, plus the four tasks in :data:`TASKS`.
 from __future__ import annotations
 
 import fnmatch
-import json
 import hashlib
+import json
 import os
 import re
 import tarfile
