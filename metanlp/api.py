@@ -27,6 +27,7 @@ import torch
 
 from metanlp.baselines import model_inputs
 from metanlp.meta.finetune import FineTuneConfig, finetune_fast_weights
+from metanlp.meta.policy import AdaptDecision, AdaptPolicy, choose_adaptation
 from metanlp.predictors import (
     FewShotClassifier,
     FewShotTagger,
@@ -72,6 +73,7 @@ class MetaLearner:
     ) -> None:
         self.algorithm, self.config, self.results = algorithm, config, results
         self.eval_steps: int | None = None  # inner steps used by `query_logits` (evaluation)
+        self.last_decision: AdaptDecision | None = None  # the policy's choice in `query_logits`
         self.model.eval()
 
     # ---- building ----------------------------------------------------------------------------
@@ -96,7 +98,8 @@ class MetaLearner:
             **overrides: For a plain encoder, `LearnerConfig` fields (``algorithm``, ``adapt``,
                 ``algorithm_config``, ``pooling``, ``max_length``, ``finetune``, ...); the
                 defaults are `UNTRAINED_DEFAULTS`. A saved learner takes only ``finetune``
-                (test-time fine-tuning after adaptation, see `metanlp.meta.finetune`).
+                (test-time fine-tuning after adaptation, see `metanlp.meta.finetune`) and
+                ``policy`` (choosing it per task, see `metanlp.meta.policy`).
 
         Example:
             ```python
@@ -107,16 +110,16 @@ class MetaLearner:
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         folder = _find_learner_folder(name_or_path)
         if folder is not None:
-            fixed = sorted(set(overrides) - {"finetune"})
+            fixed = sorted(set(overrides) - {"finetune", "policy"})
             if fixed:
                 raise ValueError(
                     f"{name_or_path} is a saved learner; its settings come from its config, so "
-                    f"{fixed} cannot be overridden (only the test-time `finetune`). Load it "
-                    "without them."
+                    f"{fixed} cannot be overridden (only the test-time `finetune` and `policy`). "
+                    "Load it without them."
                 )
             algorithm, config, results = load_learner_parts(folder, device)
-            if "finetune" in overrides:
-                config = dataclasses.replace(config, finetune=overrides["finetune"])
+            if overrides:
+                config = dataclasses.replace(config, **overrides)
             return cls(algorithm, config, results)
         options = {**UNTRAINED_DEFAULTS, **overrides}
         config = LearnerConfig(base_model=canonical_base_model(name_or_path), task=task, **options)
@@ -186,6 +189,7 @@ class MetaLearner:
         steps: int | None = None,
         entity_types: Sequence[str] | None = None,
         finetune: bool | int | Mapping[str, Any] | FineTuneConfig | None = None,
+        policy: bool | Mapping[str, Any] | AdaptPolicy | None = None,
     ) -> FewShotClassifier | FewShotTagger:
         """Adapt to a new task from a few labelled examples; the learner itself is not changed.
 
@@ -203,9 +207,16 @@ class MetaLearner:
                 steps), a step count, a dict of `FineTuneConfig` fields or a `FineTuneConfig`;
                 ``False`` turns it off. Defaults to the learner's ``config.finetune`` (off unless
                 set). Slower, and better on tasks unlike the meta-training tasks.
+            policy (*optional*): Choose the fine-tuning (whether, how many steps, which rate)
+                by cross-validation on the support set (`metanlp.meta.policy.AdaptPolicy`):
+                ``True`` (defaults), a dict of fields or an `AdaptPolicy`; ``False`` turns it
+                off. Defaults to the learner's ``config.policy`` (set for the general learner).
+                An explicit ``finetune`` takes precedence. The result's ``decision`` says what
+                was chosen.
 
         Returns:
-            `FewShotClassifier` (``predict``, ``predict_proba``) or `FewShotTagger` (``predict``).
+            `FewShotClassifier` (``predict``, ``predict_proba``) or `FewShotTagger` (``predict``);
+            its ``decision`` (`AdaptDecision` or `None`) records the policy's choice.
 
         Example:
             ```python
@@ -230,15 +241,19 @@ class MetaLearner:
                 f"but this learner's head has {self.model.max_ways} rows (max_ways); use fewer "
                 "classes or a learner built with a larger max_ways."
             )
-        fast = self._adapt(batch, n_labels, steps, finetune)
+        fast, decision = self._adapt(batch, n_labels, steps, finetune, policy)
         if self.config.task == "token":
-            return FewShotTagger(self, fast, check.tag_names, check.iob2_output)
-        return FewShotClassifier(self, fast, check.label_names)
+            result = FewShotTagger(self, fast, check.tag_names, check.iob2_output)
+        else:
+            result = FewShotClassifier(self, fast, check.label_names)
+        result.decision = decision
+        return result
 
     def query_logits(self, episode: Any) -> torch.Tensor:
         """Adapt on an episode's support and return its query logits (for `metanlp.evaluation`)."""
         n = int(episode.num_labels)
-        fast = self._adapt(episode.support, n, self.eval_steps, None)
+        fast, decision = self._adapt(episode.support, n, self.eval_steps, None, None)
+        self.last_decision = decision
         return self.algorithm.predict_logits(fast, model_inputs(episode.query, self.device), n)
 
     @property
@@ -246,15 +261,33 @@ class MetaLearner:
         """The test-time fine-tuning `adapt` and `query_logits` use by default (``None``: off)."""
         return FineTuneConfig.coerce(self.config.finetune)
 
+    @property
+    def policy(self) -> AdaptPolicy | None:
+        """The adaptation policy `adapt` and `query_logits` use by default (``None``: off)."""
+        return AdaptPolicy.coerce(self.config.policy)
+
     def _adapt(
-        self, support: Mapping[str, Any], n: int, steps: int | None, finetune: Any
-    ) -> dict[str, torch.Tensor]:
-        """The algorithm's adaptation, then fine-tuning when asked (or set in the config)."""
+        self, support: Mapping[str, Any], n: int, steps: int | None, finetune: Any, policy: Any
+    ) -> tuple[dict[str, torch.Tensor], AdaptDecision | None]:
+        """The algorithm's adaptation, then fine-tuning: as asked, as the policy chooses from
+        the support set, or as set in the config (in that order)."""
+        decision = None
+        if finetune is not None:
+            ft = FineTuneConfig.coerce(finetune)
+        else:
+            chosen = self.policy if policy is None else AdaptPolicy.coerce(policy)
+            if chosen is not None:
+                decision = choose_adaptation(
+                    self.algorithm, support, n, chosen, steps=steps,
+                    token_task=self.config.task == "token",
+                )  # fmt: skip
+                ft = decision.finetune
+            else:
+                ft = self.finetune
         fast = self.algorithm.adapt(support, n, steps=steps)
-        ft = self.finetune if finetune is None else FineTuneConfig.coerce(finetune)
         if ft is not None:
             fast = finetune_fast_weights(self.algorithm, support, n, ft, fast)
-        return fast
+        return fast, decision
 
     # ---- saving and sharing ------------------------------------------------------------------
     def model_card(

@@ -181,6 +181,9 @@ class FewShotClassifier:
         classes_ (`list`): Label names; column order of `predict_proba`.
     """
 
+    decision: Any = None
+    """The adaptation policy's choice (`metanlp.meta.policy.AdaptDecision`), when one ran."""
+
     def __init__(self, learner: Any, fast: dict[str, torch.Tensor], label_names: list[Any]) -> None:
         self.learner, self.fast, self.classes_ = learner, fast, list(label_names)
 
@@ -209,6 +212,9 @@ class FewShotTagger:
     Tags come back in the scheme of the support set: IOB2 if it used ``B-``/``I-`` prefixes,
     else IO (bare type names).
     """
+
+    decision: Any = None
+    """The adaptation policy's choice (`metanlp.meta.policy.AdaptDecision`), when one ran."""
 
     def __init__(
         self, learner: Any, fast: dict[str, torch.Tensor], tag_names: list[str], iob2: bool

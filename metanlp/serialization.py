@@ -72,6 +72,9 @@ class LearnerConfig:
         finetune (`dict`, *optional*): Test-time fine-tuning after adaptation, as
             `metanlp.meta.finetune.FineTuneConfig` fields; ``None`` (default) adapts with the
             algorithm's inner loop only.
+        policy (`dict`, *optional*): An adaptation policy (`metanlp.meta.policy.AdaptPolicy`
+            fields): when set and no ``finetune`` is given, every `adapt` chooses the test-time
+            fine-tuning by cross-validation on the support set. The general learner sets it.
     """
 
     base_model: str
@@ -89,12 +92,16 @@ class LearnerConfig:
     k_shot: int | None = None
     datasets: list[str] = field(default_factory=list)
     finetune: dict[str, Any] | None = None
+    policy: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         from metanlp.meta.finetune import FineTuneConfig
+        from metanlp.meta.policy import AdaptPolicy
 
         ft = FineTuneConfig.coerce(self.finetune)
         self.finetune = None if ft is None else ft.to_dict()
+        policy = AdaptPolicy.coerce(self.policy)
+        self.policy = None if policy is None else policy.to_dict()
         for key, allowed in (
             ("task", FEWSHOT_TASKS),
             ("pooling", POOLINGS),

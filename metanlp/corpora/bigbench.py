@@ -235,15 +235,18 @@ def scan_fixed_label_tasks(
     min_per_label: int = 12,
     max_labels: int = 20,
     max_input_words: int = 200,
+    min_english_share: float = 0.15,
 ) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
     """Which BIG-bench tasks are few-shot classification tasks with a small, fixed label set.
 
     A task is *used* when every example scores the same label names (``target_scores`` with one
     key set), at most ``max_labels`` of them, the names are not option letters (``A``/``(b)``,
     whose meaning changes from example to example), the median input has at most
-    ``max_input_words`` words, and at least two labels have ``min_per_label`` unambiguous
-    examples (labels with fewer are dropped from the task). Everything else is *skipped* with the
-    reason.
+    ``max_input_words`` words, the inputs read as English (at least ``min_english_share`` of
+    their words are English stop words: about 0.4 for English prose, under 0.05 for German,
+    Polish, Chinese or encoded images, which the English MiniLM cannot read), and at least two
+    labels have ``min_per_label`` unambiguous examples (labels with fewer are dropped from the
+    task). Everything else is *skipped* with the reason.
 
     Args:
         task_jsons (`dict`): ``{task path: task.json}`` (see `read_task_jsons`).
@@ -251,6 +254,7 @@ def scan_fixed_label_tasks(
         max_labels (`int`, defaults to 20): Larger label sets are not "small and fixed".
         max_input_words (`int`, defaults to 200): Longer inputs are reading tasks, not
             classification of a sentence.
+        min_english_share (`float`, defaults to 0.15): See above; 0 keeps every language.
 
     Returns:
         ``(used, skipped)``: ``{task: {"labels": {label: count}, "examples": n}}`` and
@@ -278,6 +282,10 @@ def scan_fixed_label_tasks(
         if words[len(words) // 2] > max_input_words:
             skipped[task] = f"median input {words[len(words) // 2]} words > {max_input_words}"
             continue
+        share = english_share(str(ex.get("input", "")) for ex in examples)
+        if share < min_english_share:
+            skipped[task] = f"not English (stop-word share {share:.2f} < {min_english_share})"
+            continue
         counts = Counter(
             lab for lab in (example_label(ex, task) for ex in examples) if lab is not None
         )
@@ -289,6 +297,14 @@ def scan_fixed_label_tasks(
             continue
         used[task] = {"labels": kept, "examples": int(sum(kept.values()))}
     return used, skipped
+
+
+def english_share(texts: Iterable[str]) -> float:
+    """The share of the words of ``texts`` that are English stop words."""
+    from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
+
+    words = [w.lower() for text in texts for w in re.findall(r"\w+", text)]
+    return sum(w in ENGLISH_STOP_WORDS for w in words) / max(len(words), 1)
 
 
 def convert_scanned_task(

@@ -20,13 +20,14 @@ The learner's own weights are never modified; the returned dict holds copies of 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from metanlp.meta.efficient import PREFIX_KEY, cache_frozen_prefix, frozen_prefix_layer
 from metanlp.meta.helpers import model_mode, task_loss
 from metanlp.meta.params import PARAMETER_SETS, select_parameters
 from metanlp.meta.prototypes import PROTOTYPES_KEY, prototype_head
@@ -122,6 +123,7 @@ def finetune_fast_weights(
     n_way: int,
     config: FineTuneConfig,
     start: Mapping[str, Tensor],
+    on_step: Callable[[int, Mapping[str, Tensor]], None] | None = None,
 ) -> dict[str, Tensor]:
     """Fine-tune from ``start`` (the output of ``algorithm.adapt``) on ``support``.
 
@@ -131,12 +133,13 @@ def finetune_fast_weights(
         n_way (`int`): Classes (NER: tags, ``O`` included).
         config (`FineTuneConfig`): Steps, rates and which tensors move.
         start (`dict`): The adapted fast weights φ_k; ProtoNet's ``{"prototypes": ...}`` too.
+        on_step (`Callable`, *optional*): Called as ``on_step(step, weights)`` after every step
+            (``step`` counts from 1), e.g. to score a trajectory (`metanlp.meta.policy`).
 
     Returns:
         A fast-weight dict over ``params`` + head (+ any adapted tensor), for ``predict_logits``.
     """
     model = algorithm.model
-    support = algorithm.to_device(support)
     start = dict(start)
     if PROTOTYPES_KEY in start:
         start["head.weight"], start["head.bias"] = prototype_head(start.pop(PROTOTYPES_KEY)[:n_way])
@@ -146,6 +149,7 @@ def finetune_fast_weights(
     weights = {
         n: (start[n] if n in start else own[n]).detach().clone().requires_grad_(True) for n in names
     }
+    support = with_frozen_prefix(algorithm, algorithm.to_device(support), list(weights))
     if config.head_start == "zero":
         with torch.no_grad():
             for n in HEAD_PARAMETER_NAMES:
@@ -157,9 +161,29 @@ def finetune_fast_weights(
         weight_decay=config.weight_decay,
     )
     with model_mode(model, False), torch.enable_grad():
-        for _ in range(config.steps):
+        for step in range(1, config.steps + 1):
             loss = task_loss(algorithm.forward_with(weights, support, n_way), support["labels"])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            if on_step is not None:
+                on_step(step, weights)
     return {n: w.detach() for n, w in weights.items()}
+
+
+def with_frozen_prefix(
+    algorithm: Any, batch: Mapping[str, Tensor], trainable: list[str]
+) -> Mapping[str, Tensor]:
+    """``batch`` with the hidden states below the lowest ``trainable`` layer computed once.
+
+    Fine-tuning the top layers then runs only those layers at each step (exact: the frozen
+    layers' output does not change). A batch that already carries a prefix, or tensors that
+    reach down to the embeddings, are returned as they are.
+    """
+    if PREFIX_KEY in batch:
+        return batch
+    first = frozen_prefix_layer(algorithm.model, trainable)
+    if first == 0:
+        return batch
+    with model_mode(algorithm.model, False):
+        return cache_frozen_prefix(algorithm.model, batch, first)

@@ -1,0 +1,265 @@
+"""Choosing how to adapt from the support set alone: test-time fine-tuning or not, steps, rate.
+
+A learner meta-trained on a broad task distribution meets tasks near its training tasks (where
+its own few inner steps are best and fine-tuning only adds noise) and tasks far from them (where
+fine-tuning every weight wins). Which one a new task is cannot be known in advance, and must
+never be read from query or test labels. `choose_adaptation` decides per task by stratified
+cross-validation on the support set:
+
+1. split the support set into ``folds`` stratified folds (every class in every fold, a fixed
+   seed, so the choice is deterministic);
+2. for each fold, adapt on the other folds with the algorithm's own adaptation, score the held-out
+   fold (the ``steps = 0`` candidate: no fine-tuning), then fine-tune from there with each rate in
+   ``lrs`` and score the held-out fold after each number of steps in ``steps`` (one trajectory per
+   rate, so the step counts cost nothing extra);
+3. take the candidate with the best held-out accuracy averaged over folds, ties broken by the
+   lower held-out cross-entropy and then by fewer steps.
+
+With fewer than 2 support examples in some class no fold can hold it out: the policy then uses
+``fallback`` (fine-tuning, or none) and says so in the decision. NER (token) tasks are not
+cross-validated (a sentence has many labels and folds by sentence are not stratified): the
+decision is the fallback too.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from metanlp.meta.finetune import FineTuneConfig, finetune_fast_weights, with_frozen_prefix
+from metanlp.meta.helpers import task_loss
+from metanlp.meta.params import select_parameters
+
+
+@dataclass(frozen=True)
+class AdaptPolicy:
+    """The candidates and the cross-validation `choose_adaptation` uses.
+
+    Args:
+        steps (`Sequence[int]`, defaults to ``(0, 5, 10, 20)``): Fine-tuning step counts to
+            compare; 0 means no fine-tuning (the meta-learned adaptation alone).
+        lrs (`Sequence[float]`, defaults to ``(5e-5, 2e-4)``): Encoder learning rates to compare.
+        folds (`int`, defaults to 2): Stratified support folds.
+        head_lr (`float`, defaults to 5e-3), params (`str`, defaults to ``"top"``), top_layers
+        (`int`, defaults to 2), head_start (`str`, defaults to ``"zero"``): Passed to every
+            `FineTuneConfig`. Fine-tuning the top 2 layers on the cached output of the frozen
+            lower ones costs about a third of fine-tuning every weight, which is what keeps the
+            whole choice within a small fraction of SetFit's time.
+        fallback_steps (`int`, defaults to 10), fallback_lr (`float`, defaults to 5e-5): The
+            fine-tuning used when the support set cannot be cross-validated (a class with one
+            example, or NER); ``fallback_steps=0`` means no fine-tuning then.
+
+    Example:
+        ```python
+        >>> clf = learner.adapt(texts, labels, policy=AdaptPolicy(steps=(0, 10), lrs=(5e-5,)))
+        >>> clf.decision.summary()
+        'fine-tune 10 steps at lr 5e-05 (2-fold CV on the support set: ...)'
+        ```
+    """
+
+    steps: tuple[int, ...] = (0, 5, 10, 20)
+    lrs: tuple[float, ...] = (5e-5, 2e-4)
+    folds: int = 2
+    head_lr: float = 5e-3
+    params: str = "top"
+    top_layers: int = 2
+    head_start: str = "zero"
+    fallback_steps: int = 10
+    fallback_lr: float = 5e-5
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "steps", tuple(sorted(set(self.steps))))
+        object.__setattr__(self, "lrs", tuple(self.lrs))
+        if not self.steps or any(
+            isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in self.steps
+        ):
+            raise ValueError(
+                f"AdaptPolicy.steps={self.steps!r}: give ints >= 0 (0 = no fine-tuning)."
+            )
+        if any(s > 0 for s in self.steps) and not self.lrs:
+            raise ValueError("AdaptPolicy.lrs is empty; give at least one learning rate.")
+        if any(isinstance(r, bool) or not isinstance(r, int | float) or r <= 0 for r in self.lrs):
+            raise ValueError(f"AdaptPolicy.lrs={self.lrs!r}: learning rates must be > 0.")
+        if isinstance(self.folds, bool) or not isinstance(self.folds, int) or self.folds < 2:
+            raise ValueError(f"AdaptPolicy.folds={self.folds!r} must be an int >= 2.")
+        if not isinstance(self.fallback_steps, int) or self.fallback_steps < 0:
+            raise ValueError(f"AdaptPolicy.fallback_steps={self.fallback_steps!r} must be >= 0.")
+        # The fine-tuning settings are checked where they are defined.
+        self.finetune_config(1, self.fallback_lr)
+
+    def finetune_config(self, steps: int, lr: float) -> FineTuneConfig:
+        return FineTuneConfig(
+            steps=steps, lr=lr, head_lr=self.head_lr, params=self.params,
+            top_layers=self.top_layers, head_start=self.head_start,
+        )  # fmt: skip
+
+    @classmethod
+    def coerce(cls, value: Any) -> AdaptPolicy | None:
+        """``None`` / ``False`` -> no policy; ``True`` -> defaults; a mapping -> its fields."""
+        if value is None or value is False:
+            return None
+        if value is True:
+            return cls()
+        if isinstance(value, cls):
+            return value
+        if isinstance(value, Mapping):
+            unknown = sorted(set(value) - set(cls.__dataclass_fields__))
+            if unknown:
+                raise ValueError(
+                    f"policy: unknown field(s) {unknown}; allowed: {sorted(cls.__dataclass_fields__)}."
+                )
+            return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in value.items()})
+        raise TypeError(
+            f"policy={value!r}: expected None, a bool, a dict of AdaptPolicy fields or an AdaptPolicy."
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+
+@dataclass
+class AdaptDecision:
+    """What the policy chose for one task, and the cross-validation scores it chose from.
+
+    Args:
+        finetune (`FineTuneConfig` or `None`): The test-time fine-tuning to run (``None``: none).
+        reason (`str`): ``"cross-validation"`` or why the fallback was used.
+        scores (`dict`): ``"steps=S lr=R"`` -> ``{"accuracy", "loss"}`` held-out means.
+        seconds (`float`): Time the choice took.
+    """
+
+    finetune: FineTuneConfig | None
+    reason: str
+    scores: dict[str, dict[str, float]] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def summary(self) -> str:
+        what = (
+            "no fine-tuning"
+            if self.finetune is None
+            else f"fine-tune {self.finetune.steps} steps at lr {self.finetune.lr:g}"
+        )
+        return f"{what} ({self.reason}, {self.seconds:.1f} s)"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "finetune": None if self.finetune is None else self.finetune.to_dict(),
+            "reason": self.reason,
+            "scores": self.scores,
+            "seconds": round(self.seconds, 3),
+        }
+
+
+def stratified_folds(labels: Sequence[int], folds: int) -> list[list[int]] | None:
+    """Row indices of ``folds`` folds with every class in every fold; ``None`` if impossible.
+
+    Deterministic: class ``c``'s rows, in order, go round-robin to folds starting at ``c``.
+    """
+    by_class: dict[int, list[int]] = {}
+    for i, y in enumerate(labels):
+        by_class.setdefault(int(y), []).append(i)
+    if min(len(rows) for rows in by_class.values()) < folds:
+        return None
+    out: list[list[int]] = [[] for _ in range(folds)]
+    for c, rows in sorted(by_class.items()):
+        for j, i in enumerate(rows):
+            out[(j + c) % folds].append(i)
+    return [sorted(f) for f in out]
+
+
+def _rows(batch: Mapping[str, Tensor], rows: list[int]) -> dict[str, Tensor]:
+    index = torch.as_tensor(rows, dtype=torch.long)
+    return {
+        k: v.index_select(0, index.to(v.device)) if torch.is_tensor(v) and v.dim() else v
+        for k, v in batch.items()
+    }
+
+
+def _score(algorithm: Any, fast: Mapping[str, Tensor], val: Mapping[str, Tensor], n: int):
+    inputs = {k: v for k, v in val.items() if k != "labels"}  # the cached prefix too
+    logits = algorithm.predict_logits(fast, inputs, n)
+    labels = val["labels"].to(logits.device)
+    accuracy = float((logits.argmax(-1) == labels).float().mean())
+    return accuracy, float(task_loss(logits, labels))
+
+
+def choose_adaptation(
+    algorithm: Any,
+    support: Mapping[str, Tensor],
+    n_way: int,
+    policy: AdaptPolicy,
+    *,
+    steps: int | None = None,
+    token_task: bool = False,
+) -> AdaptDecision:
+    """Pick the test-time fine-tuning for one task by cross-validation on its support set.
+
+    Args:
+        algorithm (`MetaAlgorithm`): Its ``adapt`` (the meta-learned adaptation) and
+            ``predict_logits`` are used; nothing of it is modified.
+        support (`dict`): The encoded support set with ``labels``; the only data read.
+        n_way (`int`): Classes of the task.
+        policy (`AdaptPolicy`): Candidates and folds.
+        steps (`int`, *optional*): Inner steps of the algorithm's adaptation.
+        token_task (`bool`, defaults to `False`): NER; uses the fallback.
+
+    Returns:
+        `AdaptDecision`.
+    """
+    began = time.perf_counter()
+
+    def fallback(reason: str) -> AdaptDecision:
+        ft = (
+            policy.finetune_config(policy.fallback_steps, policy.fallback_lr)
+            if policy.fallback_steps > 0
+            else None
+        )
+        return AdaptDecision(ft, reason, {}, time.perf_counter() - began)
+
+    if token_task:
+        return fallback("fallback: token tasks are not cross-validated")
+    folds = stratified_folds(support["labels"].tolist(), policy.folds)
+    if folds is None:
+        return fallback(f"fallback: a class has fewer than {policy.folds} support examples")
+    if policy.steps != (0,):
+        # The top layers' fine-tuning runs on the frozen lower layers' output, computed once.
+        tuned = select_parameters(algorithm.model, policy.params, top_layers=policy.top_layers)
+        support = with_frozen_prefix(
+            algorithm, algorithm.to_device(support), [*algorithm.inner_names, *tuned]
+        )
+    totals: dict[tuple[int, float], list[float]] = {}
+
+    def add(step: int, lr: float, accuracy: float, loss: float) -> None:
+        acc_loss = totals.setdefault((step, lr), [0.0, 0.0])
+        acc_loss[0] += accuracy / len(folds)
+        acc_loss[1] += loss / len(folds)
+
+    fine_steps = [s for s in policy.steps if s > 0]
+    for held_out in folds:
+        keep = sorted(set(range(len(support["labels"]))) - set(held_out))
+        train, val = _rows(support, keep), _rows(support, held_out)
+        start = algorithm.adapt(train, n_way, steps=steps)
+        if 0 in policy.steps:
+            add(0, 0.0, *_score(algorithm, start, val, n_way))
+        for lr in policy.lrs if fine_steps else ():
+
+            def record(step: int, weights: Mapping[str, Tensor], lr: float = lr) -> None:
+                if step in fine_steps:
+                    add(step, lr, *_score(algorithm, weights, val, n_way))
+
+            config = policy.finetune_config(max(fine_steps), lr)
+            finetune_fast_weights(algorithm, train, n_way, config, start, on_step=record)
+    best = max(totals, key=lambda key: (totals[key][0], -totals[key][1], -key[0], -key[1]))
+    scores = {
+        f"steps={s} lr={lr:g}": {"accuracy": round(a, 4), "loss": round(c, 4)}
+        for (s, lr), (a, c) in sorted(totals.items())
+    }
+    step, lr = best
+    ft = policy.finetune_config(step, lr) if step > 0 else None
+    reason = f"{len(folds)}-fold CV on the support set"
+    return AdaptDecision(ft, reason, scores, time.perf_counter() - began)
