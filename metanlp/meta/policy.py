@@ -248,7 +248,7 @@ def choose_adaptation(
             add(0, 0.0, *_score(algorithm, start, val, n_way))
         for lr in policy.lrs if fine_steps else ():
 
-            def record(step: int, weights: Mapping[str, Tensor], lr: float = lr) -> None:
+            def record(step: int, weights: Mapping[str, Tensor], lr: float = lr, val=val) -> None:
                 if step in fine_steps:
                     add(step, lr, *_score(algorithm, weights, val, n_way))
 
