@@ -19,8 +19,11 @@ from benchmarks.common import markdown_table, provenance_markdown, write_json, w
 BASELINE_NAMES = {
     "finetune": "fine-tune (no meta-training)",
     "frozen_protos": "frozen prototypes",
+    "logreg": "frozen logistic regression",
     "setfit": "SetFit",
 }
+GENERAL = "general"
+GENERAL_VERSUS = ("setfit", "finetune", "logreg", "frozen_protos", "general-nopolicy")
 
 
 def main_metric(kind: str) -> str:
@@ -163,6 +166,8 @@ def markdown(record: Mapping[str, Any]) -> list[str]:
         f"fine-tune baseline {cfg['finetune_steps']} steps. Mean ± 95% CI half-width, in %.",
         summary_table(record),
     ]
+    if any(r["method"] == GENERAL for e in record["settings"] for r in e.get("results", [])):
+        sections.insert(3, general_table(record))
     if record.get("merged_from"):
         runs = "\n".join(f"- `{p.get('command')}` ({p.get('date')})" for p in record["merged_from"])
         sections.insert(
@@ -214,6 +219,37 @@ def summary_table(record: Mapping[str, Any]) -> str:
               "paired diff vs SetFit", "fine-tune", "vs fine-tune",
               "paired diff vs fine-tune"]  # fmt: skip
     return "## Summary\n\n" + markdown_table(header, rows)
+
+
+def general_table(record: Mapping[str, Any]) -> str:
+    """The general learner (with its policy) against each baseline, paired, and its time."""
+    rows = []
+    for entry in record["settings"]:
+        results = {r["method"]: r for r in entry.get("results", [])}
+        if GENERAL not in results:
+            continue
+        metric = main_metric(results[GENERAL]["kind"])
+        ours = results[GENERAL]
+        n = _n(ours)
+        row = [
+            entry["setting"],
+            _pct(ours["summary"][metric]),
+            f"{ours['seconds'] / max(n, 1):.1f}",
+        ]
+        for other in GENERAL_VERSUS:
+            row.append(_paired(compare(ours, results[other], metric)) if other in results else "-")
+        if "setfit" in results:
+            fit = results["setfit"]
+            row.append(f"{fit['seconds'] / max(_n(fit), 1):.0f}")
+        else:
+            row.append("-")
+        rows.append(row)
+    header = ["setting", "general learner", "s / episode", *(f"− {_label(o)}" for o in GENERAL_VERSUS),
+              "SetFit s / episode"]  # fmt: skip
+    return (
+        "## The general learner against each alternative (paired per episode, in points)\n\n"
+        + markdown_table(header, rows)
+    )
 
 
 def plot(record: Mapping[str, Any], path: Path) -> Path:
@@ -275,6 +311,8 @@ def _method_order(result: Mapping[str, Any]) -> int:
 
 
 def _label(method: str) -> str:
+    if method == "general-nopolicy":
+        return "metanlp general, no policy"
     if method.endswith(FT_SUFFIX):
         return f"metanlp {method.removesuffix(FT_SUFFIX)} + test-time fine-tune"
     return BASELINE_NAMES.get(method, f"metanlp {method}")

@@ -100,6 +100,18 @@ def _snips(k: int) -> Setting:
     )
 
 
+def _bigbench(task: str, short: str, n_way: int, k: int, q: int = 10) -> Setting:
+    return Setting(
+        f"{short}_{n_way}w{k}s",
+        f"bigbench/{task}",
+        "classification",
+        {"n_way": n_way, "k_shot": k, "q_query": q},
+        64,
+        f"BIG-bench {task}, {n_way}-way {k}-shot (held out of the general learner by name)",
+        extra="bigbench",
+    )
+
+
 SETTINGS: dict[str, Setting] = {
     s.name: s
     for s in [
@@ -110,6 +122,8 @@ SETTINGS: dict[str, Setting] = {
         _tweets(16),
         _snips(1),
         _snips(5),
+        _bigbench("social_support", "socialsupport", 3, 5),
+        _bigbench("irony_identification", "irony", 2, 5),
         Setting(
             "wnut_ner_3w1s",
             "wnut16",
@@ -130,6 +144,7 @@ class Variant:
     algorithm: str
     algorithm_config: dict[str, Any] = field(default_factory=dict)
     families: tuple[str, ...] = ("text",)
+    recipe: str | None = None  # built only by this recipe; given with --learner NAME=FOLDER
 
 
 _LORA = {"inner_steps": 3, "inner_lr": 0.1, "eval_inner_steps": 10}
@@ -142,25 +157,32 @@ VARIANTS: dict[str, Variant] = {
         Variant("mamlpp", "mamlpp", {**_LORA, "first_order_epochs": 1, "msl_epochs": 2}),
         Variant("protomaml", "protomaml", {**_LORA, "first_order": True}, ("text", "ner")),
         Variant("protonet", "protonet", {}, ("text", "ner")),
+        Variant("general", "protonet", {}, ("text",), recipe="recipes/general_learner.py"),
     ]
 }
 """metanlp's meta-trained variants: second order (maml), first order (fomaml), ANIL, MAML++
 (per-layer-per-step learned inner rates, Meta-SGD style; second order after its first epoch),
 Proto-MAML (first order, as in its paper's cheaper variant) and ProtoNet. All adapt LoRA (r=8,
-query/value) + head as in default.yaml; ANIL adapts the head only."""
+query/value) + head as in default.yaml; ANIL adapts the head only. ``general`` is the general
+learner of `recipes/general_learner.py` (never trained here: give it with ``--learner``); it
+adapts with its support-set policy (`metanlp.meta.policy`)."""
 
 FT_SUFFIX = "+ft"
 """``VARIANT+ft``: the same learner, then test-time fine-tuning of every weight from its adapted
 state (`metanlp.meta.finetune`, as many AdamW steps as the fine-tune baseline)."""
 
 
+NOPOLICY_SUFFIX = "-nopolicy"
+"""``VARIANT-nopolicy``: the same learner with its adaptation policy turned off (the ablation)."""
+
+
 def variant_of(method: str) -> str | None:
     """The metanlp variant a method name scores (``protomaml+ft`` -> ``protomaml``), else None."""
-    base = method.removesuffix(FT_SUFFIX)
+    base = method.removesuffix(FT_SUFFIX).removesuffix(NOPOLICY_SUFFIX)
     return base if base in VARIANTS else None
 
 
-METANLP_METHODS = [m for v in VARIANTS for m in (v, v + FT_SUFFIX)]
+METANLP_METHODS = [m for v in VARIANTS for m in (v, v + FT_SUFFIX)] + ["general" + NOPOLICY_SUFFIX]
 
 
 def episode_file(setting: Setting, data_dir: str | None = None) -> Path:

@@ -34,6 +34,7 @@ if __package__ in (None, ""):  # run as a script: make `benchmarks` and `metanlp
 from benchmarks.accuracy_report import merge_records, write_results
 from benchmarks.accuracy_setup import (
     METANLP_METHODS,
+    NOPOLICY_SUFFIX,
     SETTINGS,
     VARIANTS,
     learner_for,
@@ -44,7 +45,7 @@ from benchmarks.common import REPO_ROOT, provenance
 
 logger = logging.getLogger("bench_accuracy")
 
-BASELINES = ("finetune", "frozen_protos")
+BASELINES = ("finetune", "frozen_protos", "logreg")
 SETFIT = "setfit"
 SIZES: dict[str, dict[str, Any]] = {
     # episodes per setting, SetFit episodes per setting, meta-training steps per variant
@@ -106,7 +107,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         if getattr(args, key, None) is None:
             setattr(args, key, value)
     args.size = size
-    args.methods = args.methods or [*VARIANTS, *BASELINES, SETFIT]
+    args.methods = args.methods or [*(v for v in VARIANTS if not VARIANTS[v].recipe), *BASELINES,
+                                    SETFIT]  # fmt: skip
     allowed = [*METANLP_METHODS, *BASELINES, SETFIT]
     unknown = sorted(set(args.methods) - set(allowed))
     if unknown:
@@ -151,7 +153,7 @@ def saved_learners(pairs: list[str]) -> dict[tuple[str, str], str]:
 def build_methods(args: argparse.Namespace, family: str, cache: dict) -> dict[str, Any]:
     """The methods of one family, meta-training (or loading) each variant once per run."""
     from metanlp.api import MetaLearner
-    from metanlp.baselines import FineTuneBaseline, FrozenPrototypes
+    from metanlp.baselines import FineTuneBaseline, FrozenLogisticRegression, FrozenPrototypes
     from metanlp.models import FewShotModel
 
     given = saved_learners(args.learner)
@@ -164,11 +166,18 @@ def build_methods(args: argparse.Namespace, family: str, cache: dict) -> dict[st
                 start = time.perf_counter()
                 if key in given:
                     cache[key] = MetaLearner.from_pretrained(given[key])
+                elif VARIANTS[variant].recipe:
+                    raise SystemExit(
+                        f"{variant}: give the learner with --learner {variant}=FOLDER; build it "
+                        f"with python {VARIANTS[variant].recipe} --data data."
+                    )
                 else:
                     cache[key] = learner_for(VARIANTS[variant], family, args.train_steps)
                 args.train_seconds[f"{variant}/{family}"] = round(time.perf_counter() - start, 1)
             learner = cache[key]
-            if name != variant:  # same weights, fine-tuned after adapting
+            if name.endswith(NOPOLICY_SUFFIX):  # same weights, the policy turned off
+                learner = MetaLearner(learner.algorithm, replace(learner.config, policy=None))
+            elif name != variant:  # same weights, fine-tuned after adapting
                 ft = {"steps": args.finetune_steps}
                 learner = MetaLearner(learner.algorithm, replace(learner.config, finetune=ft))
             methods[name] = learner
@@ -181,6 +190,8 @@ def build_methods(args: argparse.Namespace, family: str, cache: dict) -> dict[st
             methods["finetune"] = FineTuneBaseline(base, steps=args.finetune_steps)
         if "frozen_protos" in args.methods:
             methods["frozen_protos"] = FrozenPrototypes(base)
+        if "logreg" in args.methods and family == "text":
+            methods["logreg"] = FrozenLogisticRegression(base)
     return methods
 
 

@@ -8,6 +8,8 @@ a baseline and a meta-learner can never be scored differently.
   zero head on the support set (the usual "just fine-tune" few-shot baseline).
 - `FrozenPrototypes`: nearest class centroid on frozen pretrained embeddings (ProtoNet's
   classifier with no training at all).
+- `FrozenLogisticRegression`: logistic regression on frozen, mean-pooled, L2-normalised
+  embeddings (SetFit's head without SetFit's contrastive body training).
 """
 
 from __future__ import annotations
@@ -113,3 +115,43 @@ class FineTuneBaseline:
             optimizer.step()
         with torch.no_grad():
             return model(**model_inputs(episode.query, device)).cpu()
+
+
+class FrozenLogisticRegression:
+    """Logistic regression (scikit-learn, L2, ``C``) on frozen, L2-normalised sentence embeddings.
+
+    The encoder is never trained; the classifier sees only the support set. Query logits are
+    the classifier's log-probabilities, so the harness scores it like any other method.
+
+    Args:
+        model (`FewShotModel`): Sequence model with ``pooling="mean"`` (its head is unused).
+        C (`float`, defaults to 1.0): Inverse regularisation strength (scikit-learn's default,
+            as in SetFit's head).
+        max_iter (`int`, defaults to 1000): L-BFGS iterations.
+    """
+
+    def __init__(self, model: FewShotModel, C: float = 1.0, max_iter: int = 1000) -> None:
+        if model.task != "sequence":
+            raise ValueError(
+                "FrozenLogisticRegression is for text classification (task='sequence')."
+            )
+        self.model, self.C, self.max_iter = model, float(C), int(max_iter)
+
+    @torch.no_grad()
+    def _embed(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        device = next(self.model.parameters()).device
+        with model_mode(self.model, False):
+            features = self.model.embed(**model_inputs(batch, device))
+        return nn.functional.normalize(features.double(), dim=-1).cpu()
+
+    def query_logits(self, episode: Episode) -> torch.Tensor:
+        from sklearn.linear_model import LogisticRegression
+
+        support, query = self._embed(episode.support), self._embed(episode.query)
+        labels = episode.support["labels"].numpy()
+        clf = LogisticRegression(C=self.C, max_iter=self.max_iter)
+        clf.fit(support.numpy(), labels)
+        logits = torch.full((len(query), episode.num_labels), -1e9, dtype=torch.float32)
+        scores = torch.as_tensor(clf.predict_log_proba(query.numpy()), dtype=torch.float32)
+        logits[:, torch.as_tensor(clf.classes_)] = scores
+        return logits

@@ -1,0 +1,168 @@
+"""The support-set adaptation policy (`metanlp.meta.policy`) with the real MiniLM.
+
+The references: every cross-validation score the policy reports is recomputed by hand, one
+fold and one candidate at a time, with the learner's explicit ``finetune=`` on the fold's
+training rows (so the trajectory bookkeeping and the frozen-prefix cache must agree with plain
+separate runs); the policy must work when the query labels cannot even be read.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from text_examples import LABELS, QUERY, TEXTS
+
+from metanlp.api import MetaLearner
+from metanlp.episodes.types import Episode
+from metanlp.meta.finetune import FineTuneConfig, finetune_fast_weights, with_frozen_prefix
+from metanlp.meta.policy import AdaptPolicy, choose_adaptation, stratified_folds
+from metanlp.predictors import encode_texts
+
+SMALL = AdaptPolicy(steps=(0, 1, 3), lrs=(1e-4, 1e-3), folds=2, top_layers=1)
+
+
+@pytest.fixture(scope="module")
+def learner():
+    torch.manual_seed(0)
+    return MetaLearner.from_pretrained(
+        max_length=24, algorithm="protonet", adapt="all", algorithm_config={}
+    )
+
+
+def _support(learner, texts=TEXTS, labels=LABELS):
+    names = sorted(set(labels))
+    batch = dict(encode_texts(learner.tokenizer, texts, learner.config.max_length))
+    batch["labels"] = torch.tensor([names.index(y) for y in labels])
+    return batch, names
+
+
+def test_stratified_folds():
+    labels = [0, 0, 1, 1, 1, 2, 2, 0]
+    folds = stratified_folds(labels, 2)
+    assert sorted(i for f in folds for i in f) == list(range(len(labels)))
+    for fold in folds:
+        assert {labels[i] for i in fold} == {0, 1, 2}
+    assert stratified_folds([0, 0, 1], 2) is None  # class 1 has one example
+    assert stratified_folds(labels, 3) is None
+    assert stratified_folds(labels, 2) == folds  # deterministic
+
+
+def test_scores_equal_separate_runs_per_fold_and_candidate(learner):
+    support, names = _support(learner)
+    decision = choose_adaptation(learner.algorithm, support, len(names), SMALL)
+    assert decision.reason == "2-fold CV on the support set"
+    folds = stratified_folds(support["labels"].tolist(), 2)
+    for key, got in decision.scores.items():
+        steps, lr = int(key.split()[0][6:]), float(key.split()[1][3:])
+        accuracies = []
+        for held in folds:
+            keep = [i for i in range(len(TEXTS)) if i not in held]
+            train = learner.adapt(
+                [TEXTS[i] for i in keep], [LABELS[i] for i in keep],
+                finetune=SMALL.finetune_config(steps, lr) if steps else False, policy=False,
+            )  # fmt: skip
+            predicted = train.predict([TEXTS[i] for i in held])
+            accuracies.append(sum(p == LABELS[i] for p, i in zip(predicted, held)) / len(held))
+        assert got["accuracy"] == pytest.approx(sum(accuracies) / len(folds), abs=1e-4), key
+    best = max(decision.scores.values(), key=lambda s: s["accuracy"])["accuracy"]
+    chosen = "steps=0 lr=0" if decision.finetune is None else (
+        f"steps={decision.finetune.steps} lr={decision.finetune.lr:g}"
+    )  # fmt: skip
+    assert decision.scores[chosen]["accuracy"] == best
+
+
+def test_never_reads_query_labels(learner):
+    """Query labels that raise on any use: the policy (and the learner) must not touch them."""
+
+    class Poisoned(torch.Tensor):
+        @classmethod
+        def __torch_function__(cls, func, types, args=(), kwargs=None):
+            raise AssertionError(f"query labels were read ({func})")
+
+    support, names = _support(learner)
+    query = dict(encode_texts(learner.tokenizer, QUERY, learner.config.max_length))
+    clean = dict(query, labels=torch.tensor([0, 1]))
+    poisoned = dict(query, labels=torch.tensor([0, 1]).as_subclass(Poisoned))
+    with pytest.raises(AssertionError, match="query labels were read"):
+        poisoned["labels"].sum()  # the poison works
+    policy_learner = MetaLearner(learner.algorithm, learner.config)
+    policy_learner.config.policy = SMALL.to_dict()
+    try:
+        outputs = []
+        for q in (clean, poisoned):
+            episode = Episode(
+                support=support, query=q, n_way=3, label_names=names, kind="classification",
+                task="t", support_inputs=TEXTS, query_inputs=QUERY, support_targets=[],
+                query_targets=[],
+            )  # fmt: skip
+            outputs.append(policy_learner.query_logits(episode))
+            outputs.append(policy_learner.last_decision.to_dict())
+    finally:
+        policy_learner.config.policy = None
+    assert torch.equal(outputs[0], outputs[2])
+    outputs[1].pop("seconds"), outputs[3].pop("seconds")
+    assert outputs[1] == outputs[3]
+
+
+def test_one_shot_uses_the_fallback_and_says_so(learner):
+    texts, labels = TEXTS[::2], LABELS[::2]  # one example per class
+    clf = learner.adapt(texts, labels, policy=AdaptPolicy(fallback_steps=2, fallback_lr=1e-4))
+    assert clf.decision.finetune == FineTuneConfig(steps=2, lr=1e-4, params="top", top_layers=2)
+    assert "fallback" in clf.decision.reason and "fewer than 2" in clf.decision.reason
+    assert clf.predict(QUERY)[0] in set(labels)
+    off = learner.adapt(texts, labels, policy=AdaptPolicy(fallback_steps=0))
+    assert off.decision.finetune is None
+
+
+def test_frozen_prefix_fine_tuning_is_exact(learner):
+    support, names = _support(learner)
+    start = learner.algorithm.adapt(support, len(names))
+    config = FineTuneConfig(steps=3, lr=1e-3, params="top", top_layers=2)
+    cached = finetune_fast_weights(learner.algorithm, support, len(names), config, start)
+    # the reference: the same fine-tuning with the whole forward run at every step
+    plain = dict(start)
+    import metanlp.meta.finetune as ft
+
+    original = ft.with_frozen_prefix
+    ft.with_frozen_prefix = lambda algorithm, batch, trainable: batch
+    try:
+        plain = finetune_fast_weights(learner.algorithm, support, len(names), config, start)
+    finally:
+        ft.with_frozen_prefix = original
+    assert set(cached) == set(plain)
+    assert "base_encoder.encoder.layer.0.attention.self.query.weight" not in cached
+    for name in cached:
+        torch.testing.assert_close(cached[name], plain[name], rtol=1e-4, atol=1e-5)
+    prefixed = with_frozen_prefix(learner.algorithm, support, list(cached))
+    assert "frozen_prefix_hidden" in prefixed and prefixed["frozen_prefix_layer"] == 4
+
+
+def test_saved_policy_round_trip_and_overrides(learner, tmp_path):
+    learner.config.policy = SMALL.to_dict()
+    try:
+        folder = learner.save_pretrained(tmp_path / "general")
+    finally:
+        learner.config.policy = None
+    loaded = MetaLearner.from_pretrained(folder)
+    assert loaded.policy == SMALL
+    clf = loaded.adapt(TEXTS, LABELS)
+    assert clf.decision is not None and clf.decision.scores
+    assert loaded.adapt(TEXTS, LABELS, finetune=False).decision is None  # explicit wins
+    assert MetaLearner.from_pretrained(folder, policy=False).policy is None
+
+
+@pytest.mark.parametrize(
+    "fields, match",
+    [
+        ({"steps": (-1,)}, "ints >= 0"),
+        ({"lrs": ()}, "at least one learning rate"),
+        ({"lrs": (0.0,)}, "must be > 0"),
+        ({"folds": 1}, "folds=1"),
+        ({"params": "nope"}, "params='nope'"),
+        ({"speed": 2}, r"unknown field\(s\) \['speed'\]"),
+    ],
+    ids=["negative-steps", "no-lr", "zero-lr", "one-fold", "bad-params", "unknown-field"],
+)
+def test_bad_policy_is_named(fields, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        AdaptPolicy.coerce(fields)
