@@ -10,7 +10,7 @@ PIP := $(PY) -m pip
 TORCH_SPEC := torch==2.13.0
 DATA_DIR ?= data
 
-.PHONY: setup venv install data demo test lint clean-data
+.PHONY: setup venv install data demo test lint clean-data general
 
 venv: $(VENV)/.torch-installed
 
@@ -34,6 +34,12 @@ demo: setup
 
 test: setup
 	METANLP_DATA_DIR=$(abspath $(DATA_DIR)) $(PY) -m pytest -q tests
+
+# The general learner (issue 17): BIG-bench task families (downloads the 358 MB sdist once), then
+# meta-training on the broad task distribution; under an hour on 2 CPU cores.
+general: setup
+	$(PY) data_scripts/build_bigbench.py --out $(DATA_DIR) --download --families
+	$(PY) recipes/general_learner.py --data $(DATA_DIR)
 
 lint: install
 	$(VENV)/bin/ruff check metanlp tests data_scripts recipes benchmarks

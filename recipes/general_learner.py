@@ -26,7 +26,7 @@ from common import Size, meta_train, parse_args, score_setting, trainer_config
 from report import write_report
 
 SIZES = {
-    "smoke": Size(max_steps=2, meta_batch_size=1, val_episodes=0, test_episodes=1, query=2,
+    "smoke": Size(max_steps=2, meta_batch_size=1, val_episodes=0, test_episodes=2, query=2,
                   max_length=24, train_shots=2),
     "default": Size(max_steps=500, meta_batch_size=2, val_episodes=0, test_episodes=20, query=5,
                     max_length=64),
@@ -44,6 +44,8 @@ SETTINGS = [  # (title, corpus, n_way, K); the held-out corpora of metanlp.gener
 def _options(parser) -> None:
     parser.add_argument("--mode", default="hybrid", choices=["hybrid", "smlmt", "labelled"],
                         help="task families: both, self-supervised only, labelled only")  # fmt: skip
+    parser.add_argument("--push-to-hub", metavar="REPO_ID",
+                        help="also upload the learner (with its model card) to this Hub repo")  # fmt: skip
     parser.add_argument("--no-bigbench", action="store_true",
                         help="only the default corpora, even when BIG-bench is built")  # fmt: skip
 
@@ -80,6 +82,8 @@ def main() -> None:
     learner.save_pretrained(f"{args.out}/meta/learner")
     info["families"] = families
     print(f"saved the general learner to {args.out}/meta/learner (adapts with its policy)")
+    if args.push_to_hub:
+        print(f"pushed: {learner.push_to_hub(args.push_to_hub)}")
 
     methods = {
         "general learner (prototypes)": learner,

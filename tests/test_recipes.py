@@ -127,3 +127,31 @@ def test_optional_data_fails_clearly(recipe, flag, task, data_dir, tmp_path):
     assert flag in done.stderr and "bigbench" in done.stderr
     assert f"build_bigbench.py --out {data_dir} --task {task}" in done.stderr
     assert not (tmp_path / recipe / "summary.json").exists()
+
+
+def test_general_learner_smoke(data_dir, tmp_path):
+    """The general learner's recipe: hybrid families, held-out corpora unread, a policy learner."""
+    from metanlp.api import MetaLearner
+    from metanlp.meta.policy import AdaptPolicy
+
+    out = tmp_path / "general"
+    done = run_recipe("general_learner", data_dir, out, "--smoke", "--no-bigbench")
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    families = summary["run"]["training"]["families"]
+    assert {"tweets", "smlmt:tweets", "smlmt:wnut16"} <= set(families["probabilities"])
+    assert set(families["families"]["tweets"]) == {
+        "airlines", "apple", "claritin", "deflategate", "driverless_cars"
+    }  # fmt: skip
+    assert "tweets/domain=coachella" in families["held_out"] and "bbc_news" in families["held_out"]
+    assert sum(families["probabilities"].values()) == pytest.approx(1.0, abs=1e-3)
+    rows = {(r["setting"], r["method"]) for r in summary["rows"]}
+    assert {m for _, m in rows} == {
+        "general learner (prototypes)", "no meta-training (prototypes)", "frozen prototypes"
+    }  # fmt: skip
+    learner = MetaLearner.from_pretrained(out / "meta" / "learner", device="cpu")
+    assert learner.config.meta_trained and learner.policy == AdaptPolicy()
+    clf = learner.adapt(["great flight", "awful delay", "lost bag", "lovely crew"],
+                        ["pos", "neg", "neg", "pos"], policy={"steps": [0, 1], "lrs": [1e-4]})  # fmt: skip
+    assert clf.decision.reason == "2-fold CV on the support set"
+    assert clf.predict(["what a lovely flight"])[0] in {"pos", "neg"}
