@@ -41,9 +41,10 @@ class AdaptPolicy:
     """The candidates and the cross-validation `choose_adaptation` uses.
 
     Args:
-        steps (`Sequence[int]`, defaults to ``(0, 5, 10, 20)``): Fine-tuning step counts to
+        steps (`Sequence[int]`, defaults to ``(0, 4, 8, 16)``): Fine-tuning step counts to
             compare; 0 means no fine-tuning (the meta-learned adaptation alone).
-        lrs (`Sequence[float]`, defaults to ``(5e-5, 2e-4)``): Encoder learning rates to compare.
+        lrs (`Sequence[float]`, defaults to ``(1e-4, 5e-4)``): Encoder learning rates to compare
+            (the top layers with a fresh head take larger rates than all-weight fine-tuning).
         folds (`int`, defaults to 2): Stratified support folds.
         head_lr (`float`, defaults to 5e-3), params (`str`, defaults to ``"top"``), top_layers
         (`int`, defaults to 2), head_start (`str`, defaults to ``"zero"``): Passed to every
@@ -62,8 +63,8 @@ class AdaptPolicy:
         ```
     """
 
-    steps: tuple[int, ...] = (0, 5, 10, 20)
-    lrs: tuple[float, ...] = (5e-5, 2e-4)
+    steps: tuple[int, ...] = (0, 4, 8, 16)
+    lrs: tuple[float, ...] = (1e-4, 5e-4)
     folds: int = 2
     head_lr: float = 5e-3
     params: str = "top"
