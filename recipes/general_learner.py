@@ -28,7 +28,7 @@ from report import write_report
 SIZES = {
     "smoke": Size(max_steps=2, meta_batch_size=1, val_episodes=0, test_episodes=2, query=2,
                   max_length=24, train_shots=2),
-    "default": Size(max_steps=500, meta_batch_size=2, val_episodes=0, test_episodes=20, query=5,
+    "default": Size(max_steps=300, meta_batch_size=2, val_episodes=0, test_episodes=20, query=5,
                     max_length=64),
     "full": Size(max_steps=6000, meta_batch_size=4, val_episodes=0, test_episodes=200, query=8,
                  max_length=128),
