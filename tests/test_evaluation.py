@@ -183,6 +183,29 @@ def test_frozen_prototypes_equal_a_numpy_nearest_centroid(bbc_file, model):
     assert episode_metrics(episode, logits)["accuracy"] == pytest.approx(expected)
 
 
+def test_frozen_logistic_regression_equals_sentence_transformers_plus_sklearn(bbc_file, model):
+    """The baseline against an independent path: sentence-transformers' own encoding of the raw
+    texts (mean pooling + normalisation) and scikit-learn's LogisticRegression."""
+    from sentence_transformers import SentenceTransformer
+    from sklearn.linear_model import LogisticRegression
+
+    from metanlp.baselines import FrozenLogisticRegression
+    from metanlp.episodes import load_episodes
+    from metanlp.models import default_model_path
+
+    path, bbc = bbc_file
+    episode = load_episodes(path, bbc, tokenizer=model.tokenizer, max_length=48)[0]
+    logits = FrozenLogisticRegression(model).query_logits(episode)
+    st = SentenceTransformer(str(default_model_path()), device="cpu")
+    st.max_seq_length = 48
+    s = st.encode(episode.support_inputs, normalize_embeddings=True)
+    q = st.encode(episode.query_inputs, normalize_embeddings=True)
+    clf = LogisticRegression(max_iter=1000).fit(s, episode.support["labels"].numpy())
+    expected = clf.predict_log_proba(q)
+    np.testing.assert_allclose(logits.numpy(), expected, atol=2e-3)
+    assert logits.argmax(-1).tolist() == expected.argmax(-1).tolist()
+
+
 def test_ner_scoring_maps_subtokens_back_to_words(data_dir, tmp_path, model):
     from metanlp.corpora import load_corpus
     from metanlp.episodes import NERSampler, save_episodes
