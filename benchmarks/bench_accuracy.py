@@ -94,6 +94,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "its task says which settings (text or NER) it serves",
     )
     p.add_argument("--out", default=str(REPO_ROOT / "benchmarks" / "results"))
+    p.add_argument(
+        "--stem", help="results file name without extension (default: accuracy[_quick|_full])"
+    )
     p.add_argument("--data-dir", default=None, help="corpora folder (default $METANLP_DATA_DIR)")
     p.add_argument(
         "--merge",
@@ -228,7 +231,9 @@ def main(argv: list[str] | None = None) -> int:
     for noisy in ("httpx", "transformers", "datasets", "accelerate"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     args = parse_args(argv)
-    stem = {"quick": "accuracy_quick", "full": "accuracy_full"}.get(args.size, "accuracy")
+    stem = args.stem or {"quick": "accuracy_quick", "full": "accuracy_full"}.get(
+        args.size, "accuracy"
+    )
     if args.merge:
         records = [json.loads(Path(p).read_text()) for p in args.merge]
         paths = write_results(merge_records(records), Path(args.out), stem)
