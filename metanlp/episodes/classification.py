@@ -210,14 +210,29 @@ class ClassificationSampler(EpisodeSampler):
             rows = rng.choice(task.pools[c], self.k_shot + self.q_query, replace=False)
             support.extend(rows[: self.k_shot].tolist())
             query.extend(rows[self.k_shot :].tolist())
-        return EpisodeSpec(
-            kind="classification",
-            dataset=self.source.name,
-            fingerprint=self.source.fingerprint,
-            task=task.name,
-            label_names=picked,
-            support_rows=[support[i] for i in rng.permutation(len(support))],
-            query_rows=[query[i] for i in rng.permutation(len(query))],
-            seed=self.seed,
-            index=index,
-        )
+        return classification_spec(self.source, task.name, picked, support, query, rng,
+                                   self.seed, index)  # fmt: skip
+
+
+def classification_spec(
+    source: object,
+    task: str,
+    picked: list[str],
+    support: list[int],
+    query: list[int],
+    rng: np.random.Generator,
+    seed: int,
+    index: int,
+) -> EpisodeSpec:
+    """A classification spec whose support and query rows are presented in a random order."""
+    return EpisodeSpec(
+        kind="classification",
+        dataset=source.name,
+        fingerprint=source.fingerprint,
+        task=task,
+        label_names=picked,
+        support_rows=[support[i] for i in rng.permutation(len(support))],
+        query_rows=[query[i] for i in rng.permutation(len(query))],
+        seed=seed,
+        index=index,
+    )

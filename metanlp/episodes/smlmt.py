@@ -32,6 +32,7 @@ import numpy as np
 from datasets import Dataset
 from transformers import PreTrainedTokenizerBase
 
+from .classification import classification_spec
 from .sampler import EpisodeSampler
 from .sources import _fingerprint
 from .types import EpisodeSamplingError, EpisodeSpec
@@ -308,17 +309,8 @@ class SMLMTSampler(EpisodeSampler):
                 support.extend(chosen[: self.k_shot])
                 query.extend(chosen[self.k_shot :])
             else:
-                return EpisodeSpec(
-                    kind="classification",
-                    dataset=src.name,
-                    fingerprint=src.fingerprint,
-                    task=src.name,
-                    label_names=picked,
-                    support_rows=[support[i] for i in rng.permutation(len(support))],
-                    query_rows=[query[i] for i in rng.permutation(len(query))],
-                    seed=self.seed,
-                    index=index,
-                )
+                return classification_spec(src, src.name, picked, support, query, rng,
+                                           self.seed, index)  # fmt: skip
         raise EpisodeSamplingError(
             f"{src.name!r}: {self.MAX_TRIES} draws of {self.n_way} words found no set whose "
             f"words each have {need} sentences free of the others; the band is too small or "

@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 
 from metanlp.meta.efficient import PREFIX_KEY, cache_frozen_prefix, frozen_prefix_layer
-from metanlp.meta.helpers import model_mode, task_loss
+from metanlp.meta.helpers import coerce_setting, model_mode, task_loss
 from metanlp.meta.params import PARAMETER_SETS, select_parameters
 from metanlp.meta.prototypes import PROTOTYPES_KEY, prototype_head
 from metanlp.models import HEAD_PARAMETER_NAMES
@@ -93,25 +93,7 @@ class FineTuneConfig:
     def coerce(cls, value: Any) -> FineTuneConfig | None:
         """``None`` / ``False`` -> no fine-tuning; ``True`` -> defaults; an int -> that many
         steps; a mapping -> its fields; a `FineTuneConfig` as is."""
-        if value is None or value is False:
-            return None
-        if value is True:
-            return cls()
-        if isinstance(value, cls):
-            return value
-        if isinstance(value, int):
-            return cls(steps=value)
-        if isinstance(value, Mapping):
-            unknown = sorted(set(value) - set(cls.__dataclass_fields__))
-            if unknown:
-                raise ValueError(
-                    f"finetune: unknown field(s) {unknown}; allowed: {sorted(cls.__dataclass_fields__)}."
-                )
-            return cls(**value)
-        raise TypeError(
-            f"finetune={value!r}: expected None, a bool, a step count, a dict of FineTuneConfig "
-            "fields or a FineTuneConfig."
-        )
+        return coerce_setting(cls, value, "finetune", from_int=lambda steps: cls(steps=steps))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

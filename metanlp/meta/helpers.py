@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
 
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -58,3 +59,33 @@ def model_mode(model: nn.Module, train: bool) -> Iterator[None]:
     finally:
         for m, flag in before.items():
             m.training = flag
+
+
+def coerce_setting(
+    cls: type, value: Any, name: str, from_int: Callable[[int], Any] | None = None
+) -> Any:
+    """A test-time setting given loosely, as a dataclass ``cls`` instance or ``None``.
+
+    ``None`` / ``False`` -> ``None`` (off); ``True`` -> ``cls()``; a ``cls`` as is; a mapping ->
+    ``cls(**mapping)`` (lists become tuples; unknown keys are an error naming the allowed ones);
+    an int -> ``from_int(value)`` when given. Anything else is a `TypeError` naming ``name``.
+    """
+    if value is None or value is False:
+        return None
+    if value is True:
+        return cls()
+    if isinstance(value, cls):
+        return value
+    if from_int is not None and isinstance(value, int):
+        return from_int(value)
+    if isinstance(value, Mapping):
+        allowed = sorted(cls.__dataclass_fields__)
+        unknown = sorted(set(value) - set(allowed))
+        if unknown:
+            raise ValueError(f"{name}: unknown field(s) {unknown}; allowed: {allowed}.")
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in value.items()})
+    accepted = "a step count, " if from_int is not None else ""
+    raise TypeError(
+        f"{name}={value!r}: expected None, a bool, {accepted}a dict of {cls.__name__} fields or "
+        f"a {cls.__name__}."
+    )

@@ -32,7 +32,7 @@ import torch
 from torch import Tensor
 
 from metanlp.meta.finetune import FineTuneConfig, finetune_fast_weights, with_frozen_prefix
-from metanlp.meta.helpers import task_loss
+from metanlp.meta.helpers import coerce_setting, task_loss
 from metanlp.meta.params import select_parameters
 
 
@@ -102,22 +102,7 @@ class AdaptPolicy:
     @classmethod
     def coerce(cls, value: Any) -> AdaptPolicy | None:
         """``None`` / ``False`` -> no policy; ``True`` -> defaults; a mapping -> its fields."""
-        if value is None or value is False:
-            return None
-        if value is True:
-            return cls()
-        if isinstance(value, cls):
-            return value
-        if isinstance(value, Mapping):
-            unknown = sorted(set(value) - set(cls.__dataclass_fields__))
-            if unknown:
-                raise ValueError(
-                    f"policy: unknown field(s) {unknown}; allowed: {sorted(cls.__dataclass_fields__)}."
-                )
-            return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in value.items()})
-        raise TypeError(
-            f"policy={value!r}: expected None, a bool, a dict of AdaptPolicy fields or an AdaptPolicy."
-        )
+        return coerce_setting(cls, value, "policy")
 
     def to_dict(self) -> dict[str, Any]:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
