@@ -429,7 +429,30 @@ def build_families(
     tmp = out.with_name(out.name + ".tmp")
     tmp.write_text(json.dumps(summary, indent=1, sort_keys=True), encoding="utf-8")
     os.replace(tmp, out)
+    report = out.with_suffix(".md")
+    report.write_text(families_markdown(summary), encoding="utf-8")
     return results, summary
+
+
+def families_markdown(summary: dict[str, Any]) -> str:
+    """The scan as Markdown: each used task with its labels, each skipped task with its reason."""
+    lines = [
+        "# BIG-bench fixed-label task families",
+        "",
+        f"Written by `build_families` (options {summary.get('options') or 'default'}): "
+        f"{len(summary['used'])} tasks used, {len(summary['skipped'])} skipped.",
+        "",
+        "## Used",
+        "",
+        "| task | examples | labels (examples each) |",
+        "|---|---|---|",
+    ]
+    for task, info in sorted(summary["used"].items()):
+        labels = ", ".join(f"{k} ({v})" for k, v in info["labels"].items())
+        lines.append(f"| `{task}` | {info['examples']} | {labels} |")
+    lines += ["", "## Skipped", "", "| task | why |", "|---|---|"]
+    lines += [f"| `{t}` | {why} |" for t, why in sorted(summary["skipped"].items())]
+    return "\n".join(lines) + "\n"
 
 
 def fixed_label_families(data_dir: str | os.PathLike) -> dict[str, dict[str, Any]]:
