@@ -409,6 +409,48 @@ def test_bigbench_generic_fixed_label_and_errors(tmp_path):
     )
 
 
+def _english(i: int) -> str:
+    return f"this is the {i}th review of a hotel and it was not what we had hoped for"
+
+
+SCAN_TASKS = {
+    "good/en": {"examples": [_mc(_english(i), ["pos", "neg", "neu"][i % 3], ("pos", "neg", "neu"))
+                             for i in range(30)]},
+    "generative": {"examples": [{"input": "2 + 2", "target": "4"}]},
+    "varying": {"examples": [_mc(_english(1), "a1", ("a1", "b1")), _mc(_english(2), "a2", ("a2", "b2"))]},
+    "letters": {"examples": [_mc(_english(i), "A", ("A", "B", "C")) for i in range(30)]},
+    "german": {"examples": [_mc(f"Das Hotel war sehr schön und sauber {i}", "pos", ("pos", "neg"))
+                            for i in range(30)]},
+    "long": {"examples": [_mc(_english(i) * 20, "up", ("up", "down")) for i in range(30)]},
+    "thin": {"examples": [_mc(_english(i), "up" if i else "down", ("up", "down"))
+                          for i in range(30)]},
+    "many": {"examples": [_mc(_english(i), f"l{i % 25}", tuple(f"l{j}" for j in range(25)))
+                          for i in range(30)]},
+}  # fmt: skip
+
+
+def test_bigbench_scan_keeps_fixed_label_english_tasks_and_says_why_not(tmp_path):
+    used, skipped = bigbench.scan_fixed_label_tasks(SCAN_TASKS, min_per_label=8)
+    assert set(used) == {"good/en"}
+    assert used["good/en"] == {"labels": {"neg": 10, "neu": 10, "pos": 10}, "examples": 30}
+    assert skipped["generative"].startswith("no target_scores")
+    assert skipped["varying"].startswith("2 different choice sets")
+    assert skipped["letters"].startswith("labels are option letters")
+    assert skipped["german"].startswith("not English")
+    assert skipped["long"].startswith("median input")
+    assert skipped["thin"].startswith("fewer than 2 labels with >= 8 examples")
+    assert skipped["many"] == "25 labels > 20"
+    # the build writes each used task, families.json and families.md, and reads them back
+    sdist = _tiny_sdist(tmp_path / "s.tar.gz", SCAN_TASKS)
+    results, summary = bigbench.build_families(tmp_path / "d", sdist, min_per_label=8)
+    assert [r.name for r in results] == ["bigbench/good/en"]
+    assert bigbench.fixed_label_families(tmp_path / "d") == used
+    assert len(load_corpus("bigbench/good/en", tmp_path / "d")) == 30
+    assert "| `german` | not English" in (tmp_path / "d" / "bigbench" / "families.md").read_text()
+    with pytest.raises(CorpusError, match="--families"):
+        bigbench.fixed_label_families(tmp_path / "elsewhere")
+
+
 @pytest.mark.bigbench
 def test_bigbench_real_sdist(tmp_path):
     sdist = bigbench.default_sdist_path()
