@@ -107,7 +107,7 @@ def test_never_reads_query_labels(learner):
 def test_one_shot_uses_the_fallback_and_says_so(learner):
     texts, labels = TEXTS[::2], LABELS[::2]  # one example per class
     clf = learner.adapt(texts, labels, policy=AdaptPolicy(fallback_steps=2, fallback_lr=1e-4))
-    assert clf.decision.finetune == FineTuneConfig(steps=2, lr=1e-4, params="top", top_layers=2)
+    assert clf.decision.finetune == FineTuneConfig(steps=2, lr=1e-4, params="all", top_layers=2)
     assert "fallback" in clf.decision.reason and "fewer than 2" in clf.decision.reason
     assert clf.predict(QUERY)[0] in set(labels)
     off = learner.adapt(texts, labels, policy=AdaptPolicy(fallback_steps=0))

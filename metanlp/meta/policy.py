@@ -51,9 +51,11 @@ class AdaptPolicy:
             `FineTuneConfig`. Fine-tuning the top 2 layers on the cached output of the frozen
             lower ones costs about a third of fine-tuning every weight, which is what keeps the
             whole choice within a small fraction of SetFit's time.
-        fallback_steps (`int`, defaults to 10), fallback_lr (`float`, defaults to 5e-5): The
-            fine-tuning used when the support set cannot be cross-validated (a class with one
-            example, or NER); ``fallback_steps=0`` means no fine-tuning then.
+        fallback_steps (`int`, defaults to 10), fallback_lr (`float`, defaults to 5e-5),
+        fallback_params (`str`, defaults to ``"all"``): The fine-tuning used when the support
+            set cannot be cross-validated (a class with one example, or NER): by default the
+            plain fine-tuning baseline's settings (every weight, 10 AdamW steps), which with one
+            example per class costs a few seconds; ``fallback_steps=0`` means no fine-tuning.
 
     Example:
         ```python
@@ -72,6 +74,7 @@ class AdaptPolicy:
     head_start: str = "zero"
     fallback_steps: int = 10
     fallback_lr: float = 5e-5
+    fallback_params: str = "all"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "steps", tuple(sorted(set(self.steps))))
@@ -91,11 +94,11 @@ class AdaptPolicy:
         if not isinstance(self.fallback_steps, int) or self.fallback_steps < 0:
             raise ValueError(f"AdaptPolicy.fallback_steps={self.fallback_steps!r} must be >= 0.")
         # The fine-tuning settings are checked where they are defined.
-        self.finetune_config(1, self.fallback_lr)
+        self.finetune_config(1, self.fallback_lr, self.fallback_params)
 
-    def finetune_config(self, steps: int, lr: float) -> FineTuneConfig:
+    def finetune_config(self, steps: int, lr: float, params: str | None = None) -> FineTuneConfig:
         return FineTuneConfig(
-            steps=steps, lr=lr, head_lr=self.head_lr, params=self.params,
+            steps=steps, lr=lr, head_lr=self.head_lr, params=params or self.params,
             top_layers=self.top_layers, head_start=self.head_start,
         )  # fmt: skip
 
@@ -201,7 +204,9 @@ def choose_adaptation(
 
     def fallback(reason: str) -> AdaptDecision:
         ft = (
-            policy.finetune_config(policy.fallback_steps, policy.fallback_lr)
+            policy.finetune_config(
+                policy.fallback_steps, policy.fallback_lr, policy.fallback_params
+            )
             if policy.fallback_steps > 0
             else None
         )
