@@ -1,6 +1,6 @@
 """`MetaTrainer`'s checkpoints: the meta-parameters alone (``best/``) or everything needed to
-resume exactly (``checkpoint-<step>``), written atomically with `metanlp.checkpoint` (no pickle:
-safetensors + JSON)."""
+resume exactly (``checkpoint-<step>``), written atomically with `metanlp.files.write_folder`
+(no pickle: safetensors + JSON)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from . import checkpoint as ckpt
+from .files import check_tensors, recover_folder, write_folder
 from .trainer_utils import load_scheduler_state, scheduler_state
 
 WEIGHTS_NAME = "meta_parameters"
@@ -38,16 +39,27 @@ class CheckpointMixin:
                 ckpt.save_state(tmp, WEIGHTS_NAME, tensors)
                 self.config.to_json(tmp / "config.json")
 
-            ckpt.write_checkpoint_atomically(folder.parent, folder.name, write)
+            write_folder(folder, write)
         self.accelerator.wait_for_everyone()
 
     def load_meta_parameters(self, folder: Path) -> None:
+        """Copy the meta-parameters saved in ``folder`` (``best/`` or a checkpoint) into the model.
+
+        Raises:
+            CorruptFileError: the file lacks tensors of this model, has others or other shapes.
+        """
+        if self.accelerator.is_main_process:
+            recover_folder(folder)  # a kill between write_folder's two renames
+        self.accelerator.wait_for_everyone()
         tensors = ckpt.load_state(folder, WEIGHTS_NAME)
-        missing = sorted(set(self.meta_params) - set(tensors))
-        if missing:
-            raise ValueError(
-                f"{folder} lacks meta-parameters {missing[:5]}; was it written for this model and config?"
-            )
+        check_tensors(
+            tensors,
+            {n: p.shape for n, p in self.meta_params.items()},
+            folder / f"{WEIGHTS_NAME}.safetensors",
+            "was it written for this model and config? Resume with the config it was written "
+            "with (its config.json), or start a new run in an empty output_dir.",
+            finite=False,  # a diverged run's weights are still its weights
+        )
         with torch.no_grad():
             for name, param in self.meta_params.items():
                 param.copy_(tensors[name].to(param.device, param.dtype))
@@ -71,7 +83,7 @@ class CheckpointMixin:
                     ckpt.save_state(tmp, f"rank{rank}", state)
                 self.config.to_json(tmp / "config.json")
 
-            ckpt.write_checkpoint_atomically(self.output_dir, name, write)
+            write_folder(self.output_dir / name, write)
             ckpt.prune_checkpoints(self.output_dir, self.config.save_total_limit)
         self.accelerator.wait_for_everyone()
         return self.output_dir / name
