@@ -5,15 +5,49 @@ resume exactly (``checkpoint-<step>``), written atomically with `metanlp.files.w
 from __future__ import annotations
 
 import dataclasses
+import json
+import logging
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from . import checkpoint as ckpt
-from .files import check_tensors, recover_folder, write_folder
+from .files import check_tensors, read_json, recover_folder, write_folder
 from .trainer_utils import load_scheduler_state, scheduler_state
 
 WEIGHTS_NAME = "meta_parameters"
+RESUMABLE_CHANGES = frozenset(
+    {
+        "output_dir",
+        "max_steps",
+        "save_every",
+        "save_total_limit",
+        "log_every",
+        "report_to",
+        "progress_bar",
+        "early_stopping_patience",
+        "data.data_dir",
+    }
+)
+"""Config keys a resumed run may change: where and how often it writes, and when it stops.
+Any other difference (optimiser, data, algorithm, seeds, ...) makes resuming an error."""
+_MISSING = object()
+
+logger = logging.getLogger(__name__)
+
+
+def _flat(config: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"optimizer.lr": 0.001, ...}``: nested dicts flattened to dotted keys."""
+    if not isinstance(config, dict):
+        return {prefix.rstrip("."): config}
+    out: dict[str, Any] = {}
+    for key, value in config.items():
+        if isinstance(value, dict) and value:
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
 
 
 class CheckpointMixin:
@@ -29,6 +63,48 @@ class CheckpointMixin:
                 )
             return found
         return Path(value)
+
+    def check_resumed_config(self, path: Path) -> None:
+        """Refuse to resume with settings that differ from the checkpoint's, which the restored
+        optimiser, schedule and sampler would otherwise silently override or contradict.
+
+        Settings in `RESUMABLE_CHANGES` (where to write, how often to log or save, ``max_steps``)
+        may change; a new ``max_steps`` is applied and logged (the schedule is rebuilt with it).
+
+        Raises:
+            ValueError: listing each changed setting with the checkpoint's and the new value.
+        """
+        saved_file = path / "config.json"
+        fix = ckpt.DAMAGED_FIX.format(folder=path)
+        saved = _flat(read_json(saved_file, fix))
+        current = _flat(json.loads(json.dumps(self.config.to_dict())))
+        # A key the checkpoint lacks (written before the setting existed) had its default.
+        defaults = _flat(json.loads(json.dumps(type(self.config)().to_dict())))
+        saved = {**{k: v for k, v in defaults.items() if k not in saved}, **saved}
+        changed = [
+            k
+            for k in sorted(set(saved) | set(current))
+            if saved.get(k, _MISSING) != current.get(k, _MISSING)
+        ]
+        refused = [k for k in changed if k not in RESUMABLE_CHANGES]
+        if refused:
+            diffs = "; ".join(
+                f"{k}: {saved.get(k, '<unset>')!r} -> {current.get(k, '<unset>')!r}"
+                for k in refused
+            )
+            raise ValueError(
+                f"Cannot resume from {path}: the config differs from the one it was written "
+                f"with ({diffs}). A resumed run keeps the checkpoint's optimiser, schedule and "
+                f"data stream, so these changes would be ignored or inconsistent. Resume with "
+                f"the checkpoint's settings (see {saved_file}), or start a new run in an empty "
+                "output_dir to use the new ones."
+            )
+        if "max_steps" in changed:
+            logger.warning(
+                "Resuming from %s with max_steps %s -> %s: the learning-rate schedule now ends "
+                "at step %s.", path, saved.get("max_steps"), self.config.max_steps,
+                self.config.max_steps,
+            )  # fmt: skip
 
     def save_meta_parameters(self, folder: Path) -> None:
         """Write the meta-parameters (adapter/head weights, learned inner rates) atomically."""
