@@ -357,7 +357,7 @@ def load_learner_parts(folder: str | os.PathLike, device: str | torch.device = "
     extras = {k: v.shape for k, v in algorithm.state_dict().items()}
     lrs_file = folder / INNER_LRS_NAME
     if extras or lrs_file.exists():
-        lrs = read_safetensors(lrs_file, RELOAD_FIX, device) if lrs_file.exists() else {}
+        lrs = read_safetensors(lrs_file, RELOAD_FIX, device)
         check_tensors(lrs, extras, lrs_file, RELOAD_FIX)
         algorithm.load_state_dict(lrs)
     algorithm.to(device)

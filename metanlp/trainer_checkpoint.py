@@ -37,6 +37,13 @@ _MISSING = object()
 logger = logging.getLogger(__name__)
 
 
+def _merge(defaults: Any, saved: Any) -> Any:
+    """``saved`` with the keys it lacks taken from ``defaults``, nested dicts merged."""
+    if not isinstance(defaults, dict) or not isinstance(saved, dict):
+        return saved
+    return {**defaults, **{k: _merge(defaults.get(k), v) for k, v in saved.items()}}
+
+
 def _flat(config: Any, prefix: str = "") -> dict[str, Any]:
     """``{"optimizer.lr": 0.001, ...}``: nested dicts flattened to dotted keys."""
     if not isinstance(config, dict):
@@ -76,11 +83,10 @@ class CheckpointMixin:
         """
         saved_file = path / "config.json"
         fix = ckpt.DAMAGED_FIX.format(folder=path)
-        saved = _flat(read_json(saved_file, fix))
-        current = _flat(json.loads(json.dumps(self.config.to_dict())))
         # A key the checkpoint lacks (written before the setting existed) had its default.
-        defaults = _flat(json.loads(json.dumps(type(self.config)().to_dict())))
-        saved = {**{k: v for k, v in defaults.items() if k not in saved}, **saved}
+        defaults = json.loads(json.dumps(type(self.config)().to_dict()))
+        saved = _flat(_merge(defaults, read_json(saved_file, fix)))
+        current = _flat(json.loads(json.dumps(self.config.to_dict())))
         changed = [
             k
             for k in sorted(set(saved) | set(current))
