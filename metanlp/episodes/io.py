@@ -165,6 +165,7 @@ def load_episodes(
     max_length: int | None = None,
     collator: EpisodeCollator | None = None,
     model: PreTrainedModel | None = None,
+    limit: int | None = None,
 ) -> list[Episode]:
     """Rebuild the episodes of a file with the data and tokenizer given.
 
@@ -176,6 +177,7 @@ def load_episodes(
         max_length (`int`, *optional*): Defaults to the file's ``metadata["max_length"]``, else 128.
         collator (`EpisodeCollator`, *optional*): Reuse a collator (and its cache).
         model (`PreTrainedModel`, *optional*): Checked against the tokenizer.
+        limit (`int`, *optional*): Build only the first `limit` episodes (all by default).
 
     Example:
         ```python
@@ -183,6 +185,7 @@ def load_episodes(
         ```
     """
     specs, header = load_episode_specs(path)
+    specs = specs[:limit] if limit is not None else specs
     names = sorted(header["datasets"])
     if not isinstance(datasets, Mapping):
         if len(names) != 1:
