@@ -263,9 +263,7 @@ class MetaTrainer(CheckpointMixin):
         acc.wait_for_everyone()
         resume_step = None
         if resume_from_checkpoint:
-            path = self._resolve_checkpoint(resume_from_checkpoint)
-            self.check_resumed_config(path)
-            self.load_checkpoint(path)
+            self.load_checkpoint(self._resolve_checkpoint(resume_from_checkpoint))
             resume_step = self.state.step
         jsonl = (
             JsonlLogger(self.output_dir / METRICS_FILE, resume_step)

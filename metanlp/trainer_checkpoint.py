@@ -171,10 +171,12 @@ class CheckpointMixin:
         return self.output_dir / name
 
     def load_checkpoint(self, path: str | Path) -> None:
-        """Restore everything `save_checkpoint` wrote (no pickle: safetensors + JSON)."""
+        """Restore everything `save_checkpoint` wrote (no pickle: safetensors + JSON), after
+        `check_resumed_config` has compared the checkpoint's config with this trainer's."""
         path = Path(path)
         if not (path / "trainer_state.json").is_file():
             raise FileNotFoundError(f"{path} is not a metanlp checkpoint (no trainer_state.json).")
+        self.check_resumed_config(path)
         self.load_meta_parameters(path)
         self.optimizer.load_state_dict(ckpt.load_state(path, "optimizer"))
         load_scheduler_state(self.scheduler, ckpt.load_state(path, "scheduler"))
