@@ -26,6 +26,7 @@ from typing import Any
 import torch
 
 from metanlp.baselines import model_inputs
+from metanlp.files import recover_folder
 from metanlp.meta.finetune import FineTuneConfig, finetune_fast_weights
 from metanlp.meta.policy import AdaptDecision, AdaptPolicy, choose_adaptation
 from metanlp.predictors import (
@@ -315,22 +316,39 @@ class MetaLearner:
         *,
         results: Sequence[Mapping[str, Any]] | None = None,
         repo_id: str | None = None,
+        overwrite: bool = False,
     ) -> Path:
         """Write the learner to a folder that `from_pretrained` loads back exactly.
 
-        The write is atomic (a temporary folder renamed into place). Tensors go to safetensors
-        (LoRA in PEFT format), settings to JSON; no pickle.
+        The write is atomic (a temporary folder, fsynced, renamed into place; a kill at any point
+        leaves the previous learner or the new one). Tensors go to safetensors (LoRA in PEFT
+        format), settings to JSON; no pickle.
 
         Args:
-            save_directory (`str` or `os.PathLike`): Target folder (replaced if it exists).
+            save_directory (`str` or `os.PathLike`): Target folder: absent, empty, or a learner
+                folder (which is replaced).
             results (`Sequence[dict]`, *optional*): Output of `metanlp.evaluation.evaluate`, kept
                 in ``results.json`` and shown in the card; defaults to the learner's own.
             repo_id (`str`, *optional*): Used in the card's usage snippet.
+            overwrite (`bool`, defaults to ``False``): Also replace a file or a folder that is not
+                a learner (everything in it is deleted).
+
+        Raises:
+            FileExistsError: `save_directory` is a file or a non-empty folder that is not a
+                learner, and ``overwrite`` is False.
+
+        Example:
+            ```python
+            >>> learner.save_pretrained("runs/bbc/learner")
+            PosixPath('runs/bbc/learner')
+            ```
         """
         if results is not None:
             self.results = [dict(r) for r in results]
         card = self.model_card(repo_id=repo_id)
-        return save_learner(save_directory, self.algorithm, self.config, card, self.results)
+        return save_learner(
+            save_directory, self.algorithm, self.config, card, self.results, overwrite=overwrite
+        )
 
     def push_to_hub(
         self,
@@ -377,12 +395,13 @@ def _find_learner_folder(name_or_path: str | os.PathLike | None) -> Path | None:
     if name_or_path is None:
         return None
     path = Path(name_or_path).expanduser()
+    recover_folder(path)  # a save killed between its two renames
     if path.exists():
         return path if is_learner_folder(path) else None
     from huggingface_hub import constants, hf_hub_download, snapshot_download
     from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError
 
-    from metanlp.serialization import CONFIG_NAME
+    from metanlp.serialization import CONFIG_NAME, LEARNER_FILE_PATTERNS
 
     if constants.is_offline_mode() or str(name_or_path).count("/") != 1:
         return None  # treated as an encoder; load_encoder explains what was tried
@@ -390,4 +409,4 @@ def _find_learner_folder(name_or_path: str | os.PathLike | None) -> Path | None:
         hf_hub_download(str(name_or_path), CONFIG_NAME)
     except (EntryNotFoundError, RepositoryNotFoundError, OSError):
         return None
-    return Path(snapshot_download(str(name_or_path)))
+    return Path(snapshot_download(str(name_or_path), allow_patterns=list(LEARNER_FILE_PATTERNS)))

@@ -2,9 +2,10 @@
 
 A checkpoint is a folder ``checkpoint-<step>`` holding tensors in safetensors files and
 everything else in JSON. Nothing is ever read back with pickle, so a checkpoint downloaded from
-elsewhere cannot run code when loaded. Writing goes to a temporary sibling folder that is renamed
-into place only when every file is on disk: a process killed mid-write leaves at most a
-``.tmp-*`` folder, never a half-written ``checkpoint-<step>``.
+elsewhere cannot run code when loaded. Folders are written with `metanlp.files.write_folder`
+(a temporary sibling renamed into place once every file is on disk): a process killed mid-write
+leaves at most a ``.checkpoint-<step>.tmp-*`` folder, never a half-written ``checkpoint-<step>``,
+and the leftovers are cleaned by the next write or by :func:`prune_checkpoints`.
 
 Nested states (optimiser, sampler, RNG) are split by :func:`flatten_state` into a flat
 ``{path: tensor}`` dict and a JSON skeleton that points at those paths, and put back together by
@@ -18,16 +19,20 @@ import os
 import random
 import re
 import shutil
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
+
+from .files import CorruptFileError, read_json, read_safetensors, recover_folders
 
 CHECKPOINT_PREFIX = "checkpoint-"
+DAMAGED_FIX = (
+    "the checkpoint {folder} is damaged: resume from an earlier checkpoint-* folder (pass its "
+    "path as resume_from_checkpoint) or delete this one."
+)
 _CHECKPOINT_RE = re.compile(rf"^{CHECKPOINT_PREFIX}(\d+)$")
 _TENSOR = "__tensor__"
 _NDARRAY = "__ndarray__"
@@ -105,12 +110,23 @@ def save_state(folder: str | os.PathLike, name: str, state: Any) -> None:
 
 
 def load_state(folder: str | os.PathLike, name: str) -> Any:
-    """Read a state written by :func:`save_state` (no pickle involved)."""
+    """Read a state written by :func:`save_state` (no pickle involved).
+
+    Raises:
+        FileNotFoundError, CorruptFileError: naming the file that is missing, truncated or
+            malformed.
+    """
     folder = Path(folder)
-    skeleton = json.loads((folder / f"{name}.json").read_text())
+    fix = DAMAGED_FIX.format(folder=folder)
+    skeleton = read_json(folder / f"{name}.json", fix)
     tensor_file = folder / f"{name}.safetensors"
-    tensors = load_file(str(tensor_file)) if tensor_file.exists() else {}
-    return unflatten_state(skeleton, tensors)
+    tensors = read_safetensors(tensor_file, fix) if tensor_file.exists() else {}
+    try:
+        return unflatten_state(skeleton, tensors)
+    except KeyError as err:
+        raise CorruptFileError(
+            f"{folder / f'{name}.json'} refers to tensor {err} that {tensor_file.name} lacks; {fix}"
+        ) from None
 
 
 def _write_json(path: Path, obj: Any) -> None:
@@ -142,44 +158,6 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def _fsync_tree(folder: Path) -> None:
-    for path in folder.rglob("*"):
-        if path.is_file():
-            with open(path, "rb") as handle:
-                os.fsync(handle.fileno())
-
-
-def write_checkpoint_atomically(
-    output_dir: str | os.PathLike, name: str, write: Callable[[Path], None]
-) -> Path:
-    """Call ``write(tmp_folder)`` and rename the folder to ``output_dir/name`` once complete.
-
-    An existing folder of that name is moved aside first and deleted only after the new one is in
-    place, so there is always a complete copy on disk.
-
-    Returns:
-        `Path`: the final folder.
-    """
-    output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f"{name}.tmp-", dir=output_dir))
-    try:
-        write(tmp)
-        _fsync_tree(tmp)
-        final = output_dir / name
-        old = None
-        if final.exists():
-            old = output_dir / f"{name}.old-{os.getpid()}"
-            os.replace(final, old)
-        os.replace(tmp, final)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return final
-
-
 def list_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
     """Complete checkpoints in ``output_dir``, oldest step first (temporary folders ignored)."""
     output_dir = Path(output_dir)
@@ -199,13 +177,15 @@ def latest_checkpoint(output_dir: str | os.PathLike) -> Path | None:
     return found[-1] if found else None
 
 
+def recover_checkpoints(output_dir: str | os.PathLike) -> None:
+    """Restore checkpoints a killed writer left moved aside and delete dead writers' leftovers."""
+    recover_folders(output_dir, _CHECKPOINT_RE)
+
+
 def prune_checkpoints(output_dir: str | os.PathLike, keep: int | None) -> None:
     """Delete all but the newest ``keep`` checkpoints and leftover temporary folders."""
     output_dir = Path(output_dir)
-    # Only the main process writes checkpoints, so no other writer owns these leftovers.
-    for pattern in ("*.tmp-*", "*.old-*"):
-        for leftover in output_dir.glob(f"{CHECKPOINT_PREFIX}{pattern}"):
-            shutil.rmtree(leftover, ignore_errors=True)
+    recover_checkpoints(output_dir)
     if keep is None:
         return
     found = list_checkpoints(output_dir)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -304,15 +305,37 @@ COMMANDS = {
 }
 
 
+TRACEBACK_ENV = "METANLP_TRACEBACK"
+"""Set to 1 to get the full traceback of a failing command instead of its one-line message."""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``metanlp`` command; returns the exit status."""
+    """Entry point of the ``metanlp`` command; returns the exit status.
+
+    A failing command prints one line, ``metanlp <command>: error: <message>``, and exits with 2
+    for bad input (configs, files, arguments: the message says what to fix) or 1 for anything
+    else; ``METANLP_TRACEBACK=1`` shows the traceback instead.
+    """
     args = _parser().parse_args(argv)
     try:
         return COMMANDS[args.command](args)
-    except (ValueError, TypeError, FileNotFoundError, KeyError) as err:
-        # Configuration and input errors already say what is wrong and what is accepted.
-        print(f"metanlp {args.command}: error: {err}", file=sys.stderr)
-        return 2
+    except Exception as err:
+        if os.environ.get(TRACEBACK_ENV, "") not in ("", "0"):
+            raise
+        print(f"metanlp {args.command}: error: {_one_line(err)}", file=sys.stderr)
+        return 2 if isinstance(err, _INPUT_ERRORS) else 1
+
+
+# Configuration, input-file and network errors, whose messages already say what to fix.
+_INPUT_ERRORS = (ValueError, TypeError, KeyError, OSError)
+
+
+def _one_line(err: BaseException) -> str:
+    text = str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err)
+    text = " ".join(text.split()) or "(no message)"
+    if not isinstance(err, _INPUT_ERRORS):
+        text = f"{type(err).__name__}: {text} (set {TRACEBACK_ENV}=1 for the traceback)"
+    return text
 
 
 if __name__ == "__main__":

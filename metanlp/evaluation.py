@@ -209,17 +209,10 @@ def evaluate_file(
 
 def _load_first(path: Any, n: int, datasets: Any, tokenizer: Any, max_length: int | None) -> list:
     """Build only the first `n` episodes of a file (a 600-episode file on CPU would otherwise
-    tokenize every episode): a truncated copy of the file goes through `load_episodes`."""
-    import tempfile
-
+    tokenize every episode)."""
     from metanlp.episodes.io import load_episodes
 
-    data = json.loads(Path(path).read_text(encoding="utf-8"))
-    data["episodes"] = data["episodes"][:n]
-    with tempfile.TemporaryDirectory() as tmp:
-        first = Path(tmp) / Path(path).name
-        first.write_text(json.dumps(data), encoding="utf-8")
-        return load_episodes(first, datasets, tokenizer=tokenizer, max_length=max_length)
+    return load_episodes(path, datasets, tokenizer=tokenizer, max_length=max_length, limit=n)
 
 
 def save_results(results: Sequence[Mapping[str, Any]], output_dir: str | os.PathLike) -> Path:

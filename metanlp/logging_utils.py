@@ -7,10 +7,13 @@ what scripts and tests read, and what the learning curve is drawn from.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 from pathlib import Path
 from typing import Any
+
+logger = logging.getLogger(__name__)
 
 METRICS_FILE = "metrics.jsonl"
 CURVE_FILE = "learning_curve.png"
@@ -57,11 +60,37 @@ def _jsonable(value: Any) -> Any:
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """Records of a metrics file written by :class:`JsonlLogger` (empty list when missing)."""
+    """Records of a metrics file written by :class:`JsonlLogger` (empty list when missing).
+
+    A last line cut short (a run killed while logging) is dropped with a warning: it belongs to
+    a step after the last checkpoint, which a resumed run logs again.
+
+    Raises:
+        ValueError: a line other than the last is not a JSON object (the message names the line).
+    """
     path = Path(path)
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    text = path.read_text(encoding="utf-8", errors="replace")
+    lines = text.split("\n")
+    records = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            if not isinstance(record, dict) or "step" not in record:
+                raise ValueError("not a record")
+        except ValueError:
+            if not any(rest.strip() for rest in lines[number:]):
+                logger.warning("%s:%d is cut short (a killed run); it is ignored.", path, number)
+                continue
+            raise ValueError(
+                f"{path}:{number} is not a metrics record: {line[:80]!r}. The file is damaged; "
+                "delete that line (or the file, losing the logged history) and run again."
+            ) from None
+        records.append(record)
+    return records
 
 
 def plot_learning_curve(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.resources
 import logging
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +23,8 @@ from transformers import (
     PreTrainedModel,
     PreTrainedTokenizerBase,
 )
+
+from metanlp.files import CorruptFileError
 
 logger = logging.getLogger(__name__)
 
@@ -98,6 +101,7 @@ def load_encoder(
     attn_implementation: str = "sdpa",
     dtype: torch.dtype = torch.float32,
     add_pooling_layer: bool = False,
+    strict: bool = False,
 ) -> LoadedEncoder:
     """Load a BERT-family encoder and its (fast) tokenizer.
 
@@ -112,7 +116,16 @@ def load_encoder(
             Parameter dtype (``torch.float64`` is used by the gradient checks).
         add_pooling_layer (`bool`, defaults to ``False``):
             The BERT pooler is unused by CLS/mean pooling over hidden states, and an unused
-            parameter breaks ``torch.autograd.grad`` when all weights are adapted.
+            parameter breaks ``torch.autograd.grad`` when all weights are adapted. The pooler
+            weights a checkpoint then holds are skipped silently; any other unexpected, missing
+            or mis-shaped weight is reported by Transformers as usual.
+        strict (`bool`, defaults to ``False``):
+            Raise instead of reporting when the checkpoint lacks weights of the model (they
+            would be randomly initialised): used for a saved learner's own ``encoder/``.
+
+    Raises:
+        ModelNotFoundError: nothing to load at ``name_or_path``.
+        CorruptFileError: the weights do not fit the config, or (``strict``) some are missing.
 
     Example:
         ```python
@@ -141,8 +154,16 @@ def load_encoder(
     if config.model_type in ("bert", "roberta", "xlm-roberta", "camembert", "electra"):
         if config.model_type != "electra":
             kwargs["add_pooling_layer"] = add_pooling_layer
-    model = AutoModel.from_pretrained(path, config=config, **kwargs)
-    tokenizer = AutoTokenizer.from_pretrained(path, use_fast=True)
+    # The checkpoint's pooler is unused by design when the model is built without one.
+    expected_unexpected = _POOLER_KEYS if kwargs.get("add_pooling_layer") is False else None
+    model = _load_weights(path, config, kwargs, expected_unexpected, strict)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, use_fast=True)
+    except (OSError, ValueError, TypeError, RuntimeError) as err:
+        raise CorruptFileError(
+            f"Could not load the tokenizer of {path!r} ({type(err).__name__}: {err}); a folder "
+            "needs tokenizer.json and tokenizer_config.json: save or download it again."
+        ) from err
     if not tokenizer.is_fast:
         raise ValueError(
             f"The tokenizer of {path!r} is not a fast tokenizer; metanlp needs one for word "
@@ -150,6 +171,74 @@ def load_encoder(
         )
     check_tokenizer_matches(model, tokenizer, path)
     return LoadedEncoder(model=model, tokenizer=tokenizer, name_or_path=path)
+
+
+_POOLER_KEYS = re.compile(r"(^|\.)pooler\.")
+_TRANSFORMERS_LOADING_LOGGER = "transformers.modeling_utils"
+
+
+class _HoldRecords(logging.Filter):
+    """Keeps a logger's records aside instead of emitting them, to be replayed or dropped."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        self.records.append(record)
+        return False
+
+
+def _load_weights(
+    path: str,
+    config: object,
+    kwargs: dict[str, object],
+    expected_unexpected: re.Pattern[str] | None,
+    strict: bool,
+) -> PreTrainedModel:
+    """``AutoModel.from_pretrained`` whose load report is dropped when the only mismatch is the
+    expected one (a pooler the model was built without), and shown otherwise."""
+    tf_logger = logging.getLogger(_TRANSFORMERS_LOADING_LOGGER)
+    held = _HoldRecords()
+    tf_logger.addFilter(held)
+    try:
+        model, info = AutoModel.from_pretrained(
+            path, config=config, output_loading_info=True, **kwargs
+        )
+    except (RuntimeError, OSError, ValueError) as err:
+        tf_logger.removeFilter(held)
+        _replay(tf_logger, held.records, keep_report=True)
+        raise CorruptFileError(
+            f"Could not load the encoder weights of {path!r} ({type(err).__name__}: {err}). "
+            "If it is a folder, its weight files are truncated or do not fit its config.json: "
+            "save or download it again."
+        ) from err
+    except BaseException:
+        tf_logger.removeFilter(held)
+        _replay(tf_logger, held.records, keep_report=True)
+        raise
+    tf_logger.removeFilter(held)
+    unexpected = sorted(
+        k
+        for k in info["unexpected_keys"]
+        if expected_unexpected is None or not expected_unexpected.search(k)
+    )
+    missing = sorted(info["missing_keys"])
+    problems = bool(unexpected or missing or info["mismatched_keys"] or info["error_msgs"])
+    _replay(tf_logger, held.records, keep_report=problems)
+    if strict and missing:
+        raise CorruptFileError(
+            f"{path} lacks {len(missing)} weights of its {type(model).__name__} (e.g. "
+            f"{missing[:3]}); they would be randomly initialised. The folder is incomplete: "
+            "save or download it again."
+        )
+    return model
+
+
+def _replay(target: logging.Logger, records: list[logging.LogRecord], *, keep_report: bool) -> None:
+    for record in records:
+        if keep_report or "LOAD REPORT" not in record.getMessage():
+            target.handle(record)
 
 
 def check_tokenizer_matches(

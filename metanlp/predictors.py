@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -14,6 +15,7 @@ from metanlp.episodes.tags import align_word_labels, support_windows, word_predi
 from metanlp.metrics.functional import to_iob2
 
 BATCH_SIZE = 32
+_INVISIBLE = ("Cc", "Cf", "Zs", "Zl", "Zp")  # control, format (zero-width), separators
 _BAD_PREFIXES = ("S-", "E-", "U-", "L-")  # BIOES/BILOU: not IO, not IOB2
 
 
@@ -30,16 +32,24 @@ class NERTask:
     iob2_output: bool
 
 
+def has_visible_text(text: Any) -> bool:
+    """Whether ``text`` is a string with a character that is not whitespace, a control or a
+    format character (tokenizers drop those, leaving an empty input)."""
+    return isinstance(text, str) and any(
+        not ch.isspace() and unicodedata.category(ch) not in _INVISIBLE for ch in text
+    )
+
+
 def _check_texts(texts: Any, what: str = "texts") -> list[str]:
     if isinstance(texts, str) or not isinstance(texts, Sequence):
         raise TypeError(f"{what} must be a list of strings, got {type(texts).__name__}.")
     if len(texts) == 0:
         raise ValueError(f"{what} is empty; give at least one text.")
-    bad = [i for i, t in enumerate(texts) if not isinstance(t, str) or not t.strip()]
+    bad = [i for i, t in enumerate(texts) if not has_visible_text(t)]
     if bad:
         raise ValueError(
-            f"{what} has {len(bad)} empty or non-string entries (positions {bad[:10]}); every "
-            "text must be a non-empty string."
+            f"{what} has {len(bad)} empty, non-string or whitespace/control-character-only "
+            f"entries (positions {bad[:10]}); every text must be a string with visible characters."
         )
     return list(texts)
 
@@ -56,7 +66,17 @@ def check_text_inputs(texts: Any, labels: Any) -> TextTask:
     unhashable = [i for i, y in enumerate(labels) if not isinstance(y, Hashable) or y is None]
     if unhashable:
         raise TypeError(f"Labels at positions {unhashable[:10]} are missing or unhashable.")
-    names = list(dict.fromkeys(labels))
+    first: dict[Any, Any] = {}
+    for y in labels:
+        seen = first.setdefault(y, y)
+        if type(seen) is not type(y):
+            # 1 == True == 1.0 in Python: as dict keys they would become one class.
+            raise ValueError(
+                f"Labels {seen!r} ({type(seen).__name__}) and {y!r} ({type(y).__name__}) are "
+                "equal in Python and would merge into one class; give every label the same type "
+                "(e.g. all strings)."
+            )
+    names = list(first)
     if len(names) < 2:
         raise ValueError(
             f"All {len(labels)} examples have the label {names[0]!r}; a few-shot task needs at "
@@ -127,8 +147,11 @@ def check_ner_inputs(
 def _check_words(words: Any, i: int) -> None:
     if isinstance(words, str) or not isinstance(words, Sequence) or len(words) == 0:
         raise ValueError(f"Sentence {i} must be a non-empty list of words, got {words!r}.")
-    if any(not isinstance(w, str) or not w.strip() for w in words):
-        raise ValueError(f"Sentence {i} has empty or non-string words: {list(words)[:10]}.")
+    if not all(has_visible_text(w) for w in words):
+        raise ValueError(
+            f"Sentence {i} has empty, non-string or whitespace/control-character-only words: "
+            f"{list(words)[:10]}; every word needs visible characters."
+        )
 
 
 def encode_texts(tokenizer: Any, texts: Sequence[str], max_length: int) -> dict[str, torch.Tensor]:
@@ -232,16 +255,25 @@ class FewShotTagger:
         for i, words in enumerate(token_lists):
             _check_words(words, i)
         algo, n = self.learner.algorithm, len(self.tag_names)
-        tags: list[list[str]] = []
-        for start in range(0, len(token_lists), BATCH_SIZE):
-            chunk = token_lists[start : start + BATCH_SIZE]
-            batch, word_ids = encode_ner(
-                self.learner.tokenizer, chunk, None, self.learner.config.max_length
-            )
+        tokenizer, max_length = self.learner.tokenizer, self.learner.config.max_length
+        # A sentence longer than max_length is cut into consecutive windows of whole words that
+        # fit, so no word loses its sub-tokens to truncation (and its tag to a default O).
+        pieces = [
+            (s, list(words)[a:b])
+            for s, words in enumerate(token_lists)
+            for a, b in support_windows(tokenizer, words, [1] * len(words), max_length)
+        ]
+        ids_per_word: list[list[int]] = [[] for _ in token_lists]
+        for start in range(0, len(pieces), BATCH_SIZE):
+            chunk = pieces[start : start + BATCH_SIZE]
+            batch, word_ids = encode_ner(tokenizer, [w for _, w in chunk], None, max_length)
             ids = (
                 algo.predict_logits(self.fast, model_inputs(batch, algo.device), n).argmax(-1).cpu()
             )
-            for b, words in enumerate(chunk):
-                io = [self.tag_names[t] for t in word_predictions(ids[b], word_ids[b], len(words))]
-                tags.append(to_iob2(io) if self.iob2 else io)
+            for b, (s, words) in enumerate(chunk):
+                ids_per_word[s] += word_predictions(ids[b], word_ids[b], len(words))
+        tags: list[list[str]] = []
+        for ids in ids_per_word:
+            io = [self.tag_names[t] for t in ids]
+            tags.append(to_iob2(io) if self.iob2 else io)
         return tags

@@ -12,21 +12,33 @@ Layout written by `save_learner`::
     tokenizer.json, ...        the tokenizer
     results.json               evaluation results shown in the card, when given
     README.md                  model card
+
+Saving goes through `metanlp.files.write_folder` (fsynced, swapped in atomically) and refuses to
+replace a folder that is not a learner unless asked. Loading checks every tensor file against the
+model it rebuilds (missing, unexpected or mis-shaped tensors, NaN / infinity) and names the file
+at fault.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
+import re
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
+from metanlp.files import (
+    CorruptFileError,
+    check_tensors,
+    read_json,
+    read_safetensors,
+    recover_folder,
+    write_folder,
+)
 from metanlp.models import (
     DEFAULT_MODEL,
     DEFAULT_MODEL_HUB_ID,
@@ -48,6 +60,30 @@ ENCODER_DIR = "encoder"
 FORMAT = "metanlp-learner"
 VERSION = 1
 ADAPT_CHOICES = ("lora", "top", "head", "all")
+LEARNER_FILE_PATTERNS = (
+    CONFIG_NAME,
+    HEAD_NAME,
+    INNER_LRS_NAME,
+    RESULTS_NAME,
+    "README.md",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.txt",
+    "vocab.json",
+    "merges.txt",
+    "sentencepiece.bpe.model",
+    "spiece.model",
+    f"{ADAPTER_DIR}/adapter_config.json",
+    f"{ADAPTER_DIR}/adapter_model.safetensors",
+    f"{ENCODER_DIR}/config.json",
+    f"{ENCODER_DIR}/*.safetensors",
+    f"{ENCODER_DIR}/model.safetensors.index.json",
+)
+"""The files of a learner folder: what is downloaded from a Hub repo holding one (nothing else)."""
+RELOAD_FIX = "save the learner again, or download it again."
+_HUB_ID = re.compile(r"^(?!.*\.\.)[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
 
 
 @dataclass
@@ -200,12 +236,19 @@ def save_learner(
     config: LearnerConfig,
     card: str,
     results: list[dict[str, Any]] | None = None,
+    *,
+    overwrite: bool = False,
 ) -> Path:
-    """Write a learner atomically: everything goes to a temporary sibling folder first, which
-    then replaces `folder` by rename, so an interrupted save never leaves a half-written learner.
+    """Write a learner with `metanlp.files.write_folder`: an interrupted save never leaves a
+    half-written learner, and a kill at any point leaves the previous one loadable.
+
+    Raises:
+        FileExistsError: `folder` is a file, or a non-empty folder that is not a learner, and
+            ``overwrite`` is False.
     """
     folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
+    recover_folder(folder)
+    check_save_target(folder, overwrite)
     model: FewShotModel = algorithm.model
     _, full = _meta_learned_encoder_names(model, list(algorithm.outer_names))
     local_base = not _is_hub_or_default(config.base_model)
@@ -215,8 +258,8 @@ def save_learner(
             "adapter (PEFT format) or full encoder weights. Merge the adapter first, or meta-learn "
             "one of the two (outer_params)."
         )
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
-    try:
+
+    def write(tmp: Path) -> None:
         (tmp / CONFIG_NAME).write_text(json.dumps(config.to_dict(), indent=2), encoding="utf-8")
         if model.peft_type is not None:
             model.encoder.save_pretrained(str(tmp / ADAPTER_DIR))
@@ -233,17 +276,28 @@ def save_learner(
         if results:
             (tmp / RESULTS_NAME).write_text(json.dumps(_jsonable(results), indent=2), "utf-8")
         (tmp / "README.md").write_text(card, encoding="utf-8")
-        old = None
-        if folder.exists():
-            old = folder.with_name(f".{folder.name}.old-{os.getpid()}")
-            os.replace(folder, old)
-        os.replace(tmp, folder)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return folder
+
+    return write_folder(folder, write)
+
+
+def check_save_target(folder: Path, overwrite: bool) -> None:
+    """Refuse to replace anything but nothing, an empty folder or a learner, unless ``overwrite``."""
+    if overwrite or not os.path.lexists(folder):
+        return
+    if not folder.is_dir():
+        raise FileExistsError(
+            f"{folder} is a file, not a folder; saving there would replace it. Pick another "
+            "path, or pass overwrite=True to replace the file."
+        )
+    if is_learner_folder(folder):
+        return
+    entries = sorted(p.name for p in folder.iterdir())
+    if entries:
+        raise FileExistsError(
+            f"{folder} holds {len(entries)} entries that are not a metanlp learner (e.g. "
+            f"{entries[:3]}); saving there would delete them. Pick another or an empty folder, "
+            "or pass overwrite=True to replace it."
+        )
 
 
 def _jsonable(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -270,45 +324,130 @@ def is_learner_folder(path: str | os.PathLike) -> bool:
 
 
 def load_learner_parts(folder: str | os.PathLike, device: str | torch.device = "cpu"):
-    """Rebuild ``(algorithm, config, results)`` from a folder written by `save_learner`."""
+    """Rebuild ``(algorithm, config, results)`` from a folder written by `save_learner`.
+
+    Every tensor file is checked against the model it goes into (no missing, extra or
+    mis-shaped tensor, no NaN or infinity).
+
+    Raises:
+        FileNotFoundError: a file the learner needs is missing.
+        CorruptFileError: a file is truncated, malformed or does not fit the config; the message
+            names it.
+    """
     from metanlp.meta.registry import build_algorithm
 
     folder = Path(folder)
-    config = LearnerConfig.from_dict(json.loads((folder / CONFIG_NAME).read_text("utf-8")))
+    recover_folder(folder)
+    config = _read_config(folder / CONFIG_NAME)
     encoder_path = folder / ENCODER_DIR if (folder / ENCODER_DIR).is_dir() else None
+    if encoder_path is None:
+        check_base_model(config.base_model, folder / CONFIG_NAME)
     adapter = folder / ADAPTER_DIR
     model = _build_for_load(config, encoder_path, adapter if adapter.is_dir() else None)
-    from transformers import AutoTokenizer
-
-    model.tokenizer = AutoTokenizer.from_pretrained(str(folder), use_fast=True)
-    head = load_file(str(folder / HEAD_NAME))
+    model.tokenizer = _load_tokenizer(folder, model)
+    head_file = folder / HEAD_NAME
+    head = read_safetensors(head_file, RELOAD_FIX)
+    check_tensors(head, {f"head.{k}": v.shape for k, v in model.head.state_dict().items()},
+                  head_file, RELOAD_FIX)  # fmt: skip
     with torch.no_grad():
         model.head.weight.copy_(head["head.weight"])
         model.head.bias.copy_(head["head.bias"])
     model.to(device)
     algorithm = build_algorithm(config.algorithm, model, algorithm_options(config))
-    if (folder / INNER_LRS_NAME).is_file():
-        algorithm.load_state_dict(load_file(str(folder / INNER_LRS_NAME), device=str(device)))
+    extras = {k: v.shape for k, v in algorithm.state_dict().items()}
+    lrs_file = folder / INNER_LRS_NAME
+    if extras or lrs_file.exists():
+        lrs = read_safetensors(lrs_file, RELOAD_FIX, device)
+        check_tensors(lrs, extras, lrs_file, RELOAD_FIX)
+        algorithm.load_state_dict(lrs)
     algorithm.to(device)
     results = None
     if (folder / RESULTS_NAME).is_file():
         from metanlp.evaluation import load_results
 
-        results = load_results(folder / RESULTS_NAME)
+        try:
+            results = load_results(folder / RESULTS_NAME)
+        except (ValueError, KeyError, TypeError, AttributeError) as err:
+            raise CorruptFileError(
+                f"{folder / RESULTS_NAME} is not a metanlp results file ({type(err).__name__}: "
+                f"{err}); delete it (it only feeds the model card) or {RELOAD_FIX}"
+            ) from None
     return algorithm, config, results
+
+
+def _read_config(path: Path) -> LearnerConfig:
+    data = read_json(path, f"is the folder a metanlp learner? If so, {RELOAD_FIX}")
+    if not isinstance(data, dict):
+        raise CorruptFileError(f"{path} must hold a JSON object, got {type(data).__name__}.")
+    try:
+        return LearnerConfig.from_dict(data)
+    except (ValueError, TypeError) as err:
+        raise CorruptFileError(f"{path}: {err}") from None
+
+
+def check_base_model(name: str, config_file: Path) -> None:
+    """A learner without ``encoder/`` names its base model by Hub id: refuse anything else.
+
+    A saved learner whose base is a local folder carries it in ``encoder/``, so a path here can
+    only come from a crafted or foreign config, which must not point the loader at this
+    machine's files.
+    """
+    if name == DEFAULT_MODEL_HUB_ID:
+        return
+    if not _HUB_ID.match(name) or os.path.lexists(name):
+        raise CorruptFileError(
+            f"{config_file} names base_model={name!r}, which is not a Hub id (user/name or name) "
+            f"or is also a path on this machine; a learner without {ENCODER_DIR}/ must name its "
+            "base encoder by Hub id. Fix base_model in the file, or load the encoder yourself "
+            "(MetaLearner.from_pretrained(<encoder folder>)) if you trust it."
+        )
+
+
+def _load_tokenizer(folder: Path, model: FewShotModel) -> Any:
+    from transformers import AutoTokenizer
+
+    from metanlp.models import check_tokenizer_matches
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(folder), use_fast=True)
+    except Exception as err:  # tokenizers raises its own Exception subclasses
+        raise CorruptFileError(
+            f"The tokenizer files of {folder} (tokenizer.json, tokenizer_config.json) cannot be "
+            f"read ({type(err).__name__}: {err}); {RELOAD_FIX}"
+        ) from None
+    check_tokenizer_matches(model.base_encoder, tokenizer, str(folder))
+    return tokenizer
 
 
 def _build_for_load(
     config: LearnerConfig, encoder_path: Path | None, adapter: Path | None
 ) -> FewShotModel:
-    if adapter is None:
-        return _without_lora(config, encoder_path)
-    from peft import PeftConfig, set_peft_model_state_dict
+    loaded = load_encoder(
+        encoder_path if encoder_path is not None else config.base_model,
+        strict=encoder_path is not None,
+    )
+    if encoder_path is not None:
+        bad = sorted(
+            n for n, p in loaded.model.named_parameters() if not bool(torch.isfinite(p).all())
+        )
+        if bad:
+            raise CorruptFileError(
+                f"The encoder weights in {encoder_path} hold NaN or infinite values (e.g. "
+                f"{bad[:3]}); {RELOAD_FIX}"
+            )
+    peft_config = None
+    if adapter is not None:
+        from peft import PeftConfig
 
-    peft_config = PeftConfig.from_pretrained(str(adapter))
-    peft_config.inference_mode = False  # FewShotModel finds the PEFT tensors by requires_grad
-    peft_config.base_model_name_or_path = None  # the encoder is given; PEFT would warn on a rename
-    loaded = load_encoder(encoder_path if encoder_path is not None else config.base_model)
+        try:
+            peft_config = PeftConfig.from_pretrained(str(adapter))
+        except (OSError, ValueError, TypeError, KeyError) as err:
+            raise CorruptFileError(
+                f"{adapter / 'adapter_config.json'} cannot be read ({type(err).__name__}: {err}); "
+                f"{RELOAD_FIX}"
+            ) from None
+        peft_config.inference_mode = False  # FewShotModel finds the PEFT tensors by requires_grad
+        peft_config.base_model_name_or_path = None  # the encoder is given; PEFT warns on a rename
     model = FewShotModel(
         loaded.model,
         task=config.task,
@@ -318,21 +457,15 @@ def _build_for_load(
         peft_config=peft_config,
         tokenizer=loaded.tokenizer,
     )
-    state = load_file(str(adapter / "adapter_model.safetensors"))
-    result = set_peft_model_state_dict(model.encoder, state)
-    unexpected = list(getattr(result, "unexpected_keys", []) or [])
-    if unexpected:
-        raise ValueError(f"{adapter} holds tensors the model does not have: {unexpected[:5]}.")
+    if adapter is not None:
+        _load_adapter(model, adapter / "adapter_model.safetensors")
     return model
 
 
-def _without_lora(config: LearnerConfig, encoder_path: Path | None) -> FewShotModel:
-    loaded = load_encoder(encoder_path if encoder_path is not None else config.base_model)
-    return FewShotModel(
-        loaded.model,
-        task=config.task,
-        pooling=config.pooling,
-        max_ways=config.max_ways,
-        head_init=config.head_init,
-        tokenizer=loaded.tokenizer,
-    )
+def _load_adapter(model: FewShotModel, path: Path) -> None:
+    from peft import get_peft_model_state_dict, set_peft_model_state_dict
+
+    state = read_safetensors(path, RELOAD_FIX)
+    expected = {k: v.shape for k, v in get_peft_model_state_dict(model.encoder).items()}
+    check_tensors(state, expected, path, RELOAD_FIX)
+    set_peft_model_state_dict(model.encoder, state)

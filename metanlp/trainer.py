@@ -23,7 +23,9 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
+from . import checkpoint as ckpt
 from .episodes.types import Episode
+from .files import recover_folder
 from .logging_utils import CURVE_FILE, METRICS_FILE, JsonlLogger, plot_learning_curve, read_jsonl
 from .trainer_checkpoint import CheckpointMixin
 from .trainer_config import MetaTrainerConfig
@@ -255,10 +257,13 @@ class MetaTrainer(CheckpointMixin):
             `TrainerState`: step, best metric and step, whether it stopped early, the history.
         """
         config, acc = self.config, self.accelerator
+        if acc.is_main_process:  # finish or clean what a killed run left half-written
+            ckpt.recover_checkpoints(self.output_dir)
+            recover_folder(self.output_dir / BEST_DIR)
+        acc.wait_for_everyone()
         resume_step = None
         if resume_from_checkpoint:
-            path = self._resolve_checkpoint(resume_from_checkpoint)
-            self.load_checkpoint(path)
+            self.load_checkpoint(self._resolve_checkpoint(resume_from_checkpoint))
             resume_step = self.state.step
         jsonl = (
             JsonlLogger(self.output_dir / METRICS_FILE, resume_step)
@@ -266,7 +271,10 @@ class MetaTrainer(CheckpointMixin):
             else None
         )
         if config.report_to:
-            acc.init_trackers("metanlp", config=flat_hparams(config.to_dict()))
+            # Resuming: hide the events an interrupted run logged after its last checkpoint, as
+            # the JSONL log drops them, so TensorBoard shows each step once.
+            purge = {"tensorboard": {"purge_step": resume_step + 1}} if resume_step else None
+            acc.init_trackers("metanlp", config=flat_hparams(config.to_dict()), init_kwargs=purge)
         bar = tqdm(
             total=config.max_steps,
             initial=self.state.step,

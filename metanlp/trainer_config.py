@@ -249,7 +249,18 @@ class MetaTrainerConfig:
         A bare name such as ``"default"`` or ``"full"`` resolves to ``metanlp/configs/<name>.yaml``.
         """
         path = resolve_config_path(path)
-        data = yaml.safe_load(Path(path).read_text()) or {}
+        try:
+            data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as err:
+            mark = getattr(err, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+            raise ValueError(
+                f"{path} is not valid YAML{where}: {problem}. Fix the file (indentation, "
+                "brackets, quotes); the packaged configs in metanlp/configs/ are examples."
+            ) from None
+        except UnicodeDecodeError:
+            raise ValueError(f"{path} is not UTF-8 text; a config is a YAML file.") from None
         if not isinstance(data, dict):
             raise ValueError(
                 f"{path} must hold a mapping of config keys, got {type(data).__name__}."

@@ -149,3 +149,91 @@ def test_end_to_end(data_dir, tmp_path, capsys, monkeypatch):
                      "--token", "t", "--endpoint", hub.url]) == 0  # fmt: skip
     assert hub.repos["bob/tiny"]["private"] is True
     assert hub.repos["bob/tiny"]["files"]["README.md"] == (learner / "README.md").read_bytes()
+
+
+# -- failures: one line naming the file and the fix, never a traceback ------------------------------
+def _one_line_error(capsys, command: str) -> str:
+    """The error line, which must be the last thing on stderr (progress bars of model loading
+    may come before it), with no traceback."""
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    last = err.rstrip("\n").split("\n")[-1]
+    assert last.startswith(f"metanlp {command}: error: ") and err.endswith(last + "\n"), err
+    return last
+
+
+EPISODES_HEADER = '{"format": "metanlp-episodes", "version": 1, "datasets": {}, "metadata": {}, '
+
+
+@pytest.mark.parametrize(
+    "file_name,content,argv,expected",
+    [
+        ("cfg.yaml", "algorithm: maml\ndata: {train: [1, 2\n", ["train", "--config", "{file}"],
+         ["cfg.yaml is not valid YAML at line 3"]),
+        ("e.json", "", ["evaluate", "--episodes", "{file}", "--dataset", "bbc_news"],
+         ["e.json is empty", "make-episodes"]),
+        ("e.json", EPISODES_HEADER + '"episodes": []}',
+         ["evaluate", "--episodes", "{file}", "--dataset", "bbc_news"],
+         ["e.json holds no episodes", "make-episodes"]),
+        ("e.json", EPISODES_HEADER + '"episodes": [7]}',
+         ["evaluate", "--episodes", "{file}", "--dataset", "bbc_news"],
+         ["e.json: episode 0 is malformed"]),
+        ("x", "", ["make-episodes", "--dataset", "../../..", "--out", "{file}.json"],
+         ["'../../..'", "inside the data folder"]),
+    ],
+    ids=["yaml-syntax", "empty-episodes", "no-episodes", "malformed-episode", "dataset-escape"],
+)  # fmt: skip
+def test_bad_files_exit_with_one_line(tmp_path, capsys, file_name, content, argv, expected):
+    path = tmp_path / file_name
+    path.write_text(content)
+    command = argv[0]
+    assert main([a.replace("{file}", str(path)) for a in argv]) == 2
+    err = _one_line_error(capsys, command)
+    for text in expected:
+        assert text in err
+
+
+def test_make_episodes_refuses_zero_episodes(data_dir, tmp_path, capsys):
+    out = tmp_path / "e.json"
+    assert main(["make-episodes", "--dataset", "bbc_news", "--data-dir", str(data_dir),
+                 "--out", str(out), "--n", "0"]) == 2  # fmt: skip
+    assert "at least 1" in _one_line_error(capsys, "make-episodes")
+    assert not out.exists()
+
+
+def test_push_offline_exits_with_one_line_unless_traceback_is_asked(tmp_path, capsys, monkeypatch):
+    (tmp_path / "README.md").write_text("card")
+    argv = ["push", "--model", str(tmp_path), "--repo-id", "bob/x"]
+    assert main(argv) == 1  # not an input error: exit 1, with the error's type
+    err = _one_line_error(capsys, "push")
+    assert "RuntimeError: Pushing needs the network but HF_HUB_OFFLINE is set" in err
+    assert "METANLP_TRACEBACK=1" in err
+    monkeypatch.setenv("METANLP_TRACEBACK", "1")
+    with pytest.raises(RuntimeError, match="HF_HUB_OFFLINE"):
+        main(argv)
+
+
+def test_damaged_learner_and_episode_file_are_named(data_dir, tmp_path, capsys):
+    from metanlp.api import MetaLearner
+
+    learner = MetaLearner.from_pretrained(device="cpu").save_pretrained(tmp_path / "learner")
+    (learner / "head.safetensors").write_bytes(b"")
+    support = tmp_path / "support.jsonl"
+    support.write_text('{"text": "a b", "label": "x"}\n{"text": "c d", "label": "y"}\n')
+    assert main(["adapt-predict", "--model", str(learner), "--support", str(support),
+                 "--inputs", str(support)]) == 2  # fmt: skip
+    assert f"{learner / 'head.safetensors'} is empty" in _one_line_error(capsys, "adapt-predict")
+
+    episodes = tmp_path / "e.json"
+    assert main(["make-episodes", "--dataset", "bbc_news", "--data-dir", str(data_dir),
+                 "--out", str(episodes), "--n", "2", "--n-way", "2", "--k-shot", "1",
+                 "--q-query", "1", "--max-length", "16"]) == 0  # fmt: skip
+    data = json.loads(episodes.read_text())
+    data["episodes"][0]["label_names"][0] = "anatomy"
+    episodes.write_text(json.dumps(data))
+    capsys.readouterr()
+    assert main(["evaluate", "--episodes", str(episodes), "--dataset", "bbc_news",
+                 "--data-dir", str(data_dir), "--baselines", "prototypes",
+                 "--output-dir", str(tmp_path / "eval")]) == 2  # fmt: skip
+    err = _one_line_error(capsys, "evaluate")
+    assert f"{episodes}: episode 0" in err and "'anatomy'" in err and "'business'" in err

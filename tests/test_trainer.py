@@ -19,6 +19,7 @@ from safetensors.torch import load_file
 from trainer_helpers import build_corpus, meta_parameters, tiny_config
 
 from metanlp import checkpoint as ckpt
+from metanlp.files import write_folder
 from metanlp.logging_utils import plot_learning_curve, read_jsonl
 from metanlp.trainer import MetaTrainer
 from metanlp.trainer_config import MetaTrainerConfig, OptimizerConfig
@@ -128,20 +129,21 @@ def test_state_round_trip_without_pickle(tmp_path):
 _KILLED_WRITER = """
 import sys, time
 from pathlib import Path
-from metanlp.checkpoint import write_checkpoint_atomically, save_state
+from metanlp.checkpoint import save_state
+from metanlp.files import write_folder
 import torch
 def slow(folder):
     save_state(folder, "meta_parameters", {"w": torch.ones(4)})
     Path(sys.argv[2]).write_text("written")
     time.sleep(60)
-write_checkpoint_atomically(sys.argv[1], "checkpoint-2", slow)
+write_folder(Path(sys.argv[1]) / "checkpoint-2", slow)
 """
 
 
 def test_kill_mid_write_keeps_latest_checkpoint_intact(tmp_path):
     out = tmp_path / "run"
-    ckpt.write_checkpoint_atomically(
-        out, "checkpoint-1", lambda f: ckpt.save_state(f, "meta_parameters", {"w": torch.zeros(4)})
+    write_folder(
+        out / "checkpoint-1", lambda f: ckpt.save_state(f, "meta_parameters", {"w": torch.zeros(4)})
     )
     flag = tmp_path / "flag"
     proc = subprocess.Popen([sys.executable, "-c", _KILLED_WRITER, str(out), str(flag)])
@@ -157,8 +159,8 @@ def test_kill_mid_write_keeps_latest_checkpoint_intact(tmp_path):
         ckpt.load_state(ckpt.latest_checkpoint(out), "meta_parameters")["w"], torch.zeros(4)
     )
     # Rewriting a step that exists swaps in the new copy; leftovers are cleaned by pruning.
-    ckpt.write_checkpoint_atomically(
-        out, "checkpoint-1", lambda f: ckpt.save_state(f, "meta_parameters", {"w": torch.ones(4)})
+    write_folder(
+        out / "checkpoint-1", lambda f: ckpt.save_state(f, "meta_parameters", {"w": torch.ones(4)})
     )
     ckpt.prune_checkpoints(out, keep=1)
     assert sorted(p.name for p in out.iterdir()) == ["checkpoint-1"]

@@ -37,6 +37,7 @@ __all__ = [
     "DEFAULT_CORPORA",
     "SourcePackage",
     "SourcePackageMissingError",
+    "corpus_path",
     "default_data_dir",
     "load_corpus",
     "read_stamp",
@@ -59,6 +60,24 @@ def _build_hint(name: str, data_dir: Path) -> str:
         f"python data_scripts/build_custom.py SOURCE --out {data_dir / name} "
         "--text-column ... --label-column ...  (SOURCE: a CSV/JSON file or a Hub dataset id)"
     )
+
+
+def corpus_path(name: str, root: Path) -> Path:
+    """``root / name`` for a corpus name made of folder names (``bbc_news``, ``bigbench/<task>``).
+
+    Raises:
+        CorpusError: the name is empty, absolute, or has ``..`` / ``.`` parts, which would point
+            outside the data folder.
+    """
+    parts = str(name).replace("\\", "/").split("/")
+    if not str(name) or Path(name).is_absolute() or any(p in ("", ".", "..") for p in parts):
+        raise CorpusError(
+            f"Corpus name {str(name)!r} must be a folder name inside the data folder {root} "
+            f"(e.g. {', '.join(DEFAULT_CORPORA)} or bigbench/<task>), without '..', '.' or a "
+            "leading '/'. To use a corpus stored elsewhere, pass its parent folder as data_dir "
+            "(--data-dir) and its folder name as the name."
+        )
+    return root / name
 
 
 def load_corpus(name: str, data_dir: str | os.PathLike | None = None):
@@ -84,7 +103,7 @@ def load_corpus(name: str, data_dir: str | os.PathLike | None = None):
     from datasets import load_from_disk
 
     root = Path(data_dir) if data_dir is not None else default_data_dir()
-    path = root / name
+    path = corpus_path(name, root)
     if not (path / "state.json").is_file() and not (path / "dataset_dict.json").is_file():
         raise CorpusError(
             f"Corpus '{name}' is not built: {path} has no saved dataset. Build it with "

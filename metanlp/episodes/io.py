@@ -16,6 +16,7 @@ from typing import Any
 from datasets import Dataset
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from ..files import CorruptFileError, read_json
 from .collate import EpisodeCollator
 from .sampler import EpisodeSampler
 from .sources import ClassificationSource, NERSource
@@ -24,6 +25,7 @@ from .types import Episode, EpisodeSpec
 FORMAT = "metanlp-episodes"
 VERSION = 1
 Source = ClassificationSource | NERSource
+REWRITE_FIX = "draw the episodes again with `metanlp make-episodes` (or `save_episodes`)."
 
 
 def save_episodes(
@@ -50,6 +52,11 @@ def save_episodes(
     """
     if isinstance(sources, EpisodeSampler):
         sources = sources.sources
+    if not specs:
+        raise ValueError(
+            f"No episodes to write to {path}: an episode file needs at least 1 (e.g. "
+            "`metanlp make-episodes --n 600`)."
+        )
     header: dict[str, Any] = {}
     for spec in specs:
         source = sources.get(spec.dataset)
@@ -79,14 +86,75 @@ def save_episodes(
 
 
 def load_episode_specs(path: str | os.PathLike) -> tuple[list[EpisodeSpec], dict[str, Any]]:
-    """Read an episode file; returns the specs and the header (``datasets``, ``metadata``)."""
-    data = json.loads(Path(path).read_text(encoding="utf-8"))
-    if data.get("format") != FORMAT:
-        raise ValueError(f"{path} is not a metanlp episode file (format={data.get('format')!r}).")
+    """Read an episode file; returns the specs and the header (``datasets``, ``metadata``).
+
+    Raises:
+        FileNotFoundError: no such file.
+        CorruptFileError: the file is empty, not JSON, not an episode file, or holds no episode
+            or a malformed one (the message names the file and the episode).
+    """
+    data = read_json(path, REWRITE_FIX)
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        found = data.get("format") if isinstance(data, dict) else type(data).__name__
+        raise CorruptFileError(
+            f"{path} is not a metanlp episode file (format={found!r}); {REWRITE_FIX}"
+        )
     if data.get("version") != VERSION:
-        raise ValueError(f"{path} has version {data.get('version')}; this metanlp reads {VERSION}.")
-    specs = [EpisodeSpec.from_dict(d) for d in data["episodes"]]
-    return specs, {"datasets": data["datasets"], "metadata": data["metadata"]}
+        raise CorruptFileError(
+            f"{path} has version {data.get('version')}; this metanlp reads {VERSION}: {REWRITE_FIX}"
+        )
+    episodes, datasets = data.get("episodes"), data.get("datasets")
+    if not isinstance(datasets, dict) or not isinstance(data.get("metadata", {}), dict):
+        raise CorruptFileError(f"{path} has no valid 'datasets' header; {REWRITE_FIX}")
+    if not isinstance(episodes, list) or not episodes:
+        raise CorruptFileError(f"{path} holds no episodes; {REWRITE_FIX}")
+    specs = []
+    for i, item in enumerate(episodes):
+        try:
+            if not isinstance(item, dict):
+                raise TypeError(f"expected an object, got {type(item).__name__}")
+            specs.append(EpisodeSpec.from_dict(item))
+        except (ValueError, TypeError, KeyError) as err:
+            raise CorruptFileError(
+                f"{path}: episode {i} is malformed ({err}); {REWRITE_FIX}"
+            ) from None
+    missing = sorted({s.dataset for s in specs} - set(datasets))
+    if missing:
+        raise CorruptFileError(
+            f"{path}: episodes use datasets {missing} that its header does not describe; "
+            f"{REWRITE_FIX}"
+        )
+    return specs, {"datasets": datasets, "metadata": data.get("metadata", {})}
+
+
+def check_spec(spec: EpisodeSpec, source: Source, where: str) -> None:
+    """Fail with a clear message when a spec does not fit its data: a class or entity type the
+    dataset lacks, a row index out of range, or a classification row of a class not in the
+    episode (an edited file, or one drawn from other data)."""
+    known = source.label_names if isinstance(source, ClassificationSource) else source.types
+    what = "class" if isinstance(source, ClassificationSource) else "entity type"
+    unknown = [n for n in spec.label_names if n not in known]
+    if unknown:
+        raise ValueError(
+            f"{where} uses {what} {unknown[0]!r}, which dataset {spec.dataset!r} does not have "
+            f"(it has {sorted(known)}); the file was not drawn from this data: {REWRITE_FIX}"
+        )
+    rows = spec.support_rows + spec.query_rows
+    bad = [r for r in rows if not 0 <= r < len(source)]
+    if bad:
+        raise ValueError(
+            f"{where} uses row {bad[0]}, but dataset {spec.dataset!r} has {len(source)} rows; "
+            f"{REWRITE_FIX}"
+        )
+    if isinstance(source, ClassificationSource):
+        episode = set(spec.label_names)
+        stray = [r for r in rows if source.label_names[source.labels[r]] not in episode]
+        if stray:
+            name = source.label_names[source.labels[stray[0]]]
+            raise ValueError(
+                f"{where} uses row {stray[0]} of class {name!r}, which is not among the "
+                f"episode's classes {spec.label_names}; {REWRITE_FIX}"
+            )
 
 
 def load_episodes(
@@ -97,6 +165,7 @@ def load_episodes(
     max_length: int | None = None,
     collator: EpisodeCollator | None = None,
     model: PreTrainedModel | None = None,
+    limit: int | None = None,
 ) -> list[Episode]:
     """Rebuild the episodes of a file with the data and tokenizer given.
 
@@ -108,6 +177,7 @@ def load_episodes(
         max_length (`int`, *optional*): Defaults to the file's ``metadata["max_length"]``, else 128.
         collator (`EpisodeCollator`, *optional*): Reuse a collator (and its cache).
         model (`PreTrainedModel`, *optional*): Checked against the tokenizer.
+        limit (`int`, *optional*): Build only the first `limit` episodes (all by default).
 
     Example:
         ```python
@@ -115,6 +185,7 @@ def load_episodes(
         ```
     """
     specs, header = load_episode_specs(path)
+    specs = specs[:limit] if limit is not None else specs
     names = sorted(header["datasets"])
     if not isinstance(datasets, Mapping):
         if len(names) != 1:
@@ -142,6 +213,8 @@ def load_episodes(
             )
         source.name = name
         sources[name] = source
+    for i, spec in enumerate(specs):
+        check_spec(spec, sources[spec.dataset], f"{path}: episode {i} ({spec.task!r})")
     if collator is None:
         if tokenizer is None:
             raise ValueError("load_episodes needs tokenizer=... (or collator=...).")

@@ -1,0 +1,565 @@
+"""Defects a reliability probe found (issue 20): data loss on save, silent loads of incomplete or
+corrupt learners, raw tracebacks that name no file, writers killed mid-write, resumes that ignore
+a changed config, and a few input checks. Each test fails on the code before the fix.
+
+The learners are the real MiniLM; corrupted copies of one saved learner stand in for damaged
+downloads; killed writers are real processes killed with SIGKILL.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from metanlp.api import MetaLearner
+
+WORDS = [
+    ["Ann", "met", "Bob", "in", "Paris"],
+    ["Google", "opened", "an", "office", "in", "Berlin"],
+    ["Bob", "works", "for", "Google"],
+]
+IOB2_TAGS = [
+    ["B-person", "O", "B-person", "O", "B-loc"],
+    ["B-org", "O", "O", "O", "O", "B-loc"],
+    ["B-person", "O", "O", "B-org"],
+]
+TEXTS = ["The bank raised rates", "Shares fell", "The team won", "He scored twice"]
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory, single_thread):
+    """A Meta-SGD learner on LoRA (adapter, head and inner rates all saved) and its folder."""
+    torch.manual_seed(1)
+    learner = MetaLearner.from_pretrained(
+        None,
+        algorithm="metasgd",
+        adapt="lora",
+        adapt_options={"lora_r": 2},
+        algorithm_config={"inner_steps": 1, "inner_lr": 1e-2, "first_order": True},
+        max_length=32,
+        device="cpu",
+    )
+    folder = learner.save_pretrained(tmp_path_factory.mktemp("saved") / "learner")
+    return learner, folder
+
+
+def _names(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir())
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+# ---- 1. save_pretrained never deletes what is not a learner -----------------------------------
+def test_save_refuses_to_replace_what_is_not_a_learner(saved, tmp_path):
+    learner, _ = saved
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    with pytest.raises(FileExistsError, match=r"notes\.txt.*overwrite=True"):
+        learner.save_pretrained(mine)
+    assert (mine / "notes.txt").read_text() == "keep me"
+    a_file = tmp_path / "file.txt"
+    a_file.write_text("data")
+    with pytest.raises(FileExistsError, match="is a file"):
+        learner.save_pretrained(a_file)
+    assert a_file.read_text() == "data"
+    assert _names(tmp_path) == ["file.txt", "mine"]
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    learner.save_pretrained(empty)  # an empty folder
+    learner.save_pretrained(empty)  # a learner folder is replaced
+    learner.save_pretrained(a_file, overwrite=True)
+    learner.save_pretrained(mine, overwrite=True)
+    for folder in (empty, a_file, mine):
+        assert (folder / "metanlp_config.json").is_file()
+    assert not (mine / "notes.txt").exists()
+    assert _names(tmp_path) == ["empty", "file.txt", "mine"]  # no .old-* / .tmp-* left
+
+
+# ---- 2 and 3. incomplete or corrupt learners fail, naming the file ----------------------------
+def _edit_tensors(path: Path, edit) -> None:
+    tensors = load_file(str(path))
+    save_file(edit(tensors), str(path))
+
+
+def _half(tensors):
+    names = sorted(tensors)
+    return {k: tensors[k] for k in names[: len(names) // 2]}
+
+
+def _first_nan(tensors):
+    first = sorted(tensors)[0]
+    tensors[first] = tensors[first].clone()
+    tensors[first].view(-1)[0] = float("nan")
+    return tensors
+
+
+def _extra(tensors):
+    return {**tensors, "base_model.model.encoder.layer.9.lora_A.weight": torch.zeros(2, 384)}
+
+
+def _wrong_head(tensors):
+    return {"head.weight": torch.zeros(4, 384), "head.bias": torch.zeros(4)}
+
+
+def _truncate(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def _set_config(key, value):
+    def edit(folder: Path) -> None:
+        path = folder / "metanlp_config.json"
+        config = json.loads(path.read_text())
+        config[key] = value
+        path.write_text(json.dumps(config))
+
+    return edit
+
+
+def _local_base(folder: Path) -> None:
+    from metanlp.models import default_model_path
+
+    _set_config("base_model", str(default_model_path()))(folder)
+
+
+ADAPTER = "adapter/adapter_model.safetensors"
+CORRUPTIONS = [
+    ("half-lora", lambda d: _edit_tensors(d / ADAPTER, _half), ADAPTER, "lacks"),
+    ("extra-lora", lambda d: _edit_tensors(d / ADAPTER, _extra), ADAPTER, "does not have"),
+    ("nan-lora", lambda d: _edit_tensors(d / ADAPTER, _first_nan), ADAPTER, "NaN"),
+    ("truncated-lora", lambda d: _truncate(d / ADAPTER), ADAPTER, "truncated or corrupt"),
+    ("nan-head", lambda d: _edit_tensors(d / "head.safetensors", _first_nan), "head.safetensors",
+     "NaN"),
+    ("wrong-shape-head", lambda d: _edit_tensors(d / "head.safetensors", _wrong_head),
+     "head.safetensors", r"has shape \(4,"),
+    ("empty-head", lambda d: (d / "head.safetensors").write_bytes(b""), "head.safetensors",
+     "empty"),
+    ("no-inner-lrs", lambda d: (d / "inner_lrs.safetensors").unlink(), "inner_lrs.safetensors",
+     "missing"),
+    ("nan-inner-lrs", lambda d: _edit_tensors(d / "inner_lrs.safetensors", _first_nan),
+     "inner_lrs.safetensors", "NaN"),
+    ("config-not-json", lambda d: (d / "metanlp_config.json").write_text("{"),
+     "metanlp_config.json", "not valid JSON"),
+    ("config-bad-value", _set_config("pooling", "max"), "metanlp_config.json", "pooling='max'"),
+    ("tokenizer-not-json", lambda d: (d / "tokenizer.json").write_text("{"), "tokenizer",
+     "cannot be read"),
+    ("base-model-local-path", _local_base, "metanlp_config.json", "not a Hub id"),
+    ("base-model-escape", _set_config("base_model", "../../elsewhere"), "metanlp_config.json",
+     "not a Hub id"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "corrupt,file,match", [c[1:] for c in CORRUPTIONS], ids=[c[0] for c in CORRUPTIONS]
+)
+def test_damaged_learner_fails_naming_the_file(saved, tmp_path, corrupt, file, match):
+    _, folder = saved
+    copy = Path(shutil.copytree(folder, tmp_path / "learner"))
+    corrupt(copy)
+    with pytest.raises((ValueError, OSError), match=match) as info:
+        MetaLearner.from_pretrained(copy, device="cpu")
+    assert str(copy) in str(info.value) and file in str(info.value)
+
+
+class _Messages(logging.Handler):
+    """Collects what Transformers logs while loading weights (where its LOAD REPORT goes)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.text = ""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.text += record.getMessage() + "\n"
+
+
+def test_load_report_only_for_real_mismatches(tmp_path):
+    """The packaged MiniLM loads without Transformers' report of its unused pooler; a folder
+    that lost weights is still reported, and refused when loaded strictly (a learner's own
+    encoder/ folder) instead of being randomly initialised."""
+    from metanlp.models import load_encoder
+
+    messages = _Messages()
+    transformers_logger = logging.getLogger("transformers.modeling_utils")
+    transformers_logger.addHandler(messages)
+    try:
+        loaded = load_encoder()
+        assert "LOAD REPORT" not in messages.text
+        folder = tmp_path / "encoder"
+        loaded.model.save_pretrained(str(folder))
+        loaded.tokenizer.save_pretrained(str(folder))
+        _edit_tensors(
+            folder / "model.safetensors",
+            lambda t: {k: v for k, v in t.items() if "layer.0.attention.self.query" not in k},
+        )
+        load_encoder(folder)  # any encoder: reported, not refused
+        assert "LOAD REPORT" in messages.text
+        assert "layer.0.attention.self.query.weight" in messages.text
+    finally:
+        transformers_logger.removeHandler(messages)
+    with pytest.raises(ValueError, match=r"lacks 2 weights") as info:
+        load_encoder(folder, strict=True)
+    assert str(folder) in str(info.value)
+
+
+# ---- 4. one atomic writer: fsync, no window without a copy, leftovers cleaned -------------------
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc to name fsynced fds")
+def test_learner_save_fsyncs_every_file_and_folder(saved, tmp_path, monkeypatch):
+    learner, _ = saved
+    synced: list[Path] = []
+    real_fsync = os.fsync
+
+    def spy(fd: int) -> None:
+        synced.append(Path(os.readlink(f"/proc/self/fd/{fd}")))
+        real_fsync(fd)
+
+    root = tmp_path.resolve()
+
+    monkeypatch.setattr(os, "fsync", spy)
+    folder = learner.save_pretrained(tmp_path / "learner")
+    monkeypatch.undo()
+    # Files are synced inside the temporary folder, before it is renamed to `learner`.
+    written = set()
+    for path in synced:
+        if not path.is_relative_to(root):
+            continue
+        rel = path.relative_to(root)
+        if rel.parts and rel.parts[0].startswith(".learner.tmp-"):
+            rel = Path("learner", *rel.parts[1:])
+        written.add(rel.as_posix())
+    expected = {p.relative_to(tmp_path).as_posix() for p in folder.rglob("*")}
+    assert expected | {"learner", "."} <= written  # every file and folder, and the parent
+
+
+_KILLED_BETWEEN_RENAMES = """
+import os, sys, time
+from pathlib import Path
+from metanlp import MetaLearner
+source, target, flag = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
+learner = MetaLearner.from_pretrained(source, device="cpu")
+real_replace = os.replace
+def replace(src, dst, *args, **kwargs):
+    real_replace(src, dst, *args, **kwargs)
+    if Path(src) == target:  # the previous learner has just been moved aside
+        flag.write_text("between the renames")
+        time.sleep(300)
+os.replace = replace
+learner.save_pretrained(target)
+"""
+
+
+def test_kill_between_the_renames_keeps_the_learner(saved, tmp_path):
+    learner, folder = saved
+    target = tmp_path / "run" / "learner"
+    shutil.copytree(folder, target)
+    flag = tmp_path / "flag"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _KILLED_BETWEEN_RENAMES, str(folder), str(target), str(flag)]
+    )
+    deadline = time.time() + 300
+    while not flag.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    proc.kill()
+    proc.wait()
+    assert flag.exists(), "the writer never reached the window between its renames"
+    assert not target.exists()  # the kill hit the window: only the moved-aside copy is left
+    loaded = MetaLearner.from_pretrained(target, device="cpu")
+    assert torch.equal(loaded.model.head.weight, learner.model.head.weight)
+    assert _names(target.parent) == ["learner"]  # the dead writer's folders are gone
+
+
+def test_dead_writers_leftovers_are_cleaned_and_live_ones_kept(tmp_path):
+    from metanlp.files import recover_folder, write_folder
+
+    dead = _dead_pid()
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        moved_aside = tmp_path / f".best.old-{dead}-0a1b"
+        moved_aside.mkdir()
+        (moved_aside / "w.json").write_text("old")
+        (tmp_path / f".best.tmp-{dead}-2c3d").mkdir()
+        (tmp_path / "best.tmp-k3j_x8a").mkdir()  # an earlier version's temporary folder
+        (tmp_path / f".best.tmp-{live.pid}-4e5f").mkdir()  # a writer still at work
+        (tmp_path / "best.tmp-notes").write_text("a user's file")
+        recover_folder(tmp_path / "best")
+        assert (tmp_path / "best" / "w.json").read_text() == "old"
+        assert _names(tmp_path) == [f".best.tmp-{live.pid}-4e5f", "best", "best.tmp-notes"]
+        write_folder(tmp_path / "best", lambda d: (d / "w.json").write_text("new"))
+        assert (tmp_path / "best" / "w.json").read_text() == "new"
+        assert _names(tmp_path) == [f".best.tmp-{live.pid}-4e5f", "best", "best.tmp-notes"]
+    finally:
+        live.kill()
+        live.wait()
+    recover_folder(tmp_path / "best")
+    assert _names(tmp_path) == ["best", "best.tmp-notes"]
+
+
+def test_failed_write_keeps_the_previous_folder(tmp_path):
+    from metanlp.files import write_folder
+
+    write_folder(tmp_path / "best", lambda d: (d / "w.json").write_text("old"))
+
+    def broken(folder: Path) -> None:
+        (folder / "w.json").write_text("half")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        write_folder(tmp_path / "best", broken)
+    assert (tmp_path / "best" / "w.json").read_text() == "old"
+    assert _names(tmp_path) == ["best"]
+
+
+# ---- 5. resuming: a changed config is refused, TensorBoard and metrics.jsonl log each step once -
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, single_thread):
+    """A 4-step run with checkpoints at steps 2 and 4, logged to JSONL and TensorBoard."""
+    from accelerate.state import AcceleratorState
+    from trainer_helpers import build_corpus, meta_parameters, tiny_config
+
+    from metanlp.trainer import MetaTrainer
+
+    data = tmp_path_factory.mktemp("corpora")
+    build_corpus(data)
+    out = tmp_path_factory.mktemp("runs") / "full"
+    AcceleratorState._reset_state()
+    trainer = MetaTrainer(
+        tiny_config(data, out, save_every=2, save_total_limit=3, report_to=["tensorboard"])
+    )
+    trainer.train()
+    AcceleratorState._reset_state()
+    return data, out, meta_parameters(trainer)
+
+
+def _interrupted_copy(full: Path, to: Path) -> Path:
+    """The run folder as it was when checkpoint-2 was the newest (killed during step 3 or 4)."""
+    shutil.copytree(full, to)
+    shutil.rmtree(to / "checkpoint-4")
+    return to
+
+
+def _resumed_trainer(data: Path, run: Path, **overrides):
+    from accelerate.state import AcceleratorState
+    from trainer_helpers import tiny_config
+
+    from metanlp.trainer import MetaTrainer
+
+    AcceleratorState._reset_state()
+    return MetaTrainer(tiny_config(data, run, save_every=2, save_total_limit=3, **overrides))
+
+
+def test_resume_with_a_changed_config_is_refused(finished_run, tmp_path):
+    data, full, _ = finished_run
+    run = _interrupted_copy(full, tmp_path / "run")
+    trainer = _resumed_trainer(data, run, optimizer={"lr": 1e-2})
+    with pytest.raises(ValueError, match=r"optimizer\.lr: 0\.003 -> 0\.01.*new run"):
+        trainer.train(resume_from_checkpoint=True)
+
+
+def _tensorboard_steps(run: Path, tag: str) -> list[int]:
+    """Steps of ``tag`` as TensorBoard shows them: a restarted writer's SessionLog.START at step
+    s hides the earlier events at steps >= s (SummaryWriter's purge_step)."""
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+    from tensorboard.compat.proto.event_pb2 import SessionLog
+
+    files = sorted(
+        run.glob("metanlp/events.out.tfevents.*"), key=lambda p: int(p.name.split(".")[3])
+    )
+    assert len(files) == 2, files
+    steps: list[int] = []
+    for path in files:
+        for event in EventFileLoader(str(path)).Load():
+            if event.HasField("session_log") and event.session_log.status == SessionLog.START:
+                steps = [s for s in steps if s < event.step]
+            steps += [event.step for v in event.summary.value if v.tag == tag]
+    return steps
+
+
+def test_resume_after_a_kill_logs_each_step_once(finished_run, tmp_path):
+    from trainer_helpers import meta_parameters
+
+    from metanlp.logging_utils import read_jsonl
+
+    data, full, expected = finished_run
+    run = _interrupted_copy(full, tmp_path / "run")
+    with open(run / "metrics.jsonl", "a") as handle:  # killed while logging step 3
+        handle.write('{"step": 3, "split": "tra')
+    dead = _dead_pid()
+    os.replace(run / "best", run / f".best.old-{dead}-0a1b")  # killed between best/'s renames
+    (run / f".checkpoint-3.tmp-{dead}-2c3d").mkdir()  # killed while writing a checkpoint
+
+    trainer = _resumed_trainer(data, run, report_to=["tensorboard"])
+    trainer.train(resume_from_checkpoint=True)
+    for name, value in expected.items():
+        assert torch.equal(value, meta_parameters(trainer)[name]), name
+    assert read_jsonl(run / "metrics.jsonl") == read_jsonl(full / "metrics.jsonl")
+    assert _tensorboard_steps(run, "train/query_loss") == [1, 2, 3, 4]
+    assert not [p for p in run.iterdir() if ".tmp-" in p.name or ".old-" in p.name]
+    assert (run / "best" / "meta_parameters.safetensors").is_file()
+
+
+def test_metrics_file_torn_in_the_middle_names_the_line(tmp_path):
+    from metanlp.logging_utils import read_jsonl
+
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 1, "split": "train"}\n{"step": 2, "spl\n{"step": 3, "split": "x"}\n')
+    with pytest.raises(ValueError, match=r"metrics\.jsonl:2 "):
+        read_jsonl(path)
+
+
+# ---- 3. other files that failed with raw tracebacks --------------------------------------------
+def test_yaml_syntax_error_names_the_file_and_line(tmp_path):
+    from metanlp.trainer_config import MetaTrainerConfig
+
+    path = tmp_path / "broken.yaml"
+    path.write_text("algorithm: maml\ndata: {train: [1, 2\n")
+    with pytest.raises(ValueError, match=r"broken\.yaml is not valid YAML at line 3"):
+        MetaTrainerConfig.from_yaml(path)
+
+
+@pytest.mark.parametrize(
+    "content,match",
+    [
+        ("", "is empty"),
+        ("[1, 2", "not valid JSON"),
+        ('{"format": "metanlp-episodes", "version": 1, "datasets": {}, "metadata": {}, '
+         '"episodes": []}', "holds no episodes"),
+        ('{"format": "metanlp-episodes", "version": 1, "datasets": {}, "metadata": {}, '
+         '"episodes": [{"kind": "classification"}]}', "episode 0 is malformed"),
+    ],
+    ids=["zero-bytes", "not-json", "no-episodes", "malformed-episode"],
+)  # fmt: skip
+def test_bad_episode_file_names_the_file(tmp_path, content, match):
+    from metanlp.episodes import load_episode_specs
+
+    path = tmp_path / "episodes.json"
+    path.write_text(content)
+    with pytest.raises(ValueError, match=match) as info:
+        load_episode_specs(path)
+    assert str(path) in str(info.value)
+
+
+@pytest.fixture(scope="module")
+def episode_file(tmp_path_factory):
+    from trainer_helpers import build_corpus
+
+    from metanlp.corpora import load_corpus
+    from metanlp.episodes import ClassificationSampler, save_episodes
+
+    data = tmp_path_factory.mktemp("corpora")
+    build_corpus(data)
+    dataset = load_corpus("syn", data)
+    sampler = ClassificationSampler(dataset, n_way=2, k_shot=1, q_query=1, seed=0, name="syn")
+    path = save_episodes(tmp_path_factory.mktemp("episodes") / "e.json", sampler.specs(2), sampler)
+    return path, dataset, data, sampler
+
+
+def test_an_episode_file_needs_episodes(episode_file, tmp_path):
+    from metanlp.episodes import save_episodes
+
+    *_, sampler = episode_file
+    with pytest.raises(ValueError, match="at least 1"):
+        save_episodes(tmp_path / "none.json", [], sampler)
+    assert not (tmp_path / "none.json").exists()
+
+
+def test_unknown_class_in_episode_file_is_named(episode_file, tmp_path):
+    from transformers import AutoTokenizer
+
+    from metanlp.episodes import load_episodes
+    from metanlp.models import default_model_path
+
+    path, dataset, *_ = episode_file
+    data = json.loads(path.read_text())
+    data["episodes"][1]["label_names"][0] = "anatomy"
+    edited = tmp_path / "edited.json"
+    edited.write_text(json.dumps(data))
+    tokenizer = AutoTokenizer.from_pretrained(str(default_model_path()))
+    with pytest.raises(ValueError, match=r"episode 1 .* 'anatomy'.*'food'") as info:
+        load_episodes(edited, dataset, tokenizer=tokenizer)
+    assert str(edited) in str(info.value)
+
+
+def test_corpus_names_stay_inside_the_data_folder(episode_file, tmp_path):
+    from metanlp.corpora import CorpusError, load_corpus
+
+    _, _, outside, _ = episode_file  # a built corpus `syn` in another folder
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    relative = os.path.relpath(outside / "syn", data_dir)
+    for name in (relative, str(outside / "syn"), "."):
+        with pytest.raises(CorpusError, match="inside the data folder"):
+            load_corpus(name, data_dir)
+    assert len(load_corpus("syn", outside)) > 0
+
+
+# ---- 6. input checks ----------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def plain_learner(single_thread):
+    torch.manual_seed(0)
+    return MetaLearner.from_pretrained(device="cpu")
+
+
+def test_labels_that_python_treats_as_equal_are_refused(plain_learner):
+    with pytest.raises(ValueError, match=r"1 \(int\) and True \(bool\).*merge"):
+        plain_learner.adapt(TEXTS, [1, 1, True, True], steps=1)
+
+
+def test_control_character_only_text_is_refused(plain_learner):
+    with pytest.raises(ValueError, match=r"control-character-only entries \(positions \[1\]\)"):
+        plain_learner.adapt(["good", "\x00\x01\u200b", "bad", "awful"], ["a", "a", "b", "b"])
+
+
+def test_ner_words_past_max_length_are_tagged_not_dropped():
+    torch.manual_seed(0)
+    learner = MetaLearner.from_pretrained(task="token", max_length=16, device="cpu")
+    tagger = learner.adapt(WORDS, IOB2_TAGS, steps=5)
+    filler = ["the"] * 14  # one sub-token each: exactly fills a window (16 minus [CLS], [SEP])
+    alone = tagger.predict([WORDS[0]])[0]
+    assert alone != ["O"] * 5, "the adapted tagger should tag its own support sentence"
+    long = tagger.predict([filler + WORDS[0]])[0]
+    assert long == tagger.predict([filler])[0] + alone
+
+
+LOAD_WITH_REQUESTS = """
+import sys
+from metanlp import MetaLearner
+MetaLearner.from_pretrained(sys.argv[1], device="cpu")
+"""
+
+
+def test_hub_download_fetches_only_learner_files(saved, monkeypatch, tmp_path):
+    from hub_server import FakeHub
+    from huggingface_hub import constants
+
+    from metanlp.hub import push_folder
+
+    _, folder = saved
+    upload = Path(shutil.copytree(folder, tmp_path / "upload"))
+    (upload / "extra").mkdir()
+    (upload / "extra" / "unrelated.bin").write_bytes(b"\0" * 1000)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    with FakeHub() as hub:
+        push_folder(upload, "alice/big", token="t", endpoint=hub.url)
+        env = {**os.environ, "HF_ENDPOINT": hub.url, "HF_HUB_OFFLINE": "0",
+               "HF_HOME": str(tmp_path / "hf"), "HF_TOKEN": "t"}  # fmt: skip
+        proc = subprocess.run([sys.executable, "-c", LOAD_WITH_REQUESTS, "alice/big"],
+                              capture_output=True, text=True, env=env, timeout=300)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    fetched = [p for method, p, _ in hub.requests if "/resolve/" in p and method == "GET"]
+    assert any(p.endswith("/head.safetensors") for p in fetched)
+    assert not [p for p in fetched if "unrelated" in p]
