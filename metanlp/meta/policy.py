@@ -94,6 +94,7 @@ class AdaptPolicy:
         if not isinstance(self.fallback_steps, int) or self.fallback_steps < 0:
             raise ValueError(f"AdaptPolicy.fallback_steps={self.fallback_steps!r} must be >= 0.")
         # The fine-tuning settings are checked where they are defined.
+        self.finetune_config(1, self.lrs[0] if self.lrs else self.fallback_lr)
         self.finetune_config(1, self.fallback_lr, self.fallback_params)
 
     def finetune_config(self, steps: int, lr: float, params: str | None = None) -> FineTuneConfig:
