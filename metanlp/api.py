@@ -255,7 +255,10 @@ class MetaLearner:
         n = int(episode.num_labels)
         fast, decision = self._adapt(episode.support, n, self.eval_steps, None, None)
         self.last_decision = decision
-        return self.algorithm.predict_logits(fast, model_inputs(episode.query, self.device), n)
+        query = model_inputs(episode.query, self.device)
+        if "labels" in episode.query:  # word starts, for learners that decode over words
+            query["word_starts"] = (episode.query["labels"] != -100).to(self.device)
+        return self.algorithm.predict_logits(fast, query, n)
 
     @property
     def finetune(self) -> FineTuneConfig | None:

@@ -11,7 +11,12 @@ import numpy as np
 import torch
 
 from metanlp.baselines import model_inputs
-from metanlp.episodes.tags import align_word_labels, support_windows, word_predictions
+from metanlp.episodes.tags import (
+    align_word_labels,
+    support_windows,
+    word_predictions,
+    word_start_mask,
+)
 from metanlp.metrics.functional import to_iob2
 
 BATCH_SIZE = 32
@@ -267,9 +272,12 @@ class FewShotTagger:
         for start in range(0, len(pieces), BATCH_SIZE):
             chunk = pieces[start : start + BATCH_SIZE]
             batch, word_ids = encode_ner(tokenizer, [w for _, w in chunk], None, max_length)
-            ids = (
-                algo.predict_logits(self.fast, model_inputs(batch, algo.device), n).argmax(-1).cpu()
+            inputs = model_inputs(batch, algo.device)
+            # Word starts, for learners that decode over words (ignored by the others).
+            inputs["word_starts"] = word_start_mask(word_ids, batch["input_ids"].shape).to(
+                algo.device
             )
+            ids = algo.predict_logits(self.fast, inputs, n).argmax(-1).cpu()
             for b, (s, words) in enumerate(chunk):
                 ids_per_word[s] += word_predictions(ids[b], word_ids[b], len(words))
         tags: list[list[str]] = []

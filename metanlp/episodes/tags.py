@@ -114,6 +114,24 @@ def align_word_labels(word_ids: Sequence[int | None], word_labels: Sequence[int]
     return labels
 
 
+def word_start_mask(
+    word_ids: Sequence[Sequence[int | None]], shape: tuple[int, ...] | torch.Size
+) -> torch.Tensor:
+    """``(B, T)`` bool mask, True at the first sub-token of every word (the labelled positions).
+
+    Example:
+        ```python
+        >>> word_start_mask([[None, 0, 0, 1, None]], (1, 5))
+        tensor([[False,  True, False,  True, False]])
+        ```
+    """
+    mask = torch.zeros(tuple(shape), dtype=torch.bool)
+    for b, ids in enumerate(word_ids):
+        for t, label in enumerate(align_word_labels(ids, [0] * (len(ids) + 1))):
+            mask[b, t] = label != IGNORE_INDEX
+    return mask
+
+
 def word_predictions(
     token_predictions: Sequence[int] | torch.Tensor,
     word_ids: Sequence[int | None],

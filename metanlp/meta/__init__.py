@@ -31,6 +31,7 @@ _ALGORITHM_MODULES = (
     "protonet",
     "protomaml",
     "imaml",
+    "decomposed",
 )
 for _name in _ALGORITHM_MODULES:
     if importlib.util.find_spec(f"{__name__}.{_name}") is not None:

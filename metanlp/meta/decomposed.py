@@ -1,0 +1,336 @@
+"""Decomposed few-shot NER (Ma et al., ACL 2022): type-agnostic span detection, then span typing.
+
+Stage 1, detection: a linear B/I/O head over the encoder's word states tags "any entity"; it is
+meta-learned with MAML (the head adapts in ``inner_steps`` steps on the support's B/I/O tags,
+second order unless ``first_order``; the encoder subset ``params`` and the head's start are
+meta-learned on the query). At prediction the B/I/O log probabilities are decoded by a Viterbi
+pass over transition scores estimated from training corpora (`set_transitions`), so no ``I``
+follows ``O``.
+
+Stage 2, typing: a span is the mean of its words' states; class ``n``'s prototype ``c_n`` is the
+mean of the support spans of type ``n``; logits ``−‖s − c_n‖² / τ`` with a learned temperature
+τ, written as a linear head ``W_n = 2c_n/τ, b_n = −‖c_n‖²/τ`` (Proto-MAML) that then takes
+``typing_inner_steps`` steps on the support spans. Meta-training scores gold query spans.
+
+``O`` handling at typing (spans the detector invents): ``"none"`` types every detected span,
+``"threshold"`` drops a span whose top type probability is below ``o_threshold``,
+``"prototypes"`` adds ``o_prototypes`` prototypes of the support's ``O`` words (k-means) and drops
+spans nearest to one of them.
+
+The algorithm speaks the episode's IO tag ids like every other: `adapt` takes IO labels and
+`predict_logits` returns ``(B, T, n_way)`` scores whose argmax is the decoded tag of each word.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from metanlp.meta import spans as S
+from metanlp.meta.base import MODEL_INPUT_KEYS, MetaAlgorithm, MetaConfig, model_mode
+from metanlp.meta.inner import inner_loop
+from metanlp.meta.params import select_parameters
+from metanlp.meta.registry import register_algorithm
+from metanlp.models import HEAD_PARAMETER_NAMES
+
+O_HANDLING = ("none", "threshold", "prototypes")
+DETECTOR = ("detector.weight", "detector.bias")
+TYPING = ("typing.weight", "typing.bias")
+O_KEY = "typing.o_prototypes"
+WORD_STARTS = "word_starts"
+"""Optional batch key: ``(B, T)`` bool, True at each word's first sub-token (else from labels)."""
+
+
+@dataclass
+class DecomposedConfig(MetaConfig):
+    """`MetaConfig` for the decomposed learner; ``inner_*`` options are the detector's.
+
+    Args:
+        typing_inner_steps (`int`, defaults to 3): Proto-MAML steps of the typing head.
+        typing_inner_lr (`float`, defaults to 0.1): Their rate.
+        temperature (`float`, defaults to 10.0): Initial τ of the typing distances (learned).
+        detection_weight (`float`, defaults to 1.0): Weight of the detection loss in the outer loss.
+        viterbi (`bool`, defaults to True): Decode B/I/O with the transition scores, else argmax
+            (then an ``I`` after ``O`` opens a mention).
+        o_handling (`str`, defaults to ``"none"``): ``"none"``, ``"threshold"`` or ``"prototypes"``.
+        o_threshold (`float`, defaults to 0.5): Minimum top type probability (``"threshold"``).
+        o_prototypes (`int`, defaults to 4): ``O`` prototypes (``"prototypes"``).
+
+    Example:
+        ```python
+        >>> DecomposedConfig(params="top", top_layers=2, inner_steps=5, inner_lr=0.1)
+        ```
+    """
+
+    inner_steps: int = 5
+    inner_lr: float = 0.1
+    params: Any = "top"
+    typing_inner_steps: int = 3
+    typing_inner_lr: float = 0.1
+    temperature: float = 10.0
+    detection_weight: float = 1.0
+    viterbi: bool = True
+    o_handling: str = "none"
+    o_threshold: float = 0.5
+    o_prototypes: int = 4
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.o_handling not in O_HANDLING:
+            raise ValueError(
+                f"DecomposedConfig: o_handling={self.o_handling!r}; use one of {O_HANDLING}."
+            )
+        if not (isinstance(self.typing_inner_steps, int) and self.typing_inner_steps >= 0):
+            raise ValueError(
+                f"DecomposedConfig: typing_inner_steps={self.typing_inner_steps!r} must be an int >= 0."
+            )
+        for key in ("typing_inner_lr", "temperature"):
+            if not getattr(self, key) > 0:
+                raise ValueError(f"DecomposedConfig: {key}={getattr(self, key)!r} must be > 0.")
+        if not 0 <= self.o_threshold <= 1 or self.o_prototypes < 1:
+            raise ValueError(
+                f"DecomposedConfig: o_threshold={self.o_threshold!r} must lie in [0, 1] and "
+                f"o_prototypes={self.o_prototypes!r} be >= 1."
+            )  # fmt: skip
+
+
+class DecomposedNER(MetaAlgorithm):
+    """Span detector (MAML) + span typing (Proto-MAML with a learned temperature) for NER.
+
+    Example:
+        ```python
+        >>> algo = DecomposedNER(model, DecomposedConfig(params="top", top_layers=2))
+        >>> algo.set_transitions(*estimate_transitions(bio_sequences_of_training_corpora))
+        >>> algo.meta_backward(episode)  # {'query_loss', 'detection_loss', 'typing_loss', ...}
+        >>> fast = algo.adapt(episode.support, episode.num_labels)
+        >>> algo.predict_logits(fast, episode.query, episode.num_labels).argmax(-1)  # IO tag ids
+        ```
+    """
+
+    name = "decomposed"
+    config_class = DecomposedConfig
+
+    def select_inner_names(self) -> list[str]:
+        return []  # the adapted heads are the algorithm's own tensors, not the model's
+
+    def select_outer_names(self) -> list[str]:
+        chosen = select_parameters(
+            self.model, self.config.params, top_layers=self.config.top_layers
+        )
+        names = [n for n in chosen if n not in HEAD_PARAMETER_NAMES]
+        if self.model.task != "token" or not names:
+            raise ValueError(
+                f"decomposed: needs a token model (task={self.model.task!r}) and encoder tensors "
+                f"to meta-learn (params={self.config.params!r}); use task='token' and 'top', "
+                "'all', 'lora' or 'adapter'."
+            )
+        return names
+
+    def build_extra(self) -> None:
+        h = self.model.hidden_size
+        weight = torch.randn(3, h, generator=torch.Generator().manual_seed(0)) * 0.02
+        start, trans = S.uniform_transitions()
+        tau = torch.tensor(float(self.config.temperature)).log()
+        self.extra = {
+            "detector.weight": nn.Parameter(weight),
+            "detector.bias": nn.Parameter(torch.tensor([2.0, 0.0, 0.0])),  # most words are O
+            "typing.log_temperature": nn.Parameter(tau),
+            "transitions.start": nn.Parameter(start, requires_grad=False),
+            "transitions.matrix": nn.Parameter(trans, requires_grad=False),
+        }
+
+    def may_use_second_order(self) -> bool:
+        return False  # only the heads are differentiated twice; SDPA attention is fine
+
+    def set_transitions(self, start: Tensor, transitions: Tensor) -> None:
+        """Install Viterbi scores, e.g. `metanlp.meta.spans.estimate_transitions` of a corpus."""
+        with torch.no_grad():
+            self.extra["transitions.start"].copy_(start)
+            self.extra["transitions.matrix"].copy_(transitions)
+
+    # ---- pieces ---------------------------------------------------------------------------------
+    def features(self, batch: Mapping[str, Tensor]) -> Tensor:
+        return self.model.embed(**{k: batch[k] for k in MODEL_INPUT_KEYS if k in batch})
+
+    def typing_head(self, prototypes: Tensor) -> dict[str, Tensor]:
+        tau = self.extra["typing.log_temperature"].exp()
+        return {TYPING[0]: 2 * prototypes / tau, TYPING[1]: -prototypes.pow(2).sum(-1) / tau}
+
+    def adapt_heads(
+        self, feats: Tensor, labels: Tensor, n_way: int, steps: int, typing_steps: int, mode: str
+    ) -> tuple[dict[str, Tensor], Tensor, Tensor]:
+        """Inner loops of both heads on a support set; returns (fast heads, word states, B/I/O)."""
+        bio = S.io_to_bio(labels)
+        keep = bio != S.IGNORE_INDEX
+        det_x, det_y = feats[keep], bio[keep]
+        detector = inner_loop(
+            lambda f: F.cross_entropy(F.linear(det_x, f[DETECTOR[0]], f[DETECTOR[1]]), det_y),
+            {n: self.extra[n] for n in DETECTOR},
+            steps=steps, lr=float(self.config.inner_lr), mode=mode, optimizer=self.optimizer,
+        ).fast  # fmt: skip
+        reps, types = gold_spans(feats, labels)
+        protos = typing_prototypes(reps, types, n_way - 1)
+        typing = inner_loop(
+            lambda f: F.cross_entropy(F.linear(reps, f[TYPING[0]], f[TYPING[1]]), types),
+            self.typing_head(protos),
+            steps=typing_steps, lr=float(self.config.typing_inner_lr), mode=mode,
+        ).fast  # fmt: skip
+        return {**detector, **typing}, det_x, det_y
+
+    # ---- training -------------------------------------------------------------------------------
+    def meta_backward(self, episode: Any, scale: float = 1.0) -> dict[str, float]:
+        support, query, n_way = self.unpack(episode)
+        mode = "first_order" if self.config.first_order else "second_order"
+        with model_mode(self.model, self.config.train_dropout):
+            fast, _, _ = self.adapt_heads(
+                self.features(support), support["labels"], n_way,
+                self.config.inner_steps, self.config.typing_inner_steps, mode,
+            )  # fmt: skip
+            q_feats = self.features(query)
+            q_bio = S.io_to_bio(query["labels"])
+            keep = q_bio != S.IGNORE_INDEX
+            det_logits = F.linear(q_feats[keep], fast[DETECTOR[0]], fast[DETECTOR[1]])
+            det_loss = F.cross_entropy(det_logits, q_bio[keep])
+            reps, types = gold_spans(q_feats, query["labels"])
+            type_logits = F.linear(reps, fast[TYPING[0]], fast[TYPING[1]])
+            type_loss = F.cross_entropy(type_logits, types)
+            loss = self.config.detection_weight * det_loss + type_loss
+        params = [p for p in self.meta_parameters() if p.requires_grad]
+        torch.autograd.backward(loss * scale, inputs=params)
+        return {
+            "query_loss": float(loss.detach()),
+            "detection_loss": float(det_loss.detach()),
+            "typing_loss": float(type_loss.detach()),
+            "query_acc": float((det_logits.argmax(-1) == q_bio[keep]).float().mean()),
+            "typing_acc": float((type_logits.argmax(-1) == types).float().mean()),
+        }
+
+    # ---- evaluation -----------------------------------------------------------------------------
+    @torch.no_grad()
+    def adapt(
+        self, support: Mapping[str, Tensor], n_way: int, steps: int | None = None
+    ) -> dict[str, Tensor]:
+        """Both heads adapted to ``support`` (IO labels), plus ``O`` prototypes when configured."""
+        if steps is None:
+            steps = self.config.eval_inner_steps
+            steps = self.config.inner_steps if steps is None else steps
+        support = self.to_device(support)
+        with model_mode(self.model, False):
+            feats = self.features(support)
+            fast, det_x, det_y = self.adapt_heads(
+                feats, support["labels"], n_way, steps, self.config.typing_inner_steps, "no_graph"
+            )
+        fast = {k: v.detach() for k, v in fast.items()}
+        if self.config.o_handling == "prototypes":
+            others = det_x[det_y == S.O]
+            fast[O_KEY] = kmeans(others, self.config.o_prototypes) if len(others) else det_x[:1]
+        return fast
+
+    @torch.no_grad()
+    def predict_logits(
+        self, fast: Mapping[str, Tensor], batch: Mapping[str, Tensor], n_way: int
+    ) -> Tensor:
+        """``(B, T, n_way)`` scores: 0 at each word's decoded IO tag, −20 elsewhere (not calibrated).
+
+        Word starts come from ``batch["word_starts"]``, else from ``labels != -100``, else every
+        position between the first and last attended token.
+        """
+        batch = self.to_device(batch)
+        with model_mode(self.model, False):
+            feats = self.features(batch)
+        starts = word_starts(batch)
+        out = torch.full((*feats.shape[:2], n_way), -20.0, device=feats.device)
+        out[..., 0] = 0.0
+        start, trans = self.extra["transitions.start"], self.extra["transitions.matrix"]
+        for r in range(feats.shape[0]):
+            positions = starts[r].nonzero().flatten()
+            if positions.numel() == 0:
+                continue
+            words = feats[r, positions]
+            emissions = F.log_softmax(F.linear(words, fast[DETECTOR[0]], fast[DETECTOR[1]]), -1)
+            path = (S.viterbi(emissions, start, trans) if self.config.viterbi
+                    else emissions.argmax(-1).tolist())  # fmt: skip
+            found = S.bio_spans(path)
+            if not found:
+                continue
+            types = self.type_spans(fast, S.span_means(words, found))
+            for (a, b), t in zip(found, types, strict=True):
+                if t > 0:
+                    out[r, positions[a:b], 0] = -20.0
+                    out[r, positions[a:b], t] = 0.0
+        return out
+
+    def type_spans(self, fast: Mapping[str, Tensor], reps: Tensor) -> list[int]:
+        """IO tag id per span (1..N), or 0 where the ``O`` handling drops it."""
+        logits = F.linear(reps, fast[TYPING[0]], fast[TYPING[1]])
+        best = logits.argmax(-1)
+        drop = torch.zeros_like(best, dtype=torch.bool)
+        if self.config.o_handling == "threshold":
+            drop = logits.double().softmax(-1).max(-1).values < self.config.o_threshold
+        elif self.config.o_handling == "prototypes":
+            o_logits = F.linear(reps, *self.typing_head(fast[O_KEY]).values())
+            drop = o_logits.max(-1).values > logits.max(-1).values
+        return torch.where(drop, 0, best + 1).tolist()
+
+
+def word_starts(batch: Mapping[str, Tensor]) -> Tensor:
+    """``(B, T)`` bool mask of the first sub-token of every word (see `WORD_STARTS`)."""
+    if WORD_STARTS in batch:
+        return batch[WORD_STARTS].bool()
+    if "labels" in batch:
+        return batch["labels"] != S.IGNORE_INDEX
+    mask = batch["attention_mask"].bool().clone()
+    lengths = mask.sum(-1)
+    mask[:, 0] = False  # [CLS]; right padding assumed, as the MiniLM tokenizer pads
+    mask[torch.arange(len(mask)), (lengths - 1).clamp_min(0)] = False  # [SEP]
+    return mask
+
+
+def gold_spans(feats: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+    """Mean word states and type indices (0..N-1) of the gold IO mentions of a batch."""
+    reps, types = [], []
+    for r in range(labels.shape[0]):
+        positions = (labels[r] != S.IGNORE_INDEX).nonzero().flatten()
+        ids = labels[r, positions].tolist()
+        found = S.io_spans(ids)
+        if found:
+            reps.append(S.span_means(feats[r, positions], [(a, b) for _, a, b in found]))
+            types.extend(t - 1 for t, _, _ in found)
+    if not reps:
+        raise ValueError("The support/query has no tagged mention; every episode type needs one.")
+    return torch.cat(reps), torch.tensor(types, device=feats.device)
+
+
+def typing_prototypes(reps: Tensor, types: Tensor, n_types: int) -> Tensor:
+    """``(N, H)``: the mean representation of each type's spans (every type needs one)."""
+    counts = torch.bincount(types, minlength=n_types)
+    if bool((counts == 0).any()) or len(counts) != n_types:
+        raise ValueError(
+            f"Span counts per type {counts.tolist()} for {n_types} types: every entity type "
+            "needs at least one support mention."
+        )
+    sums = reps.new_zeros(n_types, reps.shape[-1]).index_add(0, types, reps)
+    return sums / counts.to(reps.dtype).unsqueeze(-1)
+
+
+def kmeans(points: Tensor, k: int, iterations: int = 10) -> Tensor:
+    """``(min(k, n), H)`` centroids; deterministic farthest-point start from the mean."""
+    centres = [points.mean(0)]
+    while len(centres) < min(k, len(points)):
+        dist = torch.cdist(points, torch.stack(centres)).min(-1).values
+        centres.append(points[int(dist.argmax())])
+    centres_t = torch.stack(centres)
+    for _ in range(iterations):
+        assign = torch.cdist(points, centres_t).argmin(-1)
+        for j in range(len(centres_t)):
+            if bool((assign == j).any()):
+                centres_t[j] = points[assign == j].mean(0)
+    return centres_t
+
+
+register_algorithm("decomposed", DecomposedConfig, DecomposedNER)

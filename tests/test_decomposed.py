@@ -1,0 +1,132 @@
+"""The decomposed NER learner: typing prototypes against a plain computation (windows past
+``max_length`` included), meta-gradients, decoding, O handling and the `MetaLearner` surface."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from metanlp.api import MetaLearner
+from metanlp.meta.decomposed import TYPING, DecomposedConfig
+from metanlp.meta.spans import estimate_transitions, tags_to_bio
+
+MAX_LENGTH = 12
+# The second sentence's only mention lies past max_length: its support window is ["Paris"].
+WORDS = [["Ann", "met", "Bob", "Dylan"], ["the"] * 20 + ["Paris"], ["Carl", "left", "Rome"]]
+TAGS = [["B-per", "O", "B-per", "I-per"], ["O"] * 20 + ["B-loc"], ["B-per", "O", "B-loc"]]
+
+
+@pytest.fixture(scope="module")
+def learner(single_thread):
+    torch.manual_seed(0)
+    return MetaLearner.from_pretrained(
+        task="token",
+        algorithm="decomposed",
+        adapt="top",
+        adapt_options={"top_layers": 1},
+        algorithm_config={"inner_steps": 2, "typing_inner_steps": 0},
+        max_length=MAX_LENGTH,
+        device="cpu",
+    )
+
+
+def _word_states(learner, words):
+    """First-sub-token state of every word of one (short) sentence, in float64."""
+    enc = learner.tokenizer(words, is_split_into_words=True, return_tensors="pt")
+    with torch.no_grad():
+        hidden = learner.model.embed(enc["input_ids"], enc["attention_mask"])[0].double()
+    first = {}
+    for t, w in enumerate(enc.word_ids()):
+        if w is not None and w not in first:
+            first[w] = t
+    return torch.stack([hidden[first[w]] for w in range(len(words))])
+
+
+def test_typing_prototypes_match_a_plain_computation(learner):
+    tagger = learner.adapt(WORDS, TAGS)
+    a = _word_states(learner, WORDS[0])
+    paris = _word_states(learner, ["Paris"])  # the window entity_windows must cut
+    c = _word_states(learner, WORDS[2])
+    per = torch.stack([a[0], a[2:4].mean(0), c[0]]).mean(0)
+    loc = torch.stack([paris[0], c[2]]).mean(0)
+    tau = float(learner.algorithm.extra["typing.log_temperature"].detach().exp())
+    protos = torch.stack([per, loc])
+    assert tagger.tag_names == ["O", "per", "loc"]
+    torch.testing.assert_close(
+        tagger.fast[TYPING[0]].double(), 2 * protos / tau, atol=2e-5, rtol=1e-5
+    )
+    torch.testing.assert_close(
+        tagger.fast[TYPING[1]].double(), -protos.pow(2).sum(-1) / tau, atol=2e-4, rtol=1e-5
+    )
+
+
+def test_predict_gives_one_valid_tag_per_word_past_max_length(learner):
+    tagger = learner.adapt(WORDS, TAGS)
+    sentences = [["Dana", "visited", "Oslo"], ["word"] * 30 + ["Berlin"]]
+    tags = tagger.predict(sentences)
+    assert [len(t) for t in tags] == [3, 31]
+    assert set(tags[1][9:]) == {"O"}  # past the truncated prefix: O, and scored as such
+    for sent in tags:
+        for prev, cur in zip(["O", *sent[:-1]], sent, strict=True):
+            assert cur == "O" or cur[:2] in ("B-", "I-")
+            assert not cur.startswith("I-") or prev[2:] == cur[2:]
+
+
+def test_detected_spans_are_typed_from_the_support(learner):
+    """Fit the detector to the support itself: the decoded spans then are the gold mentions."""
+    algo = learner.algorithm
+    tagger = learner.adapt(WORDS[::2], TAGS[::2], steps=100)
+    assert tagger.predict(WORDS[::2]) == TAGS[::2]
+    # An O threshold of 1 drops every typed span.
+    algo.config.o_handling, algo.config.o_threshold = "threshold", 1.0
+    try:
+        assert all(set(t) == {"O"} for t in tagger.predict(WORDS[::2]))
+        algo.config.o_handling = "prototypes"
+        fast = learner.adapt(WORDS[::2], TAGS[::2], steps=5).fast
+        # Two O words ("met", "left") give two of the four O prototypes asked for.
+        assert fast["typing.o_prototypes"].shape == (2, learner.model.hidden_size)
+    finally:
+        algo.config.o_handling = "none"
+
+
+def test_meta_gradient_reaches_encoder_heads_and_temperature(learner, data_dir):
+    from metanlp.corpora import load_corpus
+    from metanlp.episodes import EpisodeCollator, NERSampler
+
+    algo = learner.algorithm
+    for p in algo.meta_parameters():
+        p.grad = None
+    sampler = NERSampler(load_corpus("wnut16", data_dir), n_way=2, k_shot=1, mode="relaxed",
+                         name="wnut16", seed=3)  # fmt: skip
+    episode = EpisodeCollator(learner.tokenizer, max_length=32)(sampler.specs(1)[0], sampler.source)
+    metrics = algo.meta_backward(episode)
+    assert set(metrics) >= {"query_loss", "detection_loss", "typing_loss", "typing_acc"}
+    grads = {n: p.grad for n, p in algo.named_meta_parameters()}
+    for name in ("detector.weight", "typing.log_temperature", algo.outer_names[0]):
+        assert grads[name] is not None and float(grads[name].abs().sum()) > 0, name
+    assert grads["transitions.matrix"] is None  # estimated from corpora, never trained
+    for p in algo.meta_parameters():
+        p.grad = None
+
+
+def test_save_load_round_trip_keeps_transitions(learner, tmp_path):
+    start, trans = estimate_transitions([tags_to_bio(t) for t in TAGS])
+    learner.algorithm.set_transitions(start, trans)
+    tagger = learner.adapt(WORDS, TAGS)
+    sentences = [["Dana", "visited", "Oslo"], ["Bob", "Dylan", "sang"]]
+    learner.save_pretrained(tmp_path / "learner")
+    loaded = MetaLearner.from_pretrained(tmp_path / "learner", device="cpu")
+    assert loaded.config.algorithm == "decomposed"
+    torch.testing.assert_close(loaded.algorithm.extra["transitions.matrix"], trans)
+    assert loaded.adapt(WORDS, TAGS).predict(sentences) == tagger.predict(sentences)
+
+
+@pytest.mark.parametrize(
+    "options,match",
+    [({"o_handling": "drop"}, "o_handling"), ({"typing_inner_steps": -1}, "typing_inner_steps"),
+     ({"temperature": 0}, "temperature"), ({"o_threshold": 2.0}, "o_threshold")],
+    ids=["o-handling", "typing-steps", "temperature", "threshold"],
+)  # fmt: skip
+def test_config_errors_name_the_option(options, match):
+    with pytest.raises(ValueError, match=match):
+        DecomposedConfig(**options)
