@@ -104,20 +104,24 @@ def test_meta_gradient_reaches_encoder_heads_and_temperature(learner, data_dir):
     grads = {n: p.grad for n, p in algo.named_meta_parameters()}
     for name in ("detector.weight", "typing.log_temperature", algo.outer_names[0]):
         assert grads[name] is not None and float(grads[name].abs().sum()) > 0, name
-    assert grads["transitions.matrix"] is None  # estimated from corpora, never trained
+    assert grads["transitions.counts"] is None  # counted from the episodes, not trained
+    assert float(algo.extra["transitions.counts"].sum()) > 0
     for p in algo.meta_parameters():
         p.grad = None
 
 
 def test_save_load_round_trip_keeps_transitions(learner, tmp_path):
+    with torch.no_grad():
+        learner.algorithm.extra["transitions.counts"].zero_()  # drop other tests' episodes
+    learner.algorithm.count_transitions([tags_to_bio(t) for t in TAGS])
     start, trans = estimate_transitions([tags_to_bio(t) for t in TAGS])
-    learner.algorithm.set_transitions(start, trans)
+    torch.testing.assert_close(learner.algorithm.transitions(), (start, trans))
     tagger = learner.adapt(WORDS, TAGS)
     sentences = [["Dana", "visited", "Oslo"], ["Bob", "Dylan", "sang"]]
     learner.save_pretrained(tmp_path / "learner")
     loaded = MetaLearner.from_pretrained(tmp_path / "learner", device="cpu")
     assert loaded.config.algorithm == "decomposed"
-    torch.testing.assert_close(loaded.algorithm.extra["transitions.matrix"], trans)
+    torch.testing.assert_close(loaded.algorithm.transitions(), (start, trans))
     assert loaded.adapt(WORDS, TAGS).predict(sentences) == tagger.predict(sentences)
 
 

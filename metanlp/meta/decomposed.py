@@ -4,7 +4,8 @@ Stage 1, detection: a linear B/I/O head over the encoder's word states tags "any
 meta-learned with MAML (the head adapts in ``inner_steps`` steps on the support's B/I/O tags,
 second order unless ``first_order``; the encoder subset ``params`` and the head's start are
 meta-learned on the query). At prediction the B/I/O log probabilities are decoded by a Viterbi
-pass over transition scores estimated from training corpora (`set_transitions`), so no ``I``
+pass over transition scores estimated from training corpora (StructShot; meta-training counts the
+B/I/O moves of every episode's sentences, `count_transitions` adds a whole corpus), so no ``I``
 follows ``O``.
 
 Stage 2, typing: a span is the mean of its words' states; class ``n``'s prototype ``c_n`` is the
@@ -23,7 +24,7 @@ The algorithm speaks the episode's IO tag ids like every other: `adapt` takes IO
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,6 +43,7 @@ O_HANDLING = ("none", "threshold", "prototypes")
 DETECTOR = ("detector.weight", "detector.bias")
 TYPING = ("typing.weight", "typing.bias")
 O_KEY = "typing.o_prototypes"
+COUNTS = "transitions.counts"
 WORD_STARTS = "word_starts"
 """Optional batch key: ``(B, T)`` bool, True at each word's first sub-token (else from labels)."""
 
@@ -105,7 +107,7 @@ class DecomposedNER(MetaAlgorithm):
     Example:
         ```python
         >>> algo = DecomposedNER(model, DecomposedConfig(params="top", top_layers=2))
-        >>> algo.set_transitions(*estimate_transitions(bio_sequences_of_training_corpora))
+        >>> algo.count_transitions(tags_to_bio(tags) for tags in corpus_tag_lists)  # optional
         >>> algo.meta_backward(episode)  # {'query_loss', 'detection_loss', 'typing_loss', ...}
         >>> fast = algo.adapt(episode.support, episode.num_labels)
         >>> algo.predict_logits(fast, episode.query, episode.num_labels).argmax(-1)  # IO tag ids
@@ -134,24 +136,27 @@ class DecomposedNER(MetaAlgorithm):
     def build_extra(self) -> None:
         h = self.model.hidden_size
         weight = torch.randn(3, h, generator=torch.Generator().manual_seed(0)) * 0.02
-        start, trans = S.uniform_transitions()
         tau = torch.tensor(float(self.config.temperature)).log()
         self.extra = {
             "detector.weight": nn.Parameter(weight),
             "detector.bias": nn.Parameter(torch.tensor([2.0, 0.0, 0.0])),  # most words are O
             "typing.log_temperature": nn.Parameter(tau),
-            "transitions.start": nn.Parameter(start, requires_grad=False),
-            "transitions.matrix": nn.Parameter(trans, requires_grad=False),
+            # Counts of B/I/O moves in the training corpora (see `count_transitions`).
+            COUNTS: nn.Parameter(torch.zeros(4, 3), requires_grad=False),
         }
 
     def may_use_second_order(self) -> bool:
         return False  # only the heads are differentiated twice; SDPA attention is fine
 
-    def set_transitions(self, start: Tensor, transitions: Tensor) -> None:
-        """Install Viterbi scores, e.g. `metanlp.meta.spans.estimate_transitions` of a corpus."""
+    def count_transitions(self, sequences: Iterable[Sequence[int]]) -> None:
+        """Add B/I/O sequences (e.g. `metanlp.meta.spans.tags_to_bio` of a corpus) to the counts
+        the Viterbi scores are estimated from. Meta-training adds every episode's sentences."""
         with torch.no_grad():
-            self.extra["transitions.start"].copy_(start)
-            self.extra["transitions.matrix"].copy_(transitions)
+            self.extra[COUNTS] += S.transition_counts(sequences).to(self.extra[COUNTS])
+
+    def transitions(self) -> tuple[Tensor, Tensor]:
+        """Log start ``(3,)`` and transition ``(3, 3)`` scores (add-one estimates of the counts)."""
+        return S.transitions_from_counts(self.extra[COUNTS].detach().cpu())
 
     # ---- pieces ---------------------------------------------------------------------------------
     def features(self, batch: Mapping[str, Tensor]) -> Tensor:
@@ -202,6 +207,7 @@ class DecomposedNER(MetaAlgorithm):
             loss = self.config.detection_weight * det_loss + type_loss
         params = [p for p in self.meta_parameters() if p.requires_grad]
         torch.autograd.backward(loss * scale, inputs=params)
+        self.count_transitions(bio_rows(S.io_to_bio(support["labels"])) + bio_rows(q_bio))
         return {
             "query_loss": float(loss.detach()),
             "detection_loss": float(det_loss.detach()),
@@ -246,7 +252,7 @@ class DecomposedNER(MetaAlgorithm):
         starts = word_starts(batch)
         out = torch.full((*feats.shape[:2], n_way), -20.0, device=feats.device)
         out[..., 0] = 0.0
-        start, trans = self.extra["transitions.start"], self.extra["transitions.matrix"]
+        start, trans = self.transitions()
         for r in range(feats.shape[0]):
             positions = starts[r].nonzero().flatten()
             if positions.numel() == 0:
@@ -276,6 +282,11 @@ class DecomposedNER(MetaAlgorithm):
             o_logits = F.linear(reps, *self.typing_head(fast[O_KEY]).values())
             drop = o_logits.max(-1).values > logits.max(-1).values
         return torch.where(drop, 0, best + 1).tolist()
+
+
+def bio_rows(bio: Tensor) -> list[list[int]]:
+    """The labelled B/I/O ids of each row (word-level sequences)."""
+    return [[t for t in row if t != S.IGNORE_INDEX] for row in bio.tolist()]
 
 
 def word_starts(batch: Mapping[str, Tensor]) -> Tensor:

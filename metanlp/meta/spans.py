@@ -72,19 +72,56 @@ def tags_to_bio(tags: Sequence[str]) -> list[int]:
     return out
 
 
+def transition_counts(sequences: Iterable[Sequence[int]]) -> Tensor:
+    """``(4, 3)`` float64 counts: row 0 the first tags, rows 1-3 the moves from ``O``, ``B``, ``I``.
+
+    Example:
+        ```python
+        >>> transition_counts([[1, 2, 0]]).tolist()
+        [[0.0, 1.0, 0.0], [0.0, 0.0, 0.0], [0.0, 0.0, 1.0], [1.0, 0.0, 0.0]]
+        ```
+    """
+    counts = torch.zeros(4, 3, dtype=torch.float64)
+    for seq in sequences:
+        if len(seq) == 0:
+            continue
+        counts[0, seq[0]] += 1
+        for a, b in zip(seq[:-1], seq[1:], strict=True):
+            counts[1 + a, b] += 1
+    return counts
+
+
+def transitions_from_counts(counts: Tensor, smoothing: float = 1.0) -> tuple[Tensor, Tensor]:
+    """Log start ``(3,)`` and transition ``(3, 3)`` probabilities from `transition_counts`.
+
+    Add-``smoothing`` estimates; ``O → I`` and start ``→ I`` are impossible whatever the counts
+    say (`FORBIDDEN`).
+    """
+    if smoothing < 0:
+        raise ValueError(f"smoothing={smoothing} must be >= 0.")
+    allowed = torch.ones(4, 3, dtype=torch.bool)
+    allowed[0, I] = allowed[1 + O, I] = False
+    counts = torch.where(allowed, counts.double() + smoothing, torch.zeros_like(counts.double()))
+    total = counts.sum(-1, keepdim=True)
+    if bool((total == 0).any()):
+        raise ValueError("No counts and no smoothing: give sequences or smoothing > 0.")
+    logp = torch.log(counts / total)
+    logp = torch.where(allowed, logp, torch.full_like(logp, FORBIDDEN)).float()
+    return logp[0], logp[1:]
+
+
 def estimate_transitions(
     sequences: Iterable[Sequence[int]], smoothing: float = 1.0
 ) -> tuple[Tensor, Tensor]:
     """Log start and transition probabilities of B/I/O sequences, add-``smoothing`` estimates.
-
-    ``O → I`` and start ``→ I`` are impossible whatever the counts say (`FORBIDDEN`).
 
     Args:
         sequences: B/I/O ids per sentence (see `tags_to_bio`).
         smoothing (`float`, defaults to 1.0): Added to every allowed count.
 
     Returns:
-        ``(start, transitions)``: ``(3,)`` and ``(3, 3)`` float32 log probabilities, rows ``from``.
+        ``(start, transitions)``: ``(3,)`` and ``(3, 3)`` float32 log probabilities, rows ``from``;
+        ``O → I`` and start ``→ I`` are `FORBIDDEN`.
 
     Example:
         ```python
@@ -93,36 +130,12 @@ def estimate_transitions(
         tensor([0.5000, 0.5000, 0.0000])
         ```
     """
-    if smoothing < 0:
-        raise ValueError(f"smoothing={smoothing} must be >= 0.")
-    start = torch.zeros(3, dtype=torch.float64)
-    trans = torch.zeros(3, 3, dtype=torch.float64)
-    for seq in sequences:
-        if len(seq) == 0:
-            continue
-        start[seq[0]] += 1
-        for a, b in zip(seq[:-1], seq[1:], strict=True):
-            trans[a, b] += 1
-    allowed_start = torch.tensor([True, True, False])
-    allowed = torch.ones(3, 3, dtype=torch.bool)
-    allowed[O, I] = False
-    return _log_normalise(start, allowed_start, smoothing), _log_normalise(
-        trans, allowed, smoothing
-    )
+    return transitions_from_counts(transition_counts(sequences), smoothing)
 
 
 def uniform_transitions() -> tuple[Tensor, Tensor]:
     """Every allowed move equally likely (the decoder before any corpus is seen)."""
     return estimate_transitions([], smoothing=1.0)
-
-
-def _log_normalise(counts: Tensor, allowed: Tensor, smoothing: float) -> Tensor:
-    counts = torch.where(allowed, counts + smoothing, torch.zeros_like(counts))
-    total = counts.sum(-1, keepdim=True)
-    if bool((total == 0).any()):
-        raise ValueError("No counts and no smoothing: give sequences or smoothing > 0.")
-    logp = torch.log(counts / total)
-    return torch.where(allowed, logp, torch.full_like(logp, FORBIDDEN)).float()
 
 
 def viterbi(emissions: Tensor, start: Tensor, transitions: Tensor) -> list[int]:
