@@ -10,6 +10,8 @@ a baseline and a meta-learner can never be scored differently.
   classifier with no training at all).
 - `FrozenLogisticRegression`: logistic regression on frozen, mean-pooled, L2-normalised
   embeddings (SetFit's head without SetFit's contrastive body training).
+- `NearestToken`: NER only, NNShot (Yang & Katiyar 2020): each query token takes the tag of
+  its nearest support token.
 """
 
 from __future__ import annotations
@@ -22,7 +24,11 @@ from torch import nn
 
 from metanlp.episodes.types import Episode
 from metanlp.meta.base import model_mode
-from metanlp.meta.prototypes import class_prototypes, squared_euclidean_logits
+from metanlp.meta.prototypes import (
+    class_prototypes,
+    flatten_labelled,
+    squared_euclidean_logits,
+)
 from metanlp.models import FewShotModel
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
@@ -63,6 +69,43 @@ class FrozenPrototypes:
             )
             query = self.model.embed(**model_inputs(episode.query, device))
         return squared_euclidean_logits(query, prototypes).cpu()
+
+
+class NearestToken:
+    """NNShot (Yang & Katiyar 2020): a query token's score for tag ``n`` is ``−‖f(x) − f(s)‖²``
+    of its nearest support token ``s`` tagged ``n`` (``O`` included); no parameter changes.
+
+    Args:
+        model (`FewShotModel`): A token model (``task="token"``): frozen pretrained, or the
+            encoder of a meta-trained learner (NNShot trains it like ProtoNet).
+
+    Example:
+        ```python
+        >>> logits = NearestToken(learner.model).query_logits(episode)  # (Q, T, tags)
+        ```
+    """
+
+    def __init__(self, model: FewShotModel) -> None:
+        if model.task != "token":
+            raise ValueError(
+                f"NearestToken is for NER (task='token'); the model has task={model.task!r}."
+            )
+        self.model = model
+
+    @torch.no_grad()
+    def query_logits(self, episode: Episode) -> torch.Tensor:
+        device = next(self.model.parameters()).device
+        with model_mode(self.model, False):
+            support = self.model.embed(**model_inputs(episode.support, device))
+            query = self.model.embed(**model_inputs(episode.query, device))
+        tokens, tags = flatten_labelled(support, episode.support["labels"].to(device))
+        distances = squared_euclidean_logits(query, tokens)  # (Q, T, S): −‖q − s‖²
+        out = distances.new_full((*query.shape[:2], episode.num_labels), float("-inf"))
+        for n in range(episode.num_labels):
+            chosen = tags == n
+            if bool(chosen.any()):
+                out[..., n] = distances[..., chosen].max(-1).values
+        return out.cpu()
 
 
 class FineTuneBaseline:

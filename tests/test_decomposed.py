@@ -134,3 +134,25 @@ def test_save_load_round_trip_keeps_transitions(learner, tmp_path):
 def test_config_errors_name_the_option(options, match):
     with pytest.raises(ValueError, match=match):
         DecomposedConfig(**options)
+
+
+def test_nnshot_takes_the_tag_of_the_nearest_support_token(learner, data_dir):
+    from metanlp.baselines import NearestToken
+    from metanlp.corpora import load_corpus
+    from metanlp.episodes import EpisodeCollator, NERSampler
+
+    sampler = NERSampler(load_corpus("wnut16", data_dir), n_way=2, k_shot=1, mode="relaxed",
+                         name="wnut16", seed=5)  # fmt: skip
+    episode = EpisodeCollator(learner.tokenizer, max_length=24)(sampler.specs(1)[0], sampler.source)
+    logits = NearestToken(learner.model).query_logits(episode)
+    with torch.no_grad():
+        s = learner.model.embed(episode.support["input_ids"], episode.support["attention_mask"])
+        q = learner.model.embed(episode.query["input_ids"], episode.query["attention_mask"])
+    labels = episode.support["labels"]
+    support = [
+        (s[b, t].double(), int(labels[b, t])) for b, t in (labels != -100).nonzero().tolist()
+    ]
+    for b, t in (episode.query["labels"] != -100).nonzero().tolist()[:20]:
+        x = q[b, t].double()
+        nearest = min(support, key=lambda st: float((x - st[0]).pow(2).sum()))
+        assert int(logits[b, t].argmax()) == nearest[1]
