@@ -30,11 +30,11 @@ def run_recipe(name: str, data_dir: Path, out: Path, *extra: str) -> subprocess.
     return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
 
 
-def check_report(out: Path, settings: list[str], metric: str) -> dict:
+def check_report(out: Path, settings: list[str], metric: str, methods: set = METHODS) -> dict:
     summary = json.loads((out / "summary.json").read_text())
     rows = summary["rows"]
     assert {(r["setting"], r["method"]) for r in rows} == {
-        (s, m) for s in settings for m in METHODS
+        (s, m) for s in settings for m in methods
     }
     for r in rows:
         assert r[metric]["n"] == SMOKE_EPISODES
@@ -95,6 +95,24 @@ def test_recipe_smoke(recipe, settings, metric, data_dir, tmp_path):
                           cwd=REPO, capture_output=True, text=True, timeout=300)  # fmt: skip
     assert redo.returncode == 0, redo.stderr[-2000:]
     assert json.loads((tmp_path / recipe / "summary.json").read_text()) == json.loads(before)
+
+
+def test_ner_decomposed_smoke(data_dir, tmp_path):
+    """The decomposed NER recipe at CI size: meta-trains, saves a learner that loads back and
+    tags sentences, and scores it beside its untrained start, frozen prototypes and NNShot."""
+    out = tmp_path / "ner_decomposed"
+    done = run_recipe("ner_decomposed", data_dir, out, "--smoke")
+    assert done.returncode == 0, done.stderr[-3000:]
+    methods = {"decomposed meta-trained", "decomposed no meta-training", "frozen prototypes",
+               "nnshot"}  # fmt: skip
+    settings = ["3-way 1~2-shot (relaxed)", "3-way 5~10-shot (relaxed)", "4-way 1~2-shot (relaxed)"]
+    check_report(out, settings, "f1", methods)
+    from metanlp.api import MetaLearner
+
+    learner = MetaLearner.from_pretrained(out / "meta" / "learner", device="cpu")
+    assert learner.config.algorithm == "decomposed" and learner.config.meta_trained
+    tagger = learner.adapt([["Ann", "sang", "Hello"]], [["B-musicartist", "O", "B-song"]])
+    assert [len(t) for t in tagger.predict([["Bob", "sang", "Yesterday", "today"]])] == [4]
 
 
 def test_topic_intent_smoke(data_dir, tmp_path):
