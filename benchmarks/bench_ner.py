@@ -1,0 +1,166 @@
+"""Few-shot NER on WNUT-16's held-out types: the decomposed learner against ProtoNet, NNShot,
+plain fine-tuning and the NER recipe's Proto-MAML, on the same fixed episodes.
+
+    python benchmarks/bench_ner.py --learner protomaml=outputs/ner_wnut16/meta/learner
+    python benchmarks/bench_ner.py --quick                      # smoke run, a few minutes
+
+Types: the split of `benchmarks.accuracy_setup` (six frequent types meta-train, four rare ones
+are only tested); relaxed Few-NERD episodes, 3-way 1~2-shot (the accuracy benchmark's own
+episode file) and 3-way 5~10-shot. Every meta-trained method sees the same training stream
+(3-way 1~2-shot on the frequent types) for ``--steps`` meta-steps. Scores per episode: entity
+micro-F1 (seqeval, strict IOB2), span-detection F1 (every type mapped to one) and typing
+accuracy (exactly detected gold mentions given the right type), with 95% intervals and paired
+differences against the decomposed learner. Results: ``benchmarks/results/ner{,_quick}.*``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.accuracy_setup import (
+    NER_TEST_TYPES,
+    NER_TRAIN_TYPES,
+    SETTINGS,
+    load_setting_episodes,
+)
+from benchmarks.common import REPO_ROOT, provenance
+from benchmarks.ner_report import span_scores, write_ner_results
+
+TRAIN_SOURCE = {"dataset": "wnut16", "kind": "ner", "n_way": 3, "k_shot": 1, "q_query": 1,
+                "types": NER_TRAIN_TYPES, "mode": "relaxed", "scheme": "io"}  # fmt: skip
+DECOMPOSED = {"inner_steps": 5, "inner_lr": 0.1, "typing_inner_steps": 3, "typing_inner_lr": 0.1,
+              "temperature": 10.0}  # fmt: skip
+VARIANTS = {  # decoding variants of the one decomposed learner (no retraining)
+    "decomposed": {},
+    "decomposed, argmax (no Viterbi)": {"viterbi": False},
+    "decomposed, O threshold 0.6": {"o_handling": "threshold", "o_threshold": 0.6},
+    "decomposed, 4 O prototypes": {"o_handling": "prototypes", "o_prototypes": 4},
+}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="2 episodes, 2 meta-steps")
+    p.add_argument("--episodes", type=int, default=30, help="fixed test episodes per setting")
+    p.add_argument("--steps", type=int, default=150, help="meta-steps of each trained learner")
+    p.add_argument("--shots", type=int, nargs="+", default=[1, 5], help="K of the 3-way settings")
+    p.add_argument("--learner", action="append", default=[], metavar="NAME=PATH",
+                   help="a saved learner to score too, e.g. protomaml=outputs/ner_wnut16/meta/learner")  # fmt: skip
+    p.add_argument("--cache", default=str(REPO_ROOT / "benchmarks" / ".cache" / "ner"),
+                   help="where trained learners and episode files are kept")  # fmt: skip
+    p.add_argument("--out", default=str(REPO_ROOT / "benchmarks" / "results"))
+    p.add_argument("--data", default=None, help="corpora folder (default: $METANLP_DATA_DIR)")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.episodes, args.steps = 2, 2
+    return args
+
+
+def train(name: str, algorithm: str, options: dict[str, Any], args: argparse.Namespace):
+    """A learner meta-trained on the frequent types (loaded when the cache has it)."""
+    from metanlp.api import MetaLearner
+    from metanlp.trainer import MetaTrainer
+    from metanlp.trainer_config import MetaTrainerConfig
+
+    folder = Path(args.cache) / f"{name}-{args.steps}"
+    if (folder / "learner").is_dir():
+        return MetaLearner.from_pretrained(folder / "learner", device="cpu")
+    config = MetaTrainerConfig.from_dict({
+        "task": "token", "adapt": "top", "adapt_options": {"top_layers": 2},
+        "algorithm": algorithm, "algorithm_config": options, "max_steps": args.steps,
+        "meta_batch_size": 2, "optimizer": {"lr": 1e-4, "schedule": "cosine", "warmup_steps": 5},
+        "data": {"train": [TRAIN_SOURCE], "val": None, "max_length": 64, "data_dir": args.data},
+        "output_dir": str(folder / "train"), "report_to": [], "progress_bar": False,
+        "save_every": None, "keep_best": False, "cpu": True, "seed": 0,
+    })  # fmt: skip
+    trainer = MetaTrainer(config)
+    trainer.train()
+    learner = MetaLearner.from_trainer(trainer)
+    learner.save_pretrained(folder / "learner")
+    return learner
+
+
+def variant(learner: Any, **options: Any) -> Any:
+    """The same learner (shared weights) decoding with other options."""
+    out = copy.copy(learner)
+    out.algorithm = copy.copy(learner.algorithm)
+    out.algorithm.config = dataclasses.replace(learner.algorithm.config, **options)
+    return out
+
+
+class Recorder:
+    """Keeps each episode's query logits, for the span and typing scores."""
+
+    def __init__(self, method: Any) -> None:
+        self.method, self.logits = method, []
+
+    def query_logits(self, episode: Any):
+        logits = self.method.query_logits(episode)
+        self.logits.append(logits.detach().float().cpu())
+        return logits
+
+
+def episodes_for(k: int, tokenizer: Any, args: argparse.Namespace) -> tuple[str, list]:
+    from metanlp.corpora import load_corpus
+    from metanlp.episodes import NERSampler, load_episodes, save_episodes
+
+    if k == 1:  # the accuracy benchmark's fixed file, so the figures compare with it
+        return "wnut_ner_3w1s", load_setting_episodes(SETTINGS["wnut_ner_3w1s"], tokenizer,
+                                                      args.episodes, args.data)  # fmt: skip
+    wnut = load_corpus("wnut16", args.data)
+    sampler = NERSampler(wnut, n_way=3, k_shot=k, q_query=k, types=NER_TEST_TYPES,
+                         mode="relaxed", scheme="io", name="wnut16", seed=4000 + k)  # fmt: skip
+    path = Path(args.cache) / f"episodes_3w{k}s_{args.episodes}.json"
+    if not path.is_file():
+        save_episodes(path, sampler.specs(args.episodes), sampler, metadata={"max_length": 64})
+    return f"wnut_ner_3w{k}s", load_episodes(path, {"wnut16": wnut}, tokenizer=tokenizer,
+                                             max_length=64)  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    from metanlp.api import MetaLearner
+    from metanlp.baselines import FineTuneBaseline, NearestToken
+    from metanlp.episodes.tags import episode_word_tags
+    from metanlp.evaluation import evaluate
+
+    prov = provenance(sys.argv if argv is None else ["benchmarks/bench_ner.py", *argv])
+    decomposed = train("decomposed", "decomposed", dict(DECOMPOSED), args)
+    protonet = train("protonet", "protonet", {}, args)
+    plain = MetaLearner.from_pretrained(task="token", device="cpu")
+    methods: dict[str, Any] = {name: variant(decomposed, **o) for name, o in VARIANTS.items()}
+    methods.update({
+        "ProtoNet (ProtoBERT)": protonet,
+        "NNShot (ProtoNet encoder)": NearestToken(protonet.model),
+        "NNShot (frozen MiniLM)": NearestToken(plain.model),
+        "fine-tune": FineTuneBaseline(plain.model),
+    })  # fmt: skip
+    for spec in args.learner:
+        name, _, path = spec.partition("=")
+        methods[f"{name} (saved learner)"] = MetaLearner.from_pretrained(path, device="cpu")
+    records: dict[str, Any] = {"provenance": prov, "steps": args.steps, "settings": {}}
+    for k in args.shots:
+        setting, episodes = episodes_for(k, plain.tokenizer, args)
+        recorders = {name: Recorder(m) for name, m in methods.items()}
+        results = evaluate(recorders, episodes, episode_set=setting, progress=False)
+        for result in results:
+            logits = recorders[result["method"]].logits
+            for row, episode, lg in zip(result["episodes"], episodes, logits, strict=True):
+                row.update(span_scores(episode_word_tags(episode, lg), episode.query_targets))
+        records["settings"][setting] = results
+        write_ner_results(records, Path(args.out), "ner_quick" if args.quick else "ner")
+        print(json.dumps({r["method"]: round(100 * r["summary"]["f1"]["mean"], 1)
+                          for r in results}))  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
