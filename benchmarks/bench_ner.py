@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
+import hashlib
 import json
 import sys
 from pathlib import Path
@@ -38,7 +39,7 @@ from benchmarks.ner_report import span_scores, write_ner_results
 TRAIN_SOURCE = {"dataset": "wnut16", "kind": "ner", "n_way": 3, "k_shot": 1, "q_query": 1,
                 "types": NER_TRAIN_TYPES, "mode": "relaxed", "scheme": "io"}  # fmt: skip
 DECOMPOSED = {"inner_steps": 5, "inner_lr": 0.1, "typing_inner_steps": 3, "typing_inner_lr": 0.1,
-              "temperature": 10.0}  # fmt: skip
+              "temperature": 10.0, "entity_weight": 5.0}  # fmt: skip
 VARIANTS = {  # decoding variants of the one decomposed learner (no retraining)
     "decomposed": {},
     "decomposed, argmax (no Viterbi)": {"viterbi": False},
@@ -71,7 +72,8 @@ def train(name: str, algorithm: str, options: dict[str, Any], args: argparse.Nam
     from metanlp.trainer import MetaTrainer
     from metanlp.trainer_config import MetaTrainerConfig
 
-    folder = Path(args.cache) / f"{name}-{args.steps}"
+    key = hashlib.sha1(json.dumps(options, sort_keys=True).encode()).hexdigest()[:8]
+    folder = Path(args.cache) / f"{name}-{args.steps}-{key}"
     if (folder / "learner").is_dir():
         return MetaLearner.from_pretrained(folder / "learner", device="cpu")
     config = MetaTrainerConfig.from_dict({

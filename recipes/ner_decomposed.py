@@ -29,7 +29,7 @@ POLISH_NAMES = ["nam_adj", "nam_eve", "nam_fac", "nam_liv", "nam_loc", "nam_num"
                 "nam_oth", "nam_pro"]  # fmt: skip
 SETTINGS = {"3-way 1~2-shot": (3, 1), "3-way 5~10-shot": (3, 5), "4-way 1~2-shot": (4, 1)}
 ALGORITHM = {"inner_steps": 5, "inner_lr": 0.1, "typing_inner_steps": 3, "typing_inner_lr": 0.1,
-             "temperature": 10.0, "first_order": False}  # fmt: skip
+             "temperature": 10.0, "entity_weight": 5.0, "first_order": False}  # fmt: skip
 
 SIZES = {
     "smoke": Size(max_steps=2, meta_batch_size=1, val_episodes=1, test_episodes=2, max_length=48,
