@@ -58,6 +58,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="a saved learner to score too, e.g. protomaml=outputs/ner_wnut16/meta/learner")  # fmt: skip
     p.add_argument("--cache", default=str(REPO_ROOT / "benchmarks" / ".cache" / "ner"),
                    help="where trained learners and episode files are kept")  # fmt: skip
+    p.add_argument("--only-decomposed", action="store_true",
+                   help="score the decomposed variants (and --learner) only")  # fmt: skip
+    p.add_argument("--reuse", help="an earlier ner.json on the same episodes: its methods not "
+                   "scored in this run are copied in (paired by episode index)")  # fmt: skip
     p.add_argument("--out", default=str(REPO_ROOT / "benchmarks" / "results"))
     p.add_argument("--data", default=None, help="corpora folder (default: $METANLP_DATA_DIR)")
     args = p.parse_args(argv)
@@ -137,19 +141,23 @@ def main(argv: list[str] | None = None) -> None:
 
     prov = provenance(sys.argv if argv is None else ["benchmarks/bench_ner.py", *argv])
     decomposed = train("decomposed", "decomposed", dict(DECOMPOSED), args)
-    protonet = train("protonet", "protonet", {}, args)
     plain = MetaLearner.from_pretrained(task="token", device="cpu")
     methods: dict[str, Any] = {name: variant(decomposed, **o) for name, o in VARIANTS.items()}
-    methods.update({
-        "ProtoNet (ProtoBERT)": protonet,
-        "NNShot (ProtoNet encoder)": NearestToken(protonet.model),
-        "NNShot (frozen MiniLM)": NearestToken(plain.model),
-        "fine-tune": FineTuneBaseline(plain.model),
-    })  # fmt: skip
+    if not args.only_decomposed:
+        protonet = train("protonet", "protonet", {}, args)
+        methods.update({
+            "ProtoNet (ProtoBERT)": protonet,
+            "NNShot (ProtoNet encoder)": NearestToken(protonet.model),
+            "NNShot (frozen MiniLM)": NearestToken(plain.model),
+            "fine-tune": FineTuneBaseline(plain.model),
+        })  # fmt: skip
     for spec in args.learner:
         name, _, path = spec.partition("=")
         methods[f"{name} (saved learner)"] = MetaLearner.from_pretrained(path, device="cpu")
     records: dict[str, Any] = {"provenance": prov, "steps": args.steps, "settings": {}}
+    earlier = json.loads(Path(args.reuse).read_text()) if args.reuse else {"settings": {}}
+    if args.reuse:
+        records["reused"] = {"file": args.reuse, "provenance": earlier["provenance"]}
     for k in args.shots:
         setting, episodes = episodes_for(k, plain.tokenizer, args)
         recorders = {name: Recorder(m) for name, m in methods.items()}
@@ -158,6 +166,13 @@ def main(argv: list[str] | None = None) -> None:
             logits = recorders[result["method"]].logits
             for row, episode, lg in zip(result["episodes"], episodes, logits, strict=True):
                 row.update(span_scores(episode_word_tags(episode, lg), episode.query_targets))
+        indices = [row["index"] for row in results[0]["episodes"]]
+        for old in earlier["settings"].get(setting, []):
+            if old["method"] not in methods:
+                if [row["index"] for row in old["episodes"]] != indices:
+                    raise ValueError(f"{args.reuse}: {old['method']!r} was scored on other "
+                                     f"episodes of {setting}; rerun it here instead.")  # fmt: skip
+                results.append({**old, "reused_from": args.reuse})
         records["settings"][setting] = results
         write_ner_results(records, Path(args.out), "ner_quick" if args.quick else "ner")
         print(json.dumps({r["method"]: round(100 * r["summary"]["f1"]["mean"], 1)

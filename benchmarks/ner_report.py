@@ -75,7 +75,8 @@ def write_ner_results(record: Mapping[str, Any], out: Path, stem: str) -> None:
         for r in results:
             cells = [_fmt(r["summary"][m]) for m in METRICS]
             n = r["summary"]["f1"]["n"]
-            lines.append(f"| {r['method']} | {n} | " + " | ".join(cells)
+            name = r["method"] + (" (earlier run)" if r.get("reused_from") else "")
+            lines.append(f"| {name} | {n} | " + " | ".join(cells)
                          + f" | {r['seconds'] / max(n, 1):.2f} |")  # fmt: skip
         first = next(r for r in results if r["method"] == FIRST)
         lines += ["", f"Paired per episode, {FIRST} minus each other method (entity F1, points):",
