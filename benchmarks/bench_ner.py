@@ -42,7 +42,9 @@ DECOMPOSED = {"inner_steps": 5, "inner_lr": 0.1, "typing_inner_steps": 3, "typin
               "temperature": 10.0, "entity_weight": 5.0}  # fmt: skip
 VARIANTS = {  # decoding variants of the one decomposed learner (no retraining)
     "decomposed": {},
-    "decomposed, argmax (no Viterbi)": {"viterbi": False},
+    "decomposed, Viterbi on posteriors": {"decoding": "viterbi_posterior"},
+    "decomposed, constrained (no I after O)": {"decoding": "constrained"},
+    "decomposed, argmax (no Viterbi)": {"decoding": "argmax"},
     "decomposed, O threshold 0.6": {"o_handling": "threshold", "o_threshold": 0.6},
     "decomposed, 4 O prototypes": {"o_handling": "prototypes", "o_prototypes": 4},
 }

@@ -8,7 +8,7 @@ import torch
 
 from metanlp.api import MetaLearner
 from metanlp.meta.decomposed import TYPING, DecomposedConfig
-from metanlp.meta.spans import estimate_transitions, tags_to_bio
+from metanlp.meta.spans import FORBIDDEN, estimate_transitions, tags_to_bio
 
 MAX_LENGTH = 12
 # The second sentence's only mention lies past max_length: its support window is ["Paris"].
@@ -128,8 +128,9 @@ def test_save_load_round_trip_keeps_transitions(learner, tmp_path):
 @pytest.mark.parametrize(
     "options,match",
     [({"o_handling": "drop"}, "o_handling"), ({"typing_inner_steps": -1}, "typing_inner_steps"),
-     ({"temperature": 0}, "temperature"), ({"o_threshold": 2.0}, "o_threshold")],
-    ids=["o-handling", "typing-steps", "temperature", "threshold"],
+     ({"temperature": 0}, "temperature"), ({"o_threshold": 2.0}, "o_threshold"),
+     ({"decoding": "crf"}, "decoding"), ({"entity_weight": -1}, "entity_weight")],
+    ids=["o-handling", "typing-steps", "temperature", "threshold", "decoding", "entity-weight"],
 )  # fmt: skip
 def test_config_errors_name_the_option(options, match):
     with pytest.raises(ValueError, match=match):
@@ -156,3 +157,19 @@ def test_nnshot_takes_the_tag_of_the_nearest_support_token(learner, data_dir):
         x = q[b, t].double()
         nearest = min(support, key=lambda st: float((x - st[0]).pow(2).sum()))
         assert int(logits[b, t].argmax()) == nearest[1]
+
+
+def test_decoder_scores_per_decoding(learner):
+    algo = learner.algorithm
+    with torch.no_grad():
+        algo.extra["transitions.counts"].zero_()
+    algo.count_transitions([[1, 2, 0, 0], [0, 1]])  # tags: O x3, B x2, I x1
+    _, _, prior = algo.decoder_scores()  # default "viterbi": scaled likelihoods
+    torch.testing.assert_close(prior, torch.tensor([4 / 9, 3 / 9, 2 / 9]).log())
+    algo.config.decoding = "constrained"
+    try:
+        start, trans, prior = algo.decoder_scores()
+        assert start.tolist() == [0.0, 0.0, FORBIDDEN] and prior.tolist() == [0.0, 0.0, 0.0]
+        assert trans.tolist() == [[0.0, 0.0, FORBIDDEN], [0.0] * 3, [0.0] * 3]
+    finally:
+        algo.config.decoding = "viterbi"

@@ -40,6 +40,7 @@ from metanlp.meta.registry import register_algorithm
 from metanlp.models import HEAD_PARAMETER_NAMES
 
 O_HANDLING = ("none", "threshold", "prototypes")
+DECODINGS = ("viterbi", "viterbi_posterior", "constrained", "argmax")
 DETECTOR = ("detector.weight", "detector.bias")
 TYPING = ("typing.weight", "typing.bias")
 O_KEY = "typing.o_prototypes"
@@ -60,8 +61,12 @@ class DecomposedConfig(MetaConfig):
         entity_weight (`float`, defaults to 5.0): Class weight of ``B`` and ``I`` in the detection
             cross-entropy (inner and outer); tweets are ~90 % ``O`` words, and an unweighted
             detector learns to say ``O`` everywhere (0 entity F1 on WNUT-16, see the benchmark).
-        viterbi (`bool`, defaults to True): Decode B/I/O with the transition scores, else argmax
-            (then an ``I`` after ``O`` opens a mention).
+        decoding (`str`, defaults to ``"viterbi"``): ``"viterbi"``: estimated transitions over
+            scaled likelihoods (the detector's log posteriors minus the log tag frequencies of
+            the counts, as a hybrid HMM; posteriors alone count the ``O`` prior twice);
+            ``"viterbi_posterior"``: estimated transitions over the log posteriors (StructShot's
+            plain pass); ``"constrained"``: the best path with no ``I`` after ``O`` or first,
+            other moves free; ``"argmax"``: per word (an ``I`` after ``O`` opens a mention).
         o_handling (`str`, defaults to ``"none"``): ``"none"``, ``"threshold"`` or ``"prototypes"``.
         o_threshold (`float`, defaults to 0.5): Minimum top type probability (``"threshold"``).
         o_prototypes (`int`, defaults to 4): ``O`` prototypes (``"prototypes"``).
@@ -80,13 +85,17 @@ class DecomposedConfig(MetaConfig):
     temperature: float = 10.0
     detection_weight: float = 1.0
     entity_weight: float = 5.0
-    viterbi: bool = True
+    decoding: str = "viterbi"
     o_handling: str = "none"
     o_threshold: float = 0.5
     o_prototypes: int = 4
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.decoding not in DECODINGS:
+            raise ValueError(
+                f"DecomposedConfig: decoding={self.decoding!r}; use one of {DECODINGS}."
+            )
         if self.o_handling not in O_HANDLING:
             raise ValueError(
                 f"DecomposedConfig: o_handling={self.o_handling!r}; use one of {O_HANDLING}."
@@ -157,6 +166,18 @@ class DecomposedNER(MetaAlgorithm):
         the Viterbi scores are estimated from. Meta-training adds every episode's sentences."""
         with torch.no_grad():
             self.extra[COUNTS] += S.transition_counts(sequences).to(self.extra[COUNTS])
+
+    def decoder_scores(self) -> tuple[Tensor, Tensor, Tensor]:
+        """(start, transitions, log prior subtracted from the emissions) for ``decoding``."""
+        start, trans = self.transitions()
+        prior = torch.zeros(3)
+        if self.config.decoding == "constrained":
+            start = torch.where(start > S.FORBIDDEN, 0.0, S.FORBIDDEN)
+            trans = torch.where(trans > S.FORBIDDEN, 0.0, S.FORBIDDEN)
+        elif self.config.decoding == "viterbi":
+            counts = self.extra[COUNTS].detach().cpu().double()
+            prior = torch.log((counts.sum(0) + 1) / (counts.sum() + 3)).float()
+        return start, trans, prior
 
     def transitions(self) -> tuple[Tensor, Tensor]:
         """Log start ``(3,)`` and transition ``(3, 3)`` scores (add-one estimates of the counts)."""
@@ -261,15 +282,15 @@ class DecomposedNER(MetaAlgorithm):
         starts = word_starts(batch)
         out = torch.full((*feats.shape[:2], n_way), -20.0, device=feats.device)
         out[..., 0] = 0.0
-        start, trans = self.transitions()
+        start, trans, prior = self.decoder_scores()
         for r in range(feats.shape[0]):
             positions = starts[r].nonzero().flatten()
             if positions.numel() == 0:
                 continue
             words = feats[r, positions]
             emissions = F.log_softmax(F.linear(words, fast[DETECTOR[0]], fast[DETECTOR[1]]), -1)
-            path = (S.viterbi(emissions, start, trans) if self.config.viterbi
-                    else emissions.argmax(-1).tolist())  # fmt: skip
+            path = (emissions.argmax(-1).tolist() if self.config.decoding == "argmax"
+                    else S.viterbi(emissions.cpu() - prior, start, trans))  # fmt: skip
             found = S.bio_spans(path)
             if not found:
                 continue
