@@ -38,6 +38,9 @@ from benchmarks.ner_report import span_scores, write_ner_results
 
 TRAIN_SOURCE = {"dataset": "wnut16", "kind": "ner", "n_way": 3, "k_shot": 1, "q_query": 1,
                 "types": NER_TRAIN_TYPES, "mode": "relaxed", "scheme": "io"}  # fmt: skip
+POLISH = {**TRAIN_SOURCE, "dataset": "bigbench/polish_sequence_labeling", "weight": 1.0,
+          "types": ["nam_adj", "nam_eve", "nam_fac", "nam_liv", "nam_loc", "nam_num", "nam_org",
+                    "nam_oth", "nam_pro"]}  # fmt: skip
 DECOMPOSED = {"inner_steps": 5, "inner_lr": 0.1, "typing_inner_steps": 3, "typing_inner_lr": 0.1,
               "temperature": 10.0, "entity_weight": 5.0}  # fmt: skip
 VARIANTS = {  # decoding variants of the one decomposed learner (no retraining)
@@ -60,10 +63,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="a saved learner to score too, e.g. protomaml=outputs/ner_wnut16/meta/learner")  # fmt: skip
     p.add_argument("--cache", default=str(REPO_ROOT / "benchmarks" / ".cache" / "ner"),
                    help="where trained learners and episode files are kept")  # fmt: skip
+    p.add_argument("--polish", action="store_true", help="also score a decomposed learner "
+                   "meta-trained on WNUT-16 + Polish name types (bigbench extra)")  # fmt: skip
     p.add_argument("--only-decomposed", action="store_true",
                    help="score the decomposed variants (and --learner) only")  # fmt: skip
     p.add_argument("--reuse", help="an earlier ner.json on the same episodes: its methods not "
                    "scored in this run are copied in (paired by episode index)")  # fmt: skip
+    p.add_argument("--only-variants", nargs="+", help="score only these decomposed methods")
+    p.add_argument("--merge", nargs="+", metavar="NER_JSON",
+                   help="only combine finished runs on the same episodes (first file wins)")  # fmt: skip
     p.add_argument("--out", default=str(REPO_ROOT / "benchmarks" / "results"))
     p.add_argument("--data", default=None, help="corpora folder (default: $METANLP_DATA_DIR)")
     args = p.parse_args(argv)
@@ -72,8 +80,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def train(name: str, algorithm: str, options: dict[str, Any], args: argparse.Namespace):
-    """A learner meta-trained on the frequent types (loaded when the cache has it)."""
+def train(
+    name: str,
+    algorithm: str,
+    options: dict[str, Any],
+    args: argparse.Namespace,
+    sources: list[dict[str, Any]] | None = None,
+):
+    """A learner meta-trained on the frequent types, or ``sources`` (loaded when cached)."""
     from metanlp.api import MetaLearner
     from metanlp.trainer import MetaTrainer
     from metanlp.trainer_config import MetaTrainerConfig
@@ -86,7 +100,7 @@ def train(name: str, algorithm: str, options: dict[str, Any], args: argparse.Nam
         "task": "token", "adapt": "top", "adapt_options": {"top_layers": 2},
         "algorithm": algorithm, "algorithm_config": options, "max_steps": args.steps,
         "meta_batch_size": 2, "optimizer": {"lr": 1e-4, "schedule": "cosine", "warmup_steps": 5},
-        "data": {"train": [TRAIN_SOURCE], "val": None, "max_length": 64, "data_dir": args.data},
+        "data": {"train": sources or [TRAIN_SOURCE], "val": None, "max_length": 64, "data_dir": args.data},
         "output_dir": str(folder / "train"), "report_to": [], "progress_bar": False,
         "save_every": None, "keep_best": False, "cpu": True, "seed": 0,
     })  # fmt: skip
@@ -134,8 +148,30 @@ def episodes_for(k: int, tokenizer: Any, args: argparse.Namespace) -> tuple[str,
                                              max_length=64)  # fmt: skip
 
 
+def merge(paths: list[str], out: Path, stem: str) -> None:
+    """Combine the methods of finished runs, setting by setting (episodes must be the same)."""
+    records = [json.loads(Path(p).read_text()) for p in paths]
+    merged = {**records[0], "merged_from": [{"file": p, "provenance": r["provenance"]}
+                                            for p, r in zip(paths, records, strict=True)]}  # fmt: skip
+    merged["settings"] = {}
+    for record in records:
+        for setting, results in record["settings"].items():
+            have = merged["settings"].setdefault(setting, [])
+            for r in results:
+                if r["method"] in {h["method"] for h in have}:
+                    continue
+                if have and [e["index"] for e in r["episodes"]] != [
+                    e["index"] for e in have[0]["episodes"]
+                ]:
+                    raise ValueError(f"{r['method']!r} was scored on other episodes of {setting}.")
+                have.append(r)
+    write_ner_results(merged, out, stem)
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    if args.merge:
+        return merge(args.merge, Path(args.out), "ner")
     from metanlp.api import MetaLearner
     from metanlp.baselines import FineTuneBaseline, NearestToken
     from metanlp.episodes.tags import episode_word_tags
@@ -145,6 +181,12 @@ def main(argv: list[str] | None = None) -> None:
     decomposed = train("decomposed", "decomposed", dict(DECOMPOSED), args)
     plain = MetaLearner.from_pretrained(task="token", device="cpu")
     methods: dict[str, Any] = {name: variant(decomposed, **o) for name, o in VARIANTS.items()}
+    if args.polish:
+        both = [{**TRAIN_SOURCE, "weight": 2.0}, POLISH]
+        methods["decomposed, WNUT-16 + Polish"] = train("decomposed-polish", "decomposed",
+                                                        dict(DECOMPOSED), args, both)  # fmt: skip
+    if args.only_variants is not None:
+        methods = {k: v for k, v in methods.items() if k in args.only_variants}
     if not args.only_decomposed:
         protonet = train("protonet", "protonet", {}, args)
         methods.update({

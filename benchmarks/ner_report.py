@@ -78,7 +78,9 @@ def write_ner_results(record: Mapping[str, Any], out: Path, stem: str) -> None:
             name = r["method"] + (" (earlier run)" if r.get("reused_from") else "")
             lines.append(f"| {name} | {n} | " + " | ".join(cells)
                          + f" | {r['seconds'] / max(n, 1):.2f} |")  # fmt: skip
-        first = next(r for r in results if r["method"] == FIRST)
+        first = next((r for r in results if r["method"] == FIRST), None)
+        if first is None:
+            continue
         lines += ["", f"Paired per episode, {FIRST} minus each other method (entity F1, points):",
                   "", "| minus | episodes | difference | 95% interval excludes 0 |",
                   "|---|---|---|---|"]  # fmt: skip
