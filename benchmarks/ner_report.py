@@ -63,6 +63,8 @@ def write_ner_results(record: Mapping[str, Any], out: Path, stem: str) -> None:
     out.mkdir(parents=True, exist_ok=True)
     lines = [f"# Few-shot NER on held-out WNUT-16 types ({stem})", "",
              provenance_markdown(record["provenance"]), "",
+             *[f"- Merged with: `{m['provenance']['command']}` ({m['provenance']['date']})"
+               for m in record.get("merged_from", [])[1:]], "",
              f"Meta-trained learners: {record['steps']} meta-steps x 2 episodes (3-way 1~2-shot, "
              "frequent types). Mean ± 95% CI half-width over the episodes, in %. Typing accuracy "
              "counts the gold mentions a method found exactly (its n is the episodes where it "
@@ -78,20 +80,23 @@ def write_ner_results(record: Mapping[str, Any], out: Path, stem: str) -> None:
             name = r["method"] + (" (earlier run)" if r.get("reused_from") else "")
             lines.append(f"| {name} | {n} | " + " | ".join(cells)
                          + f" | {r['seconds'] / max(n, 1):.2f} |")  # fmt: skip
-        first = next((r for r in results if r["method"] == FIRST), None)
-        if first is None:
-            continue
-        lines += ["", f"Paired per episode, {FIRST} minus each other method (entity F1, points):",
-                  "", "| minus | episodes | difference | 95% interval excludes 0 |",
-                  "|---|---|---|---|"]  # fmt: skip
-        for other in results:
-            if other is first:
-                continue
-            d = paired_difference(first, other, "f1")
-            other["paired_vs_decomposed"] = d
-            excludes = abs(d["mean"]) > d["ci"]
-            lines.append(f"| {other['method']} | {d['n']} | {100 * d['mean']:+.1f} ± "
-                         f"{100 * d['ci']:.1f} | {'yes' if excludes else 'no'} |")  # fmt: skip
+        decomposed = [r for r in results if r["method"].startswith(FIRST)]
+        best = max(decomposed, key=lambda r: r["summary"]["f1"]["mean"], default=None)
+        leaders = [r for r in decomposed if r["method"] == FIRST]
+        leaders += [best] if best is not None and best not in leaders else []
+        for first in leaders:
+            lines += ["", f"Paired per episode, {first['method']} minus each other method "
+                      "(entity F1, points):", "",
+                      "| minus | episodes | difference | 95% interval excludes 0 |",
+                      "|---|---|---|---|"]  # fmt: skip
+            for other in results:
+                if other is first or (first is not leaders[0] and other in decomposed):
+                    continue
+                d = paired_difference(first, other, "f1")
+                other.setdefault("paired", {})[first["method"]] = d
+                excludes = abs(d["mean"]) > d["ci"]
+                lines.append(f"| {other['method']} | {d['n']} | {100 * d['mean']:+.1f} ± "
+                             f"{100 * d['ci']:.1f} | {'yes' if excludes else 'no'} |")  # fmt: skip
         lines.append("")
     (out / f"{stem}.json").write_text(json.dumps(record, indent=1, default=float), encoding="utf-8")
     (out / f"{stem}.md").write_text("\n".join(lines), encoding="utf-8")
