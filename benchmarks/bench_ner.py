@@ -69,6 +69,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="score the decomposed variants (and --learner) only")  # fmt: skip
     p.add_argument("--reuse", help="an earlier ner.json on the same episodes: its methods not "
                    "scored in this run are copied in (paired by episode index)")  # fmt: skip
+    p.add_argument("--no-finetune", action="store_true", help="leave out fine-tuning (slow)")
     p.add_argument("--only-variants", nargs="+", help="score only these decomposed methods")
     p.add_argument("--merge", nargs="+", metavar="NER_JSON",
                    help="only combine finished runs on the same episodes (first file wins)")  # fmt: skip
@@ -193,8 +194,9 @@ def main(argv: list[str] | None = None) -> None:
             "ProtoNet (ProtoBERT)": protonet,
             "NNShot (ProtoNet encoder)": NearestToken(protonet.model),
             "NNShot (frozen MiniLM)": NearestToken(plain.model),
-            "fine-tune": FineTuneBaseline(plain.model),
         })  # fmt: skip
+        if not args.no_finetune:
+            methods["fine-tune"] = FineTuneBaseline(plain.model)
     for spec in args.learner:
         name, _, path = spec.partition("=")
         methods[f"{name} (saved learner)"] = MetaLearner.from_pretrained(path, device="cpu")
