@@ -65,7 +65,7 @@ def test_predict_gives_one_valid_tag_per_word_past_max_length(learner):
     sentences = [["Dana", "visited", "Oslo"], ["word"] * 30 + ["Berlin"]]
     tags = tagger.predict(sentences)
     assert [len(t) for t in tags] == [3, 31]
-    assert set(tags[1][9:]) == {"O"}  # past the truncated prefix: O, and scored as such
+    # Past max_length the sentence is tagged window by window, so "Berlin" gets a real decision.
     for sent in tags:
         for prev, cur in zip(["O", *sent[:-1]], sent, strict=True):
             assert cur == "O" or cur[:2] in ("B-", "I-")
