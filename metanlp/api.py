@@ -26,6 +26,7 @@ from typing import Any
 import torch
 
 from metanlp.baselines import model_inputs
+from metanlp.episodes.tags import word_start_mask
 from metanlp.files import recover_folder
 from metanlp.meta.finetune import FineTuneConfig, finetune_fast_weights
 from metanlp.meta.policy import AdaptDecision, AdaptPolicy, choose_adaptation
@@ -256,8 +257,11 @@ class MetaLearner:
         fast, decision = self._adapt(episode.support, n, self.eval_steps, None, None)
         self.last_decision = decision
         query = model_inputs(episode.query, self.device)
-        if "labels" in episode.query:  # word starts, for learners that decode over words
-            query["word_starts"] = (episode.query["labels"] != -100).to(self.device)
+        word_ids = getattr(episode, "query_word_ids", None)
+        if word_ids:  # NER: word starts, for learners that decode over words (never the labels)
+            query["word_starts"] = word_start_mask(word_ids, query["input_ids"].shape).to(
+                self.device
+            )
         return self.algorithm.predict_logits(fast, query, n)
 
     @property
