@@ -47,6 +47,19 @@ def model_inputs(
     return {k: v.to(device) for k, v in batch.items() if k in MODEL_INPUTS}
 
 
+@torch.no_grad()
+def frozen_features(
+    model: FewShotModel, episode: Episode
+) -> tuple[torch.Tensor, torch.Tensor, torch.device]:
+    """Support and query features of ``model`` in eval mode, no graph (the frozen baselines)."""
+    device = next(model.parameters()).device
+    # model_mode restores every submodule's own flag (a plain .train(x) would not).
+    with model_mode(model, False):
+        support = model.embed(**model_inputs(episode.support, device))
+        query = model.embed(**model_inputs(episode.query, device))
+    return support, query, device
+
+
 class FrozenPrototypes:
     """Nearest centroid on frozen embeddings: logits ``−‖f(x) − c_n‖²``, no parameter changes.
 
@@ -60,14 +73,9 @@ class FrozenPrototypes:
 
     @torch.no_grad()
     def query_logits(self, episode: Episode) -> torch.Tensor:
-        device = next(self.model.parameters()).device
-        # model_mode restores every submodule's own flag (a plain .train(x) would not).
-        with model_mode(self.model, False):
-            support = self.model.embed(**model_inputs(episode.support, device))
-            prototypes = class_prototypes(
-                support, episode.support["labels"].to(device), episode.num_labels
-            )
-            query = self.model.embed(**model_inputs(episode.query, device))
+        support, query, device = frozen_features(self.model, episode)
+        labels = episode.support["labels"].to(device)
+        prototypes = class_prototypes(support, labels, episode.num_labels)
         return squared_euclidean_logits(query, prototypes).cpu()
 
 
@@ -94,10 +102,7 @@ class NearestToken:
 
     @torch.no_grad()
     def query_logits(self, episode: Episode) -> torch.Tensor:
-        device = next(self.model.parameters()).device
-        with model_mode(self.model, False):
-            support = self.model.embed(**model_inputs(episode.support, device))
-            query = self.model.embed(**model_inputs(episode.query, device))
+        support, query, device = frozen_features(self.model, episode)
         tokens, tags = flatten_labelled(support, episode.support["labels"].to(device))
         distances = squared_euclidean_logits(query, tokens)  # (Q, T, S): −‖q − s‖²
         out = distances.new_full((*query.shape[:2], episode.num_labels), float("-inf"))
@@ -180,17 +185,13 @@ class FrozenLogisticRegression:
             )
         self.model, self.C, self.max_iter = model, float(C), int(max_iter)
 
-    @torch.no_grad()
-    def _embed(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        device = next(self.model.parameters()).device
-        with model_mode(self.model, False):
-            features = self.model.embed(**model_inputs(batch, device))
-        return nn.functional.normalize(features.double(), dim=-1).cpu()
-
     def query_logits(self, episode: Episode) -> torch.Tensor:
         from sklearn.linear_model import LogisticRegression
 
-        support, query = self._embed(episode.support), self._embed(episode.query)
+        support, query, _ = frozen_features(self.model, episode)
+        support, query = (
+            nn.functional.normalize(f.double(), dim=-1).cpu() for f in (support, query)
+        )
         labels = episode.support["labels"].numpy()
         clf = LogisticRegression(C=self.C, max_iter=self.max_iter)
         clf.fit(support.numpy(), labels)
