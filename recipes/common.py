@@ -83,6 +83,16 @@ def parse_args(
     return args
 
 
+def require_optional_corpus(args: argparse.Namespace, name: str, flag: str) -> None:
+    """Exit with what to build when ``flag`` asks for an optional corpus that is not built."""
+    from metanlp.corpora import CorpusError, load_corpus
+
+    try:
+        load_corpus(name, args.data)
+    except CorpusError as err:
+        sys.exit(f"{flag} needs the optional bigbench corpus in {args.data}: {err}")
+
+
 def trainer_config(args: argparse.Namespace, name: str, **settings: Any) -> Any:
     """A `MetaTrainerConfig` from the recipe's settings, sized by ``args.size``."""
     from metanlp.trainer_config import MetaTrainerConfig

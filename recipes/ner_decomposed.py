@@ -16,10 +16,17 @@ strict IOB2) against the same start without meta-training, frozen prototypes and
 
 from __future__ import annotations
 
-import sys
 import time
 
-from common import Size, meta_train, methods_for, parse_args, score_setting, trainer_config
+from common import (
+    Size,
+    meta_train,
+    methods_for,
+    parse_args,
+    require_optional_corpus,
+    score_setting,
+    trainer_config,
+)
 from report import write_report
 
 TRAIN_TYPES = ["person", "geo-loc", "other", "company", "facility", "product"]
@@ -66,15 +73,12 @@ def main() -> None:
     args = parse_args(__doc__.split("\n\n")[0], SIZES, extra=_options)
     started = time.perf_counter()
     from metanlp.baselines import NearestToken
-    from metanlp.corpora import CorpusError, load_corpus
+    from metanlp.corpora import load_corpus
     from metanlp.episodes import EpisodeSamplingError, NERSampler
 
     wnut = load_corpus("wnut16", args.data)
     if args.polish:
-        try:
-            load_corpus(POLISH, args.data)
-        except CorpusError as err:
-            sys.exit(f"--polish needs the optional bigbench corpus in {args.data}: {err}")
+        require_optional_corpus(args, POLISH, "--polish")
     learner, start, info = meta_train(config_for(args))
     methods = {**methods_for(learner, start, args.size), "nnshot": NearestToken(start.model)}
     settings = []

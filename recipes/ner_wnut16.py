@@ -18,7 +18,6 @@ the same WNUT-16 types: cross-lingual, cross-dataset transfer.
 
 from __future__ import annotations
 
-import sys
 import time
 
 from common import (
@@ -26,6 +25,7 @@ from common import (
     meta_train,
     methods_for,
     parse_args,
+    require_optional_corpus,
     score_setting,
     trainer_config,
 )
@@ -57,15 +57,12 @@ def _options(parser) -> None:
 def main() -> None:
     args = parse_args(__doc__.split("\n\n")[0], SIZES, extra=_options)
     started = time.perf_counter()
-    from metanlp.corpora import CorpusError, load_corpus
+    from metanlp.corpora import load_corpus
     from metanlp.episodes import EpisodeSamplingError, NERSampler
 
     wnut = load_corpus("wnut16", args.data)
     if args.polish:
-        try:
-            load_corpus(POLISH, args.data)
-        except CorpusError as err:
-            sys.exit(f"--polish needs the optional bigbench corpus in {args.data}: {err}")
+        require_optional_corpus(args, POLISH, "--polish")
         train = {"dataset": POLISH, "types": None}
     else:
         train = {"dataset": "wnut16", "types": TRAIN_TYPES}

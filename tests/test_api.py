@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from text_examples import LABELS, QUERY, TEXTS
+from text_examples import IOB2_TAGS, LABELS, QUERY, TEXTS, WORDS
 
 from metanlp.api import MetaLearner
 
@@ -124,18 +124,6 @@ def test_save_is_atomic(learner, tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["learner"]  # no temporary left
     with pytest.raises(ValueError, match="cannot be overridden"):
         MetaLearner.from_pretrained(folder, adapt="all")
-
-
-WORDS = [
-    ["Ann", "met", "Bob", "in", "Paris"],
-    ["Google", "opened", "an", "office", "in", "Berlin"],
-    ["Bob", "works", "for", "Google"],
-]
-IOB2_TAGS = [
-    ["B-person", "O", "B-person", "O", "B-loc"],
-    ["B-org", "O", "O", "O", "O", "B-loc"],
-    ["B-person", "O", "O", "B-org"],
-]
 
 
 @pytest.fixture(scope="module")

@@ -62,7 +62,9 @@ def test_scores_equal_separate_runs_per_fold_and_candidate(learner):
                 finetune=SMALL.finetune_config(steps, lr) if steps else False, policy=False,
             )  # fmt: skip
             predicted = train.predict([TEXTS[i] for i in held])
-            accuracies.append(sum(p == LABELS[i] for p, i in zip(predicted, held, strict=True)) / len(held))
+            accuracies.append(
+                sum(p == LABELS[i] for p, i in zip(predicted, held, strict=True)) / len(held)
+            )
         assert got["accuracy"] == pytest.approx(sum(accuracies) / len(folds), abs=1e-4), key
     best = max(decision.scores.values(), key=lambda s: s["accuracy"])["accuracy"]
     chosen = "steps=0 lr=0" if decision.finetune is None else (

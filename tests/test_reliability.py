@@ -20,19 +20,10 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
+from text_examples import IOB2_TAGS, WORDS
 
 from metanlp.api import MetaLearner
 
-WORDS = [
-    ["Ann", "met", "Bob", "in", "Paris"],
-    ["Google", "opened", "an", "office", "in", "Berlin"],
-    ["Bob", "works", "for", "Google"],
-]
-IOB2_TAGS = [
-    ["B-person", "O", "B-person", "O", "B-loc"],
-    ["B-org", "O", "O", "O", "O", "B-loc"],
-    ["B-person", "O", "O", "B-org"],
-]
 TEXTS = ["The bank raised rates", "Shares fell", "The team won", "He scored twice"]
 
 

@@ -1,4 +1,5 @@
-"""A tiny three-topic text task shared by the API and fine-tuning tests (real MiniLM inputs)."""
+"""Tiny tasks shared by the API, fine-tuning, policy and reliability tests (real MiniLM inputs):
+a three-topic text task and three IOB2-tagged sentences."""
 
 TEXTS = [
     "Shares fell sharply as the bank cut its profit forecast",
@@ -10,3 +11,14 @@ TEXTS = [
 ]
 LABELS = ["business", "business", "sport", "sport", "tech", "tech"]
 QUERY = ["Investors sold stocks after weak earnings", "The goalkeeper saved a penalty"]
+
+WORDS = [
+    ["Ann", "met", "Bob", "in", "Paris"],
+    ["Google", "opened", "an", "office", "in", "Berlin"],
+    ["Bob", "works", "for", "Google"],
+]
+IOB2_TAGS = [
+    ["B-person", "O", "B-person", "O", "B-loc"],
+    ["B-org", "O", "O", "O", "O", "B-loc"],
+    ["B-person", "O", "O", "B-org"],
+]
