@@ -6,7 +6,7 @@ test episodes are drawn once with a fixed seed and written to a JSON episode fil
 method (and every later run) is scored on the same episodes; a default-size run uses a prefix of
 the 600 episodes of a ``--full`` run.
 
-Meta-trained learners come from `metanlp.trainer.MetaTrainer` runs on the tweet domains of
+Meta-trained learners come from `metanlp.training.MetaTrainer` runs on the tweet domains of
 ``metanlp/configs/default.yaml`` (text) or on the WNUT-16 training types (NER), one run per
 variant, cached under ``benchmarks/.cache/learners/<hash>`` so a second benchmark run (or another
 size) reuses them; a learner saved elsewhere (e.g. by a recipe) can be given instead.
@@ -228,7 +228,7 @@ def load_setting_episodes(setting: Setting, tokenizer: Any, n: int, data_dir: st
 
 def training_config(variant: Variant, family: str, steps: int, base: str = "default") -> dict:
     """The `MetaTrainerConfig` dict of one variant's meta-training run (bench-sized)."""
-    from metanlp.trainer_config import MetaTrainerConfig
+    from metanlp.training.config import MetaTrainerConfig
 
     data = MetaTrainerConfig.from_yaml(base).to_dict()
     data.update(
@@ -252,6 +252,7 @@ def training_config(variant: Variant, family: str, steps: int, base: str = "defa
         ]  # fmt: skip
         data["data"]["val"] = None
         data["keep_best"] = False
+        data["task"] = "token"
     return data
 
 
@@ -275,39 +276,14 @@ def learner_for(
 
 def _train(config: dict, family: str, run_dir: Path):
     from metanlp.api import MetaLearner
-    from metanlp.trainer import MetaTrainer
-    from metanlp.trainer_config import MetaTrainerConfig
+    from metanlp.training import MetaTrainer
+    from metanlp.training.config import MetaTrainerConfig
 
     config = {**config, "output_dir": str(run_dir / "run")}
     cfg = MetaTrainerConfig.from_dict(config)
-    algorithm = _ner_algorithm(cfg) if family == "ner" else None
-    trainer = MetaTrainer(cfg, algorithm=algorithm)
+    trainer = MetaTrainer(cfg)
     trainer.train()
-    return MetaLearner.from_trainer(trainer, task="token" if family == "ner" else None)
-
-
-def _ner_algorithm(cfg: Any):
-    """The trainer builds sequence models; NER needs the same model with a token head."""
-    from peft import LoraConfig
-
-    import metanlp.meta  # noqa: F401  (registers the algorithms)
-    from metanlp.meta.registry import build_algorithm
-    from metanlp.models import FewShotModel
-    from metanlp.trainer_setup import adapt_options
-
-    opts = adapt_options(cfg)
-    model = FewShotModel.from_pretrained(
-        cfg.model,
-        task="token",
-        max_ways=opts["max_ways"],
-        peft_config=LoraConfig(
-            r=opts["lora_r"],
-            lora_alpha=opts["lora_alpha"],
-            lora_dropout=opts["lora_dropout"],
-            target_modules=list(opts["lora_targets"]),
-        ),
-    )
-    return build_algorithm(cfg.algorithm, model, {"params": cfg.adapt, **cfg.algorithm_config})
+    return MetaLearner.from_trainer(trainer)
 
 
 def _cuda() -> bool:

@@ -90,8 +90,8 @@ def train(
 ):
     """A learner meta-trained on the frequent types, or ``sources`` (loaded when cached)."""
     from metanlp.api import MetaLearner
-    from metanlp.trainer import MetaTrainer
-    from metanlp.trainer_config import MetaTrainerConfig
+    from metanlp.training import MetaTrainer
+    from metanlp.training.config import MetaTrainerConfig
 
     key = hashlib.sha1(json.dumps(options, sort_keys=True).encode()).hexdigest()[:8]
     folder = Path(args.cache) / f"{name}-{args.steps}-{key}"

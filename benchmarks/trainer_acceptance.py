@@ -17,9 +17,9 @@ import torch
 
 from metanlp.corpora import load_corpus
 from metanlp.episodes import ClassificationSampler, EpisodeCollator
-from metanlp.trainer import MetaTrainer
-from metanlp.trainer_config import MetaTrainerConfig
-from metanlp.validation import score_episode, summarize_scores
+from metanlp.training import MetaTrainer
+from metanlp.training.config import MetaTrainerConfig
+from metanlp.training.validation import score_episode, summarize_scores
 
 
 def parse_args() -> argparse.Namespace:

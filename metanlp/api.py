@@ -25,11 +25,11 @@ from typing import Any
 
 import torch
 
-from metanlp.baselines import model_inputs
 from metanlp.episodes.tags import word_start_mask
 from metanlp.files import recover_folder
 from metanlp.meta.finetune import FineTuneConfig, finetune_fast_weights
 from metanlp.meta.policy import AdaptDecision, AdaptPolicy, choose_adaptation
+from metanlp.models import model_inputs
 from metanlp.predictors import (
     FewShotClassifier,
     FewShotTagger,
@@ -40,13 +40,12 @@ from metanlp.predictors import (
 )
 from metanlp.serialization import (
     LearnerConfig,
-    algorithm_options,
-    build_model,
     canonical_base_model,
     is_learner_folder,
     load_learner_parts,
     save_learner,
 )
+from metanlp.spec import build_algorithm, build_model
 
 UNTRAINED_DEFAULTS: dict[str, Any] = {
     "algorithm": "protomaml",
@@ -125,17 +124,14 @@ class MetaLearner:
             return cls(algorithm, config, results)
         options = {**UNTRAINED_DEFAULTS, **overrides}
         config = LearnerConfig(base_model=canonical_base_model(name_or_path), task=task, **options)
-        model = build_model(config, encoder_path=name_or_path).to(device)
-        from metanlp.meta.registry import build_algorithm
-
-        algorithm = build_algorithm(config.algorithm, model, algorithm_options(config))
-        return cls(algorithm.to(device), config)
+        model = build_model(config, name_or_path).to(device)
+        return cls(build_algorithm(config, model).to(device), config)
 
     @classmethod
     def from_trainer(
         cls, trainer: Any, *, datasets: Sequence[str] | None = None, task: str | None = None
     ) -> MetaLearner:
-        """Wrap the algorithm of a finished `metanlp.trainer.MetaTrainer` run.
+        """Wrap the algorithm of a finished `metanlp.training.MetaTrainer` run.
 
         The learner config is taken from the trainer config (model, pooling, adapt, algorithm
         and its options, the first training source's N and K and the dataset names).
@@ -144,16 +140,17 @@ class MetaLearner:
         sources = list(tc.data.train)
         first = sources[0] if sources else {}
         model = trainer.algorithm.model
+        # The spec is the trainer's; the model's own shape wins where an algorithm was passed in.
+        spec = {
+            **tc.spec_fields(),
+            "task": task or model.task,
+            "pooling": model.pooling,
+            "max_ways": model.max_ways,
+            "head_init": model.head_init,
+        }
         config = LearnerConfig(
+            **spec,
             base_model=canonical_base_model(tc.model),
-            task=task or model.task,
-            pooling=model.pooling,
-            max_ways=model.max_ways,
-            head_init=model.head_init,
-            adapt=tc.adapt,
-            adapt_options=dict(tc.adapt_options),
-            algorithm=tc.algorithm,
-            algorithm_config=dict(tc.algorithm_config),
             max_length=int(tc.data.max_length),
             meta_trained=True,
             n_way=first.get("n_way"),

@@ -29,22 +29,13 @@ from metanlp.meta.prototypes import (
     flatten_labelled,
     squared_euclidean_logits,
 )
-from metanlp.models import FewShotModel
-
-MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+from metanlp.models import FewShotModel, model_inputs
 
 
 class EpisodeMethod(Protocol):
     """Anything the evaluation harness can score: adapts on the support, returns query logits."""
 
     def query_logits(self, episode: Episode) -> torch.Tensor: ...
-
-
-def model_inputs(
-    batch: dict[str, torch.Tensor], device: torch.device | str
-) -> dict[str, torch.Tensor]:
-    """The tensors of a support/query batch the encoder takes (labels left out), on `device`."""
-    return {k: v.to(device) for k, v in batch.items() if k in MODEL_INPUTS}
 
 
 @torch.no_grad()

@@ -12,12 +12,17 @@ Run ``metanlp <command> --help`` for every option.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
+import types
+import typing
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 BASELINES = ("finetune", "prototypes")
 
@@ -56,9 +61,8 @@ def _parser() -> argparse.ArgumentParser:
                        "(<output_dir>/learner) that `evaluate`, `adapt-predict` and `push` take.")  # fmt: skip
     t.add_argument("--config", required=True,
                    help="YAML file mirroring MetaTrainerConfig (or a packaged config name)")  # fmt: skip
-    t.add_argument("--output-dir", help="override the config's output_dir")
-    t.add_argument("--max-steps", type=int, help="override the config's max_steps")
     t.add_argument("--resume", action="store_true", help="resume from the newest checkpoint")
+    _add_config_overrides(t)
 
     m = sub.add_parser("make-episodes", help="draw a fixed set of test episodes to a JSON file",
                        formatter_class=fmt, description="Write episode definitions (rows, label "
@@ -151,14 +155,63 @@ def _field(rows: list[Any], key: str, path: str) -> list[Any]:
     return [r[key] for r in rows]
 
 
+def _config_override_fields() -> dict[str, Any]:
+    """Every `MetaTrainerConfig` setting a ``--key`` option may override -> its type hint;
+    the nested sections' keys are dotted (``optimizer.lr``, ``data.max_length``)."""
+    from metanlp.training.config import MetaTrainerConfig
+
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(MetaTrainerConfig):
+        hint = typing.get_type_hints(MetaTrainerConfig)[f.name]
+        if dataclasses.is_dataclass(hint):
+            for inner, inner_hint in typing.get_type_hints(hint).items():
+                out[f"{f.name}.{inner}"] = inner_hint
+        else:
+            out[f.name] = hint
+    return out
+
+
+def _add_config_overrides(parser: argparse.ArgumentParser) -> None:
+    """One ``--key VALUE`` option per config setting, its help taken from the config's docstring
+    (`metanlp.training.config.field_help`): the options cannot drift from the config."""
+    from metanlp.training.config import DataConfig, MetaTrainerConfig, OptimizerConfig, field_help
+
+    group = parser.add_argument_group(
+        "config overrides", "replace one setting of the YAML file; VALUE is read as YAML "
+        "(3, 0.1, true, null, [a, b], {inner_steps: 3}) except for text settings",
+    )  # fmt: skip
+    helps = {
+        **field_help(MetaTrainerConfig),
+        **{f"data.{k}": v for k, v in field_help(DataConfig).items()},
+        **{f"optimizer.{k}": v for k, v in field_help(OptimizerConfig).items()},
+    }
+    for key in _config_override_fields():
+        text = helps.get(key, "see docs/training.md").replace("``", "").replace("`", "")
+        group.add_argument(f"--{key.replace('_', '-')}", dest=key, metavar="VALUE", help=text)
+
+
+def _parse_override(key: str, value: str, hint: Any) -> Any:
+    if hint is str:
+        return value
+    if typing.get_origin(hint) in (typing.Union, types.UnionType) and str in typing.get_args(hint):
+        return None if value == "null" else value  # optional text (data.data_dir)
+    try:
+        return yaml.safe_load(value)
+    except yaml.YAMLError:
+        raise ValueError(
+            f"--{key.replace('_', '-')} {value!r} is not a YAML value (a number, true/false, "
+            "null, a [list] or a {mapping}); quote text."
+        ) from None
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from metanlp.api import MetaLearner
-    from metanlp.trainer import MetaTrainer, MetaTrainerConfig
+    from metanlp.training import MetaTrainer, MetaTrainerConfig
 
     overrides = {
-        k: v
-        for k, v in (("output_dir", args.output_dir), ("max_steps", args.max_steps))
-        if v is not None
+        key: _parse_override(key, value, hint)
+        for key, hint in _config_override_fields().items()
+        if (value := getattr(args, key)) is not None
     }
     config = MetaTrainerConfig.from_yaml(args.config, **overrides)
     trainer = MetaTrainer(config)

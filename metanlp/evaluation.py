@@ -221,7 +221,7 @@ def save_results(results: Sequence[Mapping[str, Any]], output_dir: str | os.Path
     out.mkdir(parents=True, exist_ok=True)
     path = out / RESULTS_FILE
     tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(_nan_to_none(list(results)), indent=2), encoding="utf-8")
+    tmp.write_text(json.dumps(nan_to_none(list(results)), indent=2), encoding="utf-8")
     os.replace(tmp, path)
     table = comparison_table(results)
     if len(results) > 1 and results[0]["summary"]:
@@ -337,11 +337,13 @@ def _fmt(stat: Mapping[str, float]) -> str:
     return f"{mean:.2f} ± {100 * ci:.2f}"
 
 
-def _nan_to_none(value: Any) -> Any:
+def nan_to_none(value: Any) -> Any:
+    """``value`` with every NaN float (in nested dicts and lists) replaced by ``None``, so that it
+    is strict JSON (NaN is not)."""
     if isinstance(value, float) and value != value:
         return None
     if isinstance(value, dict):
-        return {k: _nan_to_none(v) for k, v in value.items()}
+        return {k: nan_to_none(v) for k, v in value.items()}
     if isinstance(value, list):
-        return [_nan_to_none(v) for v in value]
+        return [nan_to_none(v) for v in value]
     return value

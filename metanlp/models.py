@@ -25,6 +25,7 @@ from transformers import (
 )
 
 from metanlp.files import CorruptFileError
+from metanlp.spec import HEAD_INITS, POOLINGS, TASKS, check_choice
 
 logger = logging.getLogger(__name__)
 
@@ -273,10 +274,22 @@ def get_attn_implementation(model: PreTrainedModel) -> str:
 # Few-shot model: encoder + an N-way head whose rows are sliced to each episode's n_way.
 # --------------------------------------------------------------------------------------------
 
-FEWSHOT_TASKS = ("sequence", "token")
-POOLINGS = ("cls", "mean")
-HEAD_INITS = ("random", "zero")
 HEAD_PARAMETER_NAMES = ("head.weight", "head.bias")
+MODEL_INPUT_KEYS = ("input_ids", "attention_mask", "token_type_ids")
+"""The keys of an episode batch the encoder takes (``labels`` and the rest are left out)."""
+
+
+def model_inputs(
+    batch: dict[str, torch.Tensor], device: torch.device | str | None = None
+) -> dict[str, torch.Tensor]:
+    """The tensors of a support/query batch the encoder takes, moved to ``device`` if given."""
+    return {
+        k: (v if device is None else v.to(device))
+        for k, v in batch.items()
+        if k in MODEL_INPUT_KEYS
+    }
+
+
 _LORA_PEFT_TYPES = ("LORA", "ADALORA")
 
 
@@ -332,9 +345,9 @@ class FewShotModel(nn.Module):
         tokenizer: PreTrainedTokenizerBase | None = None,
     ) -> None:
         super().__init__()
-        _check_choice("task", task, FEWSHOT_TASKS)
-        _check_choice("pooling", pooling, POOLINGS)
-        _check_choice("head_init", head_init, HEAD_INITS)
+        check_choice("FewShotModel", "task", task, TASKS)
+        check_choice("FewShotModel", "pooling", pooling, POOLINGS)
+        check_choice("FewShotModel", "head_init", head_init, HEAD_INITS)
         if not isinstance(max_ways, int) or max_ways < 2:
             raise ValueError(f"max_ways={max_ways!r} must be an int >= 2 (the largest episode N).")
         peft_names: tuple[str, ...] = ()
@@ -426,8 +439,3 @@ class FewShotModel(nn.Module):
                 f"max_ways >= {n_way} (FewShotModel(..., max_ways={max(n_way, 2)}))."
             )
         return logits[..., :n_way]
-
-
-def _check_choice(name: str, value: object, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        raise ValueError(f"{name}={value!r} is not supported; use one of {allowed}.")

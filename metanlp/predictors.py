@@ -10,7 +10,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from metanlp.baselines import model_inputs
 from metanlp.episodes.tags import (
     align_word_labels,
     support_windows,
@@ -18,6 +17,7 @@ from metanlp.episodes.tags import (
     word_start_mask,
 )
 from metanlp.metrics.functional import to_iob2
+from metanlp.models import model_inputs
 
 BATCH_SIZE = 32
 _INVISIBLE = ("Cc", "Cf", "Zs", "Zl", "Zp")  # control, format (zero-width), separators

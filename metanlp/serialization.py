@@ -42,14 +42,12 @@ from metanlp.files import (
 from metanlp.models import (
     DEFAULT_MODEL,
     DEFAULT_MODEL_HUB_ID,
-    FEWSHOT_TASKS,
-    HEAD_INITS,
     HEAD_PARAMETER_NAMES,
-    POOLINGS,
     FewShotModel,
     default_model_path,
     load_encoder,
 )
+from metanlp.spec import LearnerSpec, build_algorithm, model_from_encoder
 
 CONFIG_NAME = "metanlp_config.json"
 HEAD_NAME = "head.safetensors"
@@ -59,7 +57,6 @@ ADAPTER_DIR = "adapter"
 ENCODER_DIR = "encoder"
 FORMAT = "metanlp-learner"
 VERSION = 1
-ADAPT_CHOICES = ("lora", "top", "head", "all")
 LEARNER_FILE_PATTERNS = (
     CONFIG_NAME,
     HEAD_NAME,
@@ -87,20 +84,12 @@ _HUB_ID = re.compile(r"^(?!.*\.\.)[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
 
 
 @dataclass
-class LearnerConfig:
-    """What rebuilds a learner: the model around the weights and the algorithm that adapts it.
+class LearnerConfig(LearnerSpec):
+    """What rebuilds a learner: a `LearnerSpec` (model and algorithm) plus where it starts from
+    and how it adapts at test time.
 
     Args:
         base_model (`str`): Encoder the learner starts from (Hub id, or the packaged default).
-        task (`str`, defaults to ``"sequence"``): ``"sequence"`` (text classification) or
-            ``"token"`` (NER).
-        pooling (`str`, defaults to ``"mean"``): ``"mean"`` or ``"cls"``.
-        max_ways (`int`, defaults to 16): Rows of the head (largest N; for NER tags incl. O).
-        head_init (`str`, defaults to ``"random"``): See `FewShotModel`.
-        adapt (`str`, defaults to ``"lora"``): Adapted tensors, one of ``ADAPT_CHOICES``.
-        adapt_options (`dict`): LoRA rank/targets, ``top_layers``, as in the trainer config.
-        algorithm (`str`, defaults to ``"maml"``): Registered algorithm name.
-        algorithm_config (`dict`): That algorithm's config fields.
         max_length (`int`, defaults to 128): Tokenizer truncation length.
         meta_trained (`bool`, defaults to False): Whether the weights were meta-trained.
         n_way, k_shot (`int`, *optional*): Episode shape of meta-training (for the card).
@@ -111,17 +100,11 @@ class LearnerConfig:
         policy (`dict`, *optional*): An adaptation policy (`metanlp.meta.policy.AdaptPolicy`
             fields): when set and no ``finetune`` is given, every `adapt` chooses the test-time
             fine-tuning by cross-validation on the support set. The general learner sets it.
+        **spec: the `LearnerSpec` fields (``task``, ``pooling``, ``max_ways``, ``head_init``,
+            ``adapt``, ``adapt_options``, ``algorithm``, ``algorithm_config``).
     """
 
     base_model: str
-    task: str = "sequence"
-    pooling: str = "mean"
-    max_ways: int = 16
-    head_init: str = "random"
-    adapt: str = "lora"
-    adapt_options: dict[str, Any] = field(default_factory=dict)
-    algorithm: str = "maml"
-    algorithm_config: dict[str, Any] = field(default_factory=dict)
     max_length: int = 128
     meta_trained: bool = False
     n_way: int | None = None
@@ -134,29 +117,13 @@ class LearnerConfig:
         from metanlp.meta.finetune import FineTuneConfig
         from metanlp.meta.policy import AdaptPolicy
 
+        super().__post_init__()
         ft = FineTuneConfig.coerce(self.finetune)
         self.finetune = None if ft is None else ft.to_dict()
         policy = AdaptPolicy.coerce(self.policy)
         self.policy = None if policy is None else policy.to_dict()
-        for key, allowed in (
-            ("task", FEWSHOT_TASKS),
-            ("pooling", POOLINGS),
-            ("head_init", HEAD_INITS),
-            ("adapt", ADAPT_CHOICES),
-        ):
-            if getattr(self, key) not in allowed:
-                raise ValueError(
-                    f"LearnerConfig.{key}={getattr(self, key)!r} is not allowed; choose one of {list(allowed)}."
-                )
         if not isinstance(self.max_length, int) or self.max_length < 8:
             raise ValueError(f"LearnerConfig.max_length={self.max_length!r} must be an int >= 8.")
-        import metanlp.meta  # noqa: F401  (registers the algorithms)
-        from metanlp.meta.registry import list_algorithms
-
-        if self.algorithm not in list_algorithms():
-            raise ValueError(
-                f"LearnerConfig.algorithm={self.algorithm!r} is not registered; choose one of {list_algorithms()}."
-            )
 
     def to_dict(self) -> dict[str, Any]:
         return {"format": FORMAT, "version": VERSION, **asdict(self)}
@@ -185,43 +152,6 @@ def canonical_base_model(name: str | os.PathLike | None) -> str:
     except Exception:  # the default package may be absent: then it cannot be that folder
         pass
     return str(name)
-
-
-def algorithm_options(config: LearnerConfig) -> dict[str, Any]:
-    """The algorithm config: ``adapt`` becomes ``params`` unless the config sets it (as the trainer)."""
-    options = {"params": config.adapt, **config.algorithm_config}
-    if config.algorithm == "protonet" and config.adapt == "head":
-        options["params"] = "all"
-    if config.adapt == "top" and "top_layers" not in options:
-        options["top_layers"] = int(config.adapt_options.get("top_layers", 2))
-    return options
-
-
-def build_model(
-    config: LearnerConfig, encoder_path: str | os.PathLike | None = None
-) -> FewShotModel:
-    """A `FewShotModel` as described by `config` (LoRA built from its options), freshly initialised."""
-    peft_config = None
-    if config.adapt == "lora":
-        from peft import LoraConfig
-
-        opts = config.adapt_options
-        peft_config = LoraConfig(
-            r=int(opts.get("lora_r", 8)),
-            lora_alpha=int(opts.get("lora_alpha", 16)),
-            lora_dropout=float(opts.get("lora_dropout", 0.0)),
-            target_modules=list(opts.get("lora_targets", ["query", "value"])),
-        )
-    loaded = load_encoder(encoder_path if encoder_path is not None else config.base_model)
-    return FewShotModel(
-        loaded.model,
-        task=config.task,
-        pooling=config.pooling,
-        max_ways=config.max_ways,
-        head_init=config.head_init,
-        peft_config=peft_config,
-        tokenizer=loaded.tokenizer,
-    )
 
 
 def _meta_learned_encoder_names(model: FewShotModel, outer_names: list[str]) -> tuple[set, set]:
@@ -301,9 +231,9 @@ def check_save_target(folder: Path, overwrite: bool) -> None:
 
 
 def _jsonable(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    from metanlp.evaluation import _nan_to_none
+    from metanlp.evaluation import nan_to_none
 
-    return _nan_to_none(list(results))
+    return nan_to_none(list(results))
 
 
 def _patch_adapter_base(adapter_dir: Path, base_model: str) -> None:
@@ -334,8 +264,6 @@ def load_learner_parts(folder: str | os.PathLike, device: str | torch.device = "
         CorruptFileError: a file is truncated, malformed or does not fit the config; the message
             names it.
     """
-    from metanlp.meta.registry import build_algorithm
-
     folder = Path(folder)
     recover_folder(folder)
     config = _read_config(folder / CONFIG_NAME)
@@ -353,7 +281,7 @@ def load_learner_parts(folder: str | os.PathLike, device: str | torch.device = "
         model.head.weight.copy_(head["head.weight"])
         model.head.bias.copy_(head["head.bias"])
     model.to(device)
-    algorithm = build_algorithm(config.algorithm, model, algorithm_options(config))
+    algorithm = build_algorithm(config, model)
     extras = {k: v.shape for k, v in algorithm.state_dict().items()}
     lrs_file = folder / INNER_LRS_NAME
     if extras or lrs_file.exists():
@@ -448,15 +376,7 @@ def _build_for_load(
             ) from None
         peft_config.inference_mode = False  # FewShotModel finds the PEFT tensors by requires_grad
         peft_config.base_model_name_or_path = None  # the encoder is given; PEFT warns on a rename
-    model = FewShotModel(
-        loaded.model,
-        task=config.task,
-        pooling=config.pooling,
-        max_ways=config.max_ways,
-        head_init=config.head_init,
-        peft_config=peft_config,
-        tokenizer=loaded.tokenizer,
-    )
+    model = model_from_encoder(config, loaded, peft_config)
     if adapter is not None:
         _load_adapter(model, adapter / "adapter_model.safetensors")
     return model

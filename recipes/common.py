@@ -1,7 +1,7 @@
 """What every recipe shares: its command line, run sizes, and the train → evaluate → report steps.
 
 A recipe only states its data, its algorithm config and its test settings; the steps here call
-`metanlp.trainer.MetaTrainer`, `metanlp.api.MetaLearner`, `metanlp.episodes` and
+`metanlp.training.MetaTrainer`, `metanlp.api.MetaLearner`, `metanlp.episodes` and
 `metanlp.evaluation` and write what they return. Nothing here computes a metric.
 """
 
@@ -95,7 +95,7 @@ def require_optional_corpus(args: argparse.Namespace, name: str, flag: str) -> N
 
 def trainer_config(args: argparse.Namespace, name: str, **settings: Any) -> Any:
     """A `MetaTrainerConfig` from the recipe's settings, sized by ``args.size``."""
-    from metanlp.trainer_config import MetaTrainerConfig
+    from metanlp.training.config import MetaTrainerConfig
 
     size: Size = args.size
     data = dict(settings.pop("data"))
@@ -139,7 +139,7 @@ def meta_train(
     the same weights, head and adaptation rule, with no meta-training (the fair "start" baseline).
     """
     from metanlp.api import MetaLearner
-    from metanlp.trainer import MetaTrainer
+    from metanlp.training import MetaTrainer
 
     trainer = MetaTrainer(config, **trainer_kwargs)
     start = copy.deepcopy(MetaLearner.from_trainer(trainer, datasets=datasets))

@@ -81,3 +81,19 @@ def single_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def minilm():
+    """The packaged MiniLM encoder and tokenizer (`LoadedEncoder`), SDPA attention."""
+    from metanlp.models import load_encoder
+
+    return load_encoder()
+
+
+@pytest.fixture(scope="module")
+def minilm_eager():
+    """The packaged MiniLM with eager attention (second-order gradients, exact comparisons)."""
+    from metanlp.models import load_encoder
+
+    return load_encoder(attn_implementation="eager")

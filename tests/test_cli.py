@@ -62,7 +62,8 @@ def test_bad_config_names_key_and_allowed_values(tmp_path, capsys, config, expec
 TRAIN_CONFIG = {
     "model": "default",
     "adapt": "lora",
-    "adapt_options": {"lora_r": 2, "max_ways": 4},
+    "adapt_options": {"lora_r": 2},
+    "max_ways": 4,
     "algorithm": "maml",
     "algorithm_config": {"inner_steps": 1, "inner_lr": 0.1, "first_order": True},
     "data": {

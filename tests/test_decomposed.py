@@ -104,7 +104,8 @@ def test_meta_gradient_reaches_encoder_heads_and_temperature(learner, data_dir):
     grads = {n: p.grad for n, p in algo.named_meta_parameters()}
     for name in ("detector.weight", "typing.log_temperature", algo.outer_names[0]):
         assert grads[name] is not None and float(grads[name].abs().sum()) > 0, name
-    assert grads["transitions.counts"] is None  # counted from the episodes, not trained
+    # Counted from the episodes, not trained: state (in state_dict), not a meta-parameter.
+    assert "transitions.counts" not in grads and "transitions.counts" in algo.state_dict()
     assert float(algo.extra["transitions.counts"].sum()) > 0
     for p in algo.meta_parameters():
         p.grad = None

@@ -60,7 +60,7 @@ def test_two_processes_equal_one(tmp_path, env, monkeypatch, one_thread):
     # The same run in this process, alone.
     from accelerate.state import AcceleratorState
 
-    from metanlp.trainer import MetaTrainer
+    from metanlp.training import MetaTrainer
 
     for key in ("HF_HOME", "HF_HUB_OFFLINE"):
         monkeypatch.setenv(key, env[key])

@@ -163,9 +163,10 @@ def test_evaluate_scores_every_method_on_the_same_episodes(bbc_file, model, tmp_
 
 
 def test_frozen_prototypes_equal_a_numpy_nearest_centroid(bbc_file, model):
-    from metanlp.baselines import FrozenPrototypes, model_inputs
+    from metanlp.baselines import FrozenPrototypes
     from metanlp.episodes import load_episodes
     from metanlp.evaluation import episode_metrics
+    from metanlp.models import model_inputs
 
     path, bbc = bbc_file
     episode = load_episodes(path, bbc, tokenizer=model.tokenizer)[0]
@@ -263,7 +264,7 @@ def test_ner_validation_reports_entity_f1(data_dir, model):
     """Meta-validation scores NER episodes on entities too, so `metric_for_best: f1` can work."""
     from metanlp.corpora import load_corpus
     from metanlp.episodes import NERSampler
-    from metanlp.validation import score_episode
+    from metanlp.training.validation import score_episode
 
     wnut = load_corpus("wnut16", data_dir)
     sampler = NERSampler(wnut, n_way=3, k_shot=1, mode="relaxed", seed=0, name="wnut16",

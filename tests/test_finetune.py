@@ -18,8 +18,8 @@ from text_examples import LABELS, QUERY, TEXTS
 from torch import nn
 
 from metanlp.api import MetaLearner
-from metanlp.baselines import model_inputs
 from metanlp.meta.finetune import FineTuneConfig
+from metanlp.models import model_inputs
 from metanlp.predictors import encode_texts
 
 

@@ -15,6 +15,7 @@ from transformers import BertConfig, BertModel
 import metanlp.meta.helpers as meta_helpers
 from metanlp.episodes.types import Episode
 from metanlp.meta import (
+    PARAMETER_SETS,
     MetaAlgorithm,
     MetaConfig,
     build_algorithm,
@@ -28,7 +29,7 @@ from metanlp.meta.metasgd import MetaSGDConfig
 from metanlp.models import FewShotModel, get_attn_implementation, load_encoder
 
 OURS = ("maml", "fomaml", "reptile", "anil", "metasgd", "mamlpp")
-SUBSETS = ("all", "top", "head", "lora")
+SUBSETS = PARAMETER_SETS  # all, top, head, lora, adapter ((IA)^3)
 TASKS = ("sequence", "token")
 LORA = {"r": 2, "target_modules": ["query", "value"]}
 
@@ -71,11 +72,6 @@ def tiny_episode(task: str = "sequence", n_way: int = 3, seed: int = 0) -> Episo
         kind=kind, task="synthetic", support_inputs=[], query_inputs=[], support_targets=[],
         query_targets=[],
     )  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def minilm():
-    return load_encoder()
 
 
 def minilm_episode(tokenizer, n_way: int = 2) -> Episode:
@@ -261,7 +257,7 @@ def test_second_order_switches_sdpa_to_eager_once_and_runs_on_minilm(minilm, cap
     first = FewShotModel(load_encoder().model, max_ways=4)
     build_algorithm("fomaml", first, {"params": "top", "top_layers": 1})
     assert get_attn_implementation(first.base_encoder) == "sdpa"  # first order keeps SDPA
-    with caplog.at_level(logging.WARNING, logger="metanlp.meta.base"):
+    with caplog.at_level(logging.WARNING, logger="metanlp.meta.helpers"):
         model = FewShotModel(minilm.model, max_ways=4, tokenizer=minilm.tokenizer)
         algo = build_algorithm("maml", model, {"params": "all", "inner_steps": 1, "inner_lr": 1e-3})
         build_algorithm("maml", FewShotModel(tiny_encoder(), max_ways=4), {"params": "head"})
@@ -332,10 +328,23 @@ def test_learned_rates_state_dict_round_trip():
         build_algorithm("metasgd", tiny_model(), {"params": "top"}).load_state_dict(state)
 
 
-# ---- one shared tester over every algorithm × parameter subset -----------------------------------------
+# ---- one shared tester over every registered algorithm × parameter subset × task ------------------
+# The matrix is list_algorithms() × SUBSETS × TASKS: a newly registered algorithm is tested (and
+# must either run or refuse clearly, below) without anyone editing a list.
+REFUSED = {
+    # ProtoNet and Proto-MAML take their head from prototypes: a head-only meta-learned set is empty.
+    ("protonet", "head", "sequence"): "selects only the head",
+    ("protonet", "head", "token"): "selects only the head",
+    ("protomaml", "head", "sequence"): "head",
+    ("protomaml", "head", "token"): "head",
+    # Span detection + typing: NER models only, and encoder tensors to meta-learn.
+    **{("decomposed", s, "sequence"): "needs a token model" for s in SUBSETS},
+    ("decomposed", "head", "token"): "encoder tensors to meta-learn",
+}
+"""(algorithm, subset, task) cases that must be refused with a ValueError naming the reason."""
+TOKEN_ONLY = {"decomposed"}
 CASES = (
-    [(a, s, "sequence", {}) for a in OURS for s in SUBSETS]
-    + [(a, "top", "token", {}) for a in OURS]
+    [(a, s, t, {}) for a in list_algorithms() for s in SUBSETS for t in TASKS]
     + [(a, "top", "sequence", {"head_init": "zero"}) for a in OURS]
     + [
         (a, "top", "sequence", {"inner_optimizer": o})
@@ -346,16 +355,6 @@ CASES = (
         ("maml", "lora", "sequence", {"outer_params": "all"}),
         ("fomaml", "all", "sequence", {"outer_params": "lora"}),
     ]
-    # The metric and implicit methods share the same contract.
-    # (Proto-MAML and ProtoNet refuse a head-only meta-learned set: their head comes from prototypes.)
-    + [
-        (a, s, t, {})
-        for a in ("protomaml", "protonet")
-        for s in SUBSETS
-        if s != "head"
-        for t in TASKS
-    ]
-    + [("imaml", s, t, {}) for s in SUBSETS for t in TASKS]
 )
 
 
@@ -368,17 +367,21 @@ def case_id(case) -> str:
 def test_every_algorithm_runs_on_every_subset(name, subset, task, extra):
     extra = dict(extra)
     lora = subset == "lora" or "lora" in extra.values()
-    model = tiny_model(
-        task, peft=LoraConfig(**LORA) if lora else None, head_init=extra.pop("head_init", "random")
-    )
+    peft = LoraConfig(**LORA) if lora else IA3Config() if subset == "adapter" else None
+    model = tiny_model(task, peft=peft, head_init=extra.pop("head_init", "random"))
     options = {"params": subset, "top_layers": 1, "inner_steps": 2, "inner_lr": 0.1, **extra}
     if name == "protonet":  # no inner loop
         options.pop("inner_lr")
         options["inner_steps"] = 0
+    if (name, subset, task) in REFUSED:
+        with pytest.raises(ValueError, match=REFUSED[name, subset, task]):
+            build_algorithm(name, model, options)
+        return
     algo = build_algorithm(name, model, options)
     ep = tiny_episode(task)
     metrics = algo.meta_backward(ep, scale=0.5)
-    expected = {"query_loss", "query_acc"} | ({"support_loss"} if name != "protonet" else set())
+    # query_loss / query_acc are the trainer's contract; the MAML family reports the support loss.
+    expected = {"query_loss", "query_acc"} | ({"support_loss"} if name in OURS else set())
     assert expected <= set(metrics)
     assert all(torch.isfinite(torch.tensor(v)) for k, v in metrics.items() if k != "query_acc")
     meta = dict(algo.named_meta_parameters())
@@ -393,7 +396,7 @@ def test_every_algorithm_runs_on_every_subset(name, subset, task, extra):
     fast = algo.adapt(ep.support, n, steps=None if name == "protonet" else 1)
     if name == "protonet":  # no inner loop: adaptation is the class prototypes
         assert list(fast) == ["prototypes"] and fast["prototypes"].shape[0] == n
-    else:
+    elif name not in TOKEN_ONLY:  # (the decomposed learner adapts its two heads)
         assert list(fast) == algo.inner_names
     logits = algo.predict_logits(fast, ep.query, n)
     assert logits.shape[-1] == n and logits.shape[0] == ep.query["input_ids"].shape[0]

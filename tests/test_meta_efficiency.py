@@ -13,7 +13,7 @@ from metanlp.episodes.types import Episode
 from metanlp.meta import build_algorithm
 from metanlp.meta.base import MetaConfig, task_loss
 from metanlp.meta.efficient import checkpointed_layers, frozen_prefix_layer
-from metanlp.models import FewShotModel, load_encoder
+from metanlp.models import FewShotModel
 
 LORA = {"r": 2, "target_modules": ["query", "value"], "lora_dropout": 0.0}
 
@@ -177,13 +177,8 @@ def test_options_are_validated():
         vm.meta_backward_batch([tiny_episode(1), tiny_episode(2, n_way=2)])
 
 
-@pytest.fixture(scope="module")
-def minilm():
-    return load_encoder(attn_implementation="eager")
-
-
-def test_minilm_top2_prefix_cache_matches_plain(minilm):
-    tok = minilm.tokenizer
+def test_minilm_top2_prefix_cache_matches_plain(minilm_eager):
+    tok = minilm_eager.tokenizer
     texts = ["the match ended late", "shares fell sharply", "rain is expected", "a new phone"]
     batch = tok(texts, return_tensors="pt", padding=True)
     labels = torch.tensor([0, 1, 0, 1])
@@ -196,7 +191,7 @@ def test_minilm_top2_prefix_cache_matches_plain(minilm):
         support=part, query=part, n_way=2, label_names=["a", "b"], kind="classification",
         task="t", support_inputs=[], query_inputs=[], support_targets=[], query_targets=[],
     )  # fmt: skip
-    model = FewShotModel(minilm.model, max_ways=2)
+    model = FewShotModel(minilm_eager.model, max_ways=2)
     calls = []
     hook = model.base_encoder.encoder.layer[0].register_forward_pre_hook(lambda *_: calls.append(1))
     grads, counts = [], []

@@ -21,7 +21,7 @@ from metanlp.meta.prototypes import (
     prototype_head,
     squared_euclidean_logits,
 )
-from metanlp.models import FewShotModel, load_encoder
+from metanlp.models import FewShotModel
 
 f64 = torch.float64
 
@@ -504,11 +504,6 @@ def test_token_variants_run_on_a_tiny_ner_batch(name):
 
 
 # ---------------------------------------------------------------- real MiniLM smoke runs
-
-
-@pytest.fixture(scope="module")
-def minilm():
-    return load_encoder()
 
 
 @pytest.fixture(scope="module")

@@ -322,7 +322,7 @@ def finished_run(tmp_path_factory, single_thread):
     from accelerate.state import AcceleratorState
     from trainer_helpers import build_corpus, meta_parameters, tiny_config
 
-    from metanlp.trainer import MetaTrainer
+    from metanlp.training import MetaTrainer
 
     data = tmp_path_factory.mktemp("corpora")
     build_corpus(data)
@@ -347,7 +347,7 @@ def _resumed_trainer(data: Path, run: Path, **overrides):
     from accelerate.state import AcceleratorState
     from trainer_helpers import tiny_config
 
-    from metanlp.trainer import MetaTrainer
+    from metanlp.training import MetaTrainer
 
     AcceleratorState._reset_state()
     return MetaTrainer(tiny_config(data, run, save_every=2, save_total_limit=3, **overrides))
@@ -383,7 +383,7 @@ def _tensorboard_steps(run: Path, tag: str) -> list[int]:
 def test_resume_after_a_kill_logs_each_step_once(finished_run, tmp_path):
     from trainer_helpers import meta_parameters
 
-    from metanlp.logging_utils import read_jsonl
+    from metanlp.training.logs import read_jsonl
 
     data, full, expected = finished_run
     run = _interrupted_copy(full, tmp_path / "run")
@@ -403,8 +403,97 @@ def test_resume_after_a_kill_logs_each_step_once(finished_run, tmp_path):
     assert (run / "best" / "meta_parameters.safetensors").is_file()
 
 
+# A real meta-training run (the finished_run config) in a child process that SIGKILLs itself at
+# one moment of a checkpoint write; the moment is found by wrapping the real os.replace,
+# fsync_tree and safetensors writer of that process (nothing of metanlp is replaced).
+_KILLED_RUN = r"""
+import os, signal, sys
+sys.path.insert(0, sys.argv[3])
+import torch
+torch.set_num_threads(1)
+from trainer_helpers import tiny_config
+import metanlp.files as files
+import metanlp.training.state_io as state_io
+from metanlp.training import MetaTrainer
+
+data, out, _, moment = sys.argv[1:5]
+kind, name = moment.split(":")
+real_replace, real_fsync_tree, real_save = os.replace, files.fsync_tree, state_io.save_file
+written = []
+
+def die():
+    os.kill(os.getpid(), signal.SIGKILL)
+
+def replace(src, dst, *args, **kwargs):
+    real_replace(src, dst, *args, **kwargs)
+    src, dst = os.path.basename(os.fspath(src)), os.path.basename(os.fspath(dst))
+    if kind == "renamed" and dst == name:  # complete, before the parent fsync and pruning
+        die()
+    if kind == "aside" and src == name:  # the old copy moved aside, the new one not yet in
+        die()
+
+def fsync_tree(path):
+    if kind == "written" and os.path.basename(os.fspath(path)).startswith(f".{name}.tmp-"):
+        die()  # every file written, nothing synced or renamed
+    real_fsync_tree(path)
+
+def save_file(tensors, path, *args, **kwargs):
+    real_save(tensors, path, *args, **kwargs)
+    if kind == "torn" and f".{name}.tmp-" in path:
+        written.append(path)
+        if len(written) == 2:  # the optimiser state half on disk
+            size = os.path.getsize(path)
+            with open(path, "r+b") as handle:
+                handle.truncate(size // 2)
+            die()
+
+os.replace, files.fsync_tree, state_io.save_file = replace, fsync_tree, save_file
+MetaTrainer(tiny_config(data, out, save_every=2, save_total_limit=3)).train()
+"""
+
+
+@pytest.mark.parametrize(
+    "moment,resumes_from",
+    [
+        ("torn:checkpoint-4", "checkpoint-2"),
+        ("written:checkpoint-4", "checkpoint-2"),
+        ("renamed:checkpoint-4", "checkpoint-4"),
+        ("aside:best", "checkpoint-2"),  # best/ is rewritten at step 4 before checkpoint-4
+    ],
+)
+def test_kill_9_during_a_checkpoint_write_then_resume_equals_the_uninterrupted_run(
+    finished_run, tmp_path, moment, resumes_from
+):
+    """kill -9 at several moments of a real run's checkpoint writes: the newest complete
+    checkpoint loads, and the resumed run ends with the uninterrupted run's weights and log."""
+    from trainer_helpers import meta_parameters
+
+    from metanlp.training import state_io as ckpt
+    from metanlp.training.logs import read_jsonl
+
+    data, full, expected = finished_run
+    run = tmp_path / "run"
+    tests = str(Path(__file__).parent)
+    proc = subprocess.run(
+        [sys.executable, "-c", _KILLED_RUN, str(data), str(run), tests, moment],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == -9, f"the run was not killed at {moment}: {proc.stderr[-2000:]}"
+    ckpt.recover_checkpoints(run)  # what train() does first: finish or drop half-written folders
+    assert ckpt.latest_checkpoint(run).name == resumes_from
+    trainer = _resumed_trainer(data, run)
+    trainer.train(resume_from_checkpoint=True)
+    assert ckpt.latest_checkpoint(run).name == "checkpoint-4"
+    for name, value in expected.items():
+        assert torch.equal(value, meta_parameters(trainer)[name]), name
+    train_log = [r for r in read_jsonl(run / "metrics.jsonl") if r["split"] == "train"]
+    assert train_log == [r for r in read_jsonl(full / "metrics.jsonl") if r["split"] == "train"]
+    assert not [p for p in run.iterdir() if ".tmp-" in p.name or ".old-" in p.name]
+    assert (run / "best" / "meta_parameters.safetensors").is_file()
+
+
 def test_metrics_file_torn_in_the_middle_names_the_line(tmp_path):
-    from metanlp.logging_utils import read_jsonl
+    from metanlp.training.logs import read_jsonl
 
     path = tmp_path / "metrics.jsonl"
     path.write_text('{"step": 1, "split": "train"}\n{"step": 2, "spl\n{"step": 3, "split": "x"}\n')
@@ -414,7 +503,7 @@ def test_metrics_file_torn_in_the_middle_names_the_line(tmp_path):
 
 # ---- 3. other files that failed with raw tracebacks --------------------------------------------
 def test_yaml_syntax_error_names_the_file_and_line(tmp_path):
-    from metanlp.trainer_config import MetaTrainerConfig
+    from metanlp.training.config import MetaTrainerConfig
 
     path = tmp_path / "broken.yaml"
     path.write_text("algorithm: maml\ndata: {train: [1, 2\n")

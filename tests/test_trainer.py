@@ -18,12 +18,12 @@ import torch
 from safetensors.torch import load_file
 from trainer_helpers import build_corpus, meta_parameters, tiny_config
 
-from metanlp import checkpoint as ckpt
 from metanlp.files import write_folder
-from metanlp.logging_utils import plot_learning_curve, read_jsonl
-from metanlp.trainer import MetaTrainer
-from metanlp.trainer_config import MetaTrainerConfig, OptimizerConfig
-from metanlp.trainer_utils import build_scheduler, lr_factor
+from metanlp.training import MetaTrainer
+from metanlp.training import state_io as ckpt
+from metanlp.training.config import MetaTrainerConfig, OptimizerConfig
+from metanlp.training.logs import plot_learning_curve, read_jsonl
+from metanlp.training.utils import build_scheduler, lr_factor
 
 
 @pytest.fixture(autouse=True)
@@ -129,7 +129,7 @@ def test_state_round_trip_without_pickle(tmp_path):
 _KILLED_WRITER = """
 import sys, time
 from pathlib import Path
-from metanlp.checkpoint import save_state
+from metanlp.training.state_io import save_state
 from metanlp.files import write_folder
 import torch
 def slow(folder):

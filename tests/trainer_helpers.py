@@ -53,7 +53,7 @@ def build_corpus(data_dir: str | os.PathLike, name: str = "syn", per_class: int 
 
 def tiny_config(data_dir: str | os.PathLike, output_dir: str | os.PathLike, **overrides: Any):
     """A MiniLM + LoRA second-order MAML run small enough for CI (seq 16, 3-way 2-shot)."""
-    from metanlp.trainer_config import MetaTrainerConfig
+    from metanlp.training.config import MetaTrainerConfig
 
     base: dict[str, Any] = {
         "adapt": "lora",
@@ -112,8 +112,8 @@ def _worker(config_json: str, result_path: str) -> None:
     import torch
     from safetensors.torch import save_file
 
-    from metanlp.trainer import MetaTrainer
-    from metanlp.trainer_config import MetaTrainerConfig
+    from metanlp.training import MetaTrainer
+    from metanlp.training.config import MetaTrainerConfig
 
     torch.set_num_threads(1)
     trainer = MetaTrainer(MetaTrainerConfig.from_json(config_json))

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .common import (
+from metanlp.corpora.common import (
     BuildResult,
     CorpusError,
     SourcePackage,

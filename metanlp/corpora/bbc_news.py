@@ -16,8 +16,15 @@ from pathlib import Path
 
 from datasets import Dataset
 
-from .common import BuildResult, CorpusError, SourcePackage, build_corpus, dedupe, normalize_space
-from .schema import classification_features, validate_classification
+from metanlp.corpora.common import (
+    BuildResult,
+    CorpusError,
+    SourcePackage,
+    build_corpus,
+    dedupe,
+    normalize_space,
+)
+from metanlp.corpora.schema import classification_features, validate_classification
 
 NAME = "bbc_news"
 SOURCE = SourcePackage(

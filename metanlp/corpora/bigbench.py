@@ -27,8 +27,8 @@ from typing import Any
 
 from datasets import Dataset
 
-from .common import BuildResult, CorpusError, build_corpus, dedupe, normalize_space
-from .schema import (
+from metanlp.corpora.common import BuildResult, CorpusError, build_corpus, dedupe, normalize_space
+from metanlp.corpora.schema import (
     classification_features,
     iob2_tag_names,
     ner_features,

@@ -23,7 +23,7 @@ from typing import Any
 
 from datasets import Dataset
 
-from .schema import CorpusError, summarize
+from metanlp.corpora.schema import CorpusError, summarize
 
 STAMP_FILE = "metanlp_build.json"
 BUILDER_VERSION = 1

@@ -14,8 +14,8 @@ from pathlib import Path
 
 from datasets import Dataset
 
-from .common import BuildResult, CorpusError, SourcePackage, build_corpus, dedupe
-from .schema import iob2_errors, iob2_tag_names, ner_features, validate_ner
+from metanlp.corpora.common import BuildResult, CorpusError, SourcePackage, build_corpus, dedupe
+from metanlp.corpora.schema import iob2_errors, iob2_tag_names, ner_features, validate_ner
 
 NAME = "wnut16"
 SOURCE = SourcePackage(

@@ -5,17 +5,17 @@ See docs/episodes.md for a guide.
 
 from __future__ import annotations
 
-from .classification import ClassificationSampler
-from .collate import EpisodeCollator
-from .io import load_episode_specs, load_episodes, save_episodes
-from .mixture import MixtureSampler
-from .ner import NERSampler
-from .sampler import EpisodeSampler, episode_rng
-from .smlmt import SMLMTSampler, SMLMTSource
-from .sources import ClassificationSource, NERSource
-from .splits import cross_dataset_types, split_names
-from .tags import episode_tag_names, episode_word_tags, word_predictions
-from .types import Episode, EpisodeSamplingError, EpisodeSpec
+from metanlp.episodes.classification import ClassificationSampler
+from metanlp.episodes.collate import EpisodeCollator
+from metanlp.episodes.io import load_episode_specs, load_episodes, save_episodes
+from metanlp.episodes.mixture import MixtureSampler
+from metanlp.episodes.ner import NERSampler
+from metanlp.episodes.sampler import EpisodeSampler, episode_rng
+from metanlp.episodes.smlmt import SMLMTSampler, SMLMTSource
+from metanlp.episodes.sources import ClassificationSource, NERSource
+from metanlp.episodes.splits import cross_dataset_types, split_names
+from metanlp.episodes.tags import episode_tag_names, episode_word_tags, word_predictions
+from metanlp.episodes.types import Episode, EpisodeSamplingError, EpisodeSpec
 
 __all__ = [
     "ClassificationSampler",

@@ -9,9 +9,9 @@ from dataclasses import dataclass
 import numpy as np
 from datasets import Dataset
 
-from .sampler import EpisodeSampler
-from .sources import ClassificationSource
-from .types import EpisodeSpec
+from metanlp.episodes.sampler import EpisodeSampler
+from metanlp.episodes.sources import ClassificationSource
+from metanlp.episodes.types import EpisodeSpec
 
 logger = logging.getLogger(__name__)
 

@@ -8,16 +8,16 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from ..models import check_tokenizer_matches
-from .sources import ClassificationSource, NERSource
-from .tags import (
+from metanlp.episodes.sources import ClassificationSource, NERSource
+from metanlp.episodes.tags import (
     IGNORE_INDEX,
     align_word_labels,
     episode_tag_names,
     sentence_tags,
     support_windows,
 )
-from .types import Episode, EpisodeSpec
+from metanlp.episodes.types import Episode, EpisodeSpec
+from metanlp.models import check_tokenizer_matches
 
 Encoding = tuple[tuple[int, ...], tuple[int, ...] | None, tuple[int | None, ...] | None]
 

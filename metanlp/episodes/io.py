@@ -16,11 +16,11 @@ from typing import Any
 from datasets import Dataset
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from ..files import CorruptFileError, read_json
-from .collate import EpisodeCollator
-from .sampler import EpisodeSampler
-from .sources import ClassificationSource, NERSource
-from .types import Episode, EpisodeSpec
+from metanlp.episodes.collate import EpisodeCollator
+from metanlp.episodes.sampler import EpisodeSampler
+from metanlp.episodes.sources import ClassificationSource, NERSource
+from metanlp.episodes.types import Episode, EpisodeSpec
+from metanlp.files import CorruptFileError, read_json
 
 FORMAT = "metanlp-episodes"
 VERSION = 1

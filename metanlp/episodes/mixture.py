@@ -6,8 +6,8 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from .sampler import EpisodeSampler
-from .types import Episode, EpisodeSpec
+from metanlp.episodes.sampler import EpisodeSampler
+from metanlp.episodes.types import Episode, EpisodeSpec
 
 
 class MixtureSampler(EpisodeSampler):

@@ -19,9 +19,9 @@ from collections.abc import Sequence
 import numpy as np
 from datasets import Dataset
 
-from .sampler import EpisodeSampler
-from .sources import NERSource
-from .types import NER_MODES, NER_SCHEMES, EpisodeSamplingError, EpisodeSpec
+from metanlp.episodes.sampler import EpisodeSampler
+from metanlp.episodes.sources import NERSource
+from metanlp.episodes.types import NER_MODES, NER_SCHEMES, EpisodeSamplingError, EpisodeSpec
 
 
 class NERSampler(EpisodeSampler):

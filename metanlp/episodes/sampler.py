@@ -14,9 +14,9 @@ from typing import Any
 import numpy as np
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from .collate import EpisodeCollator
-from .sources import ClassificationSource, NERSource
-from .types import Episode, EpisodeSpec
+from metanlp.episodes.collate import EpisodeCollator
+from metanlp.episodes.sources import ClassificationSource, NERSource
+from metanlp.episodes.types import Episode, EpisodeSpec
 
 Source = ClassificationSource | NERSource
 
@@ -64,7 +64,7 @@ class EpisodeSampler:
         if collator is None and tokenizer is not None:
             collator = EpisodeCollator(tokenizer, max_length, model=model)
         elif collator is not None and model is not None:
-            from ..models import check_tokenizer_matches
+            from metanlp.models import check_tokenizer_matches
 
             check_tokenizer_matches(model, collator.tokenizer)
         self.collator = collator

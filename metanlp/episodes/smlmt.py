@@ -32,10 +32,10 @@ import numpy as np
 from datasets import Dataset
 from transformers import PreTrainedTokenizerBase
 
-from .classification import classification_spec
-from .sampler import EpisodeSampler
-from .sources import _fingerprint
-from .types import EpisodeSamplingError, EpisodeSpec
+from metanlp.episodes.classification import classification_spec
+from metanlp.episodes.sampler import EpisodeSampler
+from metanlp.episodes.sources import _fingerprint
+from metanlp.episodes.types import EpisodeSamplingError, EpisodeSpec
 
 WORD = re.compile(r"[A-Za-z]+")
 SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[\"'A-Z0-9])")

@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from .sources import NERSource
+from metanlp.episodes.sources import NERSource
 
 SPLITS = ("train", "val", "test")
 

@@ -7,7 +7,6 @@ and build one with `build_algorithm(name, model, config)`. See docs/algorithms.m
 from __future__ import annotations
 
 import importlib
-import importlib.util
 
 from metanlp.meta.base import MetaAlgorithm, MetaConfig, accuracy, model_mode, task_loss
 from metanlp.meta.inner import InnerLoopResult, InnerOptimizer, inner_loop
@@ -21,7 +20,7 @@ from metanlp.meta.registry import (
 )
 
 # Each algorithm module registers itself on import. A new built-in algorithm adds its module
-# name here; optional ones not yet present in this checkout are skipped.
+# name here; a missing one is an installation fault and fails the import loudly.
 _ALGORITHM_MODULES = (
     "maml",
     "reptile",
@@ -34,8 +33,7 @@ _ALGORITHM_MODULES = (
     "decomposed",
 )
 for _name in _ALGORITHM_MODULES:
-    if importlib.util.find_spec(f"{__name__}.{_name}") is not None:
-        importlib.import_module(f"{__name__}.{_name}")
+    importlib.import_module(f"{__name__}.{_name}")
 
 __all__ = [
     "PARAMETER_SETS",

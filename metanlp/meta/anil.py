@@ -17,11 +17,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from metanlp.meta.base import MODEL_INPUT_KEYS, MetaAlgorithm, MetaConfig, model_mode, task_loss
+from metanlp.meta.base import MetaAlgorithm, MetaConfig, model_mode, task_loss
 from metanlp.meta.inner import InnerLoopResult, inner_loop
 from metanlp.meta.params import select_parameters
 from metanlp.meta.registry import register_algorithm
-from metanlp.models import HEAD_PARAMETER_NAMES
+from metanlp.models import HEAD_PARAMETER_NAMES, model_inputs
 
 
 @dataclass
@@ -57,7 +57,7 @@ class ANIL(MetaAlgorithm):
         return names
 
     def _features(self, batch: Mapping[str, Tensor]) -> Tensor:
-        return self.model.embed(**{k: batch[k] for k in MODEL_INPUT_KEYS if k in batch})
+        return self.model.embed(**model_inputs(batch))
 
     def _inner(
         self,
@@ -67,14 +67,17 @@ class ANIL(MetaAlgorithm):
         n_way: int,
         steps: int,
         mode: str,
+        grad_scale: float | None = None,
     ) -> InnerLoopResult:
         return inner_loop(
             lambda f: task_loss(_head_logits(f, feats, n_way), labels),
             fast, steps=steps, lr=self.inner_lr_schedule(steps), mode=mode,
-            optimizer=self.optimizer, grad_scale=self.config.grad_scale,
+            optimizer=self.optimizer, grad_scale=self.inner_grad_scale(grad_scale),
         )  # fmt: skip
 
-    def meta_backward(self, episode: Any, scale: float = 1.0) -> dict[str, float]:
+    def meta_backward(
+        self, episode: Any, scale: float = 1.0, *, grad_scale: float | None = None
+    ) -> dict[str, float]:
         support, query, n_way = self.unpack(episode)
         mode = "second_order" if self.second_order_now() else "first_order"
         with model_mode(self.model, self.config.train_dropout):
@@ -83,7 +86,7 @@ class ANIL(MetaAlgorithm):
                 feats_s = feats_s.detach()
             fast = self.initial_fast_weights(support, n_way, training=True)
             result = self._inner(
-                fast, feats_s, support["labels"], n_way, self.config.inner_steps, mode
+                fast, feats_s, support["labels"], n_way, self.config.inner_steps, mode, grad_scale
             )
             logits = _head_logits(result.fast, feats_q, n_way)
             loss = task_loss(logits, query["labels"])

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from metanlp.meta import efficient
+from metanlp.meta import efficient, efficient_vmap
 from metanlp.meta.config import MetaConfig
 from metanlp.meta.helpers import accuracy, model_mode, task_loss, use_eager_for_second_order
 from metanlp.meta.inner import (
@@ -27,9 +27,7 @@ from metanlp.meta.inner import (
     inner_loop,
 )
 from metanlp.meta.params import configure_trainable, select_parameters
-from metanlp.models import HEAD_PARAMETER_NAMES, FewShotModel
-
-MODEL_INPUT_KEYS = ("input_ids", "attention_mask", "token_type_ids")
+from metanlp.models import HEAD_PARAMETER_NAMES, FewShotModel, model_inputs
 
 
 class MetaAlgorithm:
@@ -143,7 +141,7 @@ class MetaAlgorithm:
         """
         if efficient.PREFIX_KEY in batch:  # frozen lower layers already run for this episode
             return efficient.layered_forward(self.model, fast, batch, n_way)
-        kwargs = {k: batch[k] for k in MODEL_INPUT_KEYS if k in batch}
+        kwargs = model_inputs(batch)
         kwargs["n_way"] = n_way
         return functional_call(self.model, dict(fast), (), kwargs, strict=False)
 
@@ -156,8 +154,10 @@ class MetaAlgorithm:
         steps: int,
         mode: str,
         query: Mapping[str, Tensor] | None = None,
+        grad_scale: float | None = None,
     ) -> InnerLoopResult:
-        """`inner_loop` on the support loss with this algorithm's rates and optimiser."""
+        """`inner_loop` on the support loss with this algorithm's rates and optimiser
+        (``grad_scale``: see `inner_grad_scale`)."""
         step_fn = None
         if query is not None:
 
@@ -177,25 +177,37 @@ class MetaAlgorithm:
             mode=mode,
             optimizer=self.optimizer,
             step_loss_fn=step_fn,
-            grad_scale=self.config.grad_scale,
+            grad_scale=self.inner_grad_scale(grad_scale),
         )
 
     def uses_step_losses(self) -> bool:
         return False
+
+    def inner_grad_scale(self, grad_scale: float | None) -> float | None:
+        """The inner loop's loss scale: the caller's (the trainer's fp16 dynamic scale) when
+        given, else the config's fixed ``grad_scale`` (``None``: no scaling)."""
+        return self.config.grad_scale if grad_scale is None else grad_scale
 
     # ---- trainer-facing API -------------------------------------------------------------------
     def named_meta_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
         params = dict(self.model.named_parameters())
         for name in self.outer_names:
             yield name, params[name]
-        yield from self.extra.items()
+        # Extras without a gradient (running statistics such as the decomposed learner's
+        # transition counts) are state, saved by `state_dict`, not optimised.
+        yield from ((n, p) for n, p in self.extra.items() if p.requires_grad)
 
     def meta_parameters(self) -> list[nn.Parameter]:
         """The tensors the outer optimiser updates (model tensors of the outer set + extras)."""
         return [p for _, p in self.named_meta_parameters()]
 
-    def meta_backward(self, episode: Any, scale: float = 1.0) -> dict[str, float]:
-        """Accumulate ``scale ×`` this task's meta-gradient into ``.grad``; return task metrics."""
+    def meta_backward(
+        self, episode: Any, scale: float = 1.0, *, grad_scale: float | None = None
+    ) -> dict[str, float]:
+        """Accumulate ``scale ×`` this task's meta-gradient into ``.grad``; return task metrics.
+
+        ``grad_scale`` scales the inner loop's support loss (fp16 loss scaling, see `inner_loop`);
+        ``None`` uses the config's."""
         support, query, n_way = self.unpack(episode)
         mode = "second_order" if self.second_order_now() else "first_order"
         with model_mode(self.model, self.config.train_dropout), efficient.training_context(self):
@@ -203,7 +215,7 @@ class MetaAlgorithm:
             fast = self.initial_fast_weights(support, n_way, training=True)
             result = self.run_inner(
                 fast, support, n_way, steps=self.config.inner_steps, mode=mode,
-                query=query if self.uses_step_losses() else None,
+                query=query if self.uses_step_losses() else None, grad_scale=grad_scale,
             )  # fmt: skip
             loss, logits = self.outer_loss(result, query, n_way)
         params = [p for p in self.meta_parameters() if p.requires_grad]
@@ -211,15 +223,44 @@ class MetaAlgorithm:
             torch.autograd.backward(loss * scale, inputs=params)
         return self.metrics(loss, logits, query, result)
 
-    def meta_backward_batch(
-        self, episodes: list[Any], scale: float = 1.0
-    ) -> list[dict[str, float]]:
-        """`meta_backward` of each episode; one ``vmap`` pass when ``task_batching="vmap"``."""
-        if self.config.task_batching == "vmap":
-            from metanlp.meta.efficient_vmap import vmap_meta_backward  # imports this module
+    @property
+    def batches_tasks(self) -> bool:
+        """Whether `meta_backward_batch` runs a meta-batch in one pass (``task_batching="vmap"``)
+        rather than task by task; the trainer then draws the batch's episodes together."""
+        return self.config.task_batching == "vmap"
 
-            return vmap_meta_backward(self, episodes, scale)
-        return [self.meta_backward(e, scale) for e in episodes]
+    def vmap_problems(self, grad_scale: float | None = None) -> list[str]:
+        """Why this algorithm cannot take the batched ``vmap`` path (empty list: it can)."""
+        cls = type(self)
+        custom = [
+            name
+            for name in ("meta_backward", "outer_loss", "initial_fast_weights", "run_inner")
+            if getattr(cls, name) is not getattr(MetaAlgorithm, name)
+        ]
+        problems = [f"{cls.__name__} overrides {custom}"] if custom else []
+        if self.uses_step_losses():
+            problems.append("it uses multi-step query losses")
+        if self.optimizer.kind != "sgd":
+            problems.append(f"inner_optimizer={self.optimizer.kind!r} (only 'sgd')")
+        if self.inner_grad_scale(grad_scale) is not None:
+            problems.append("grad_scale is set (fp16 loss scaling)")
+        if self.config.checkpointing != "none":
+            problems.append("checkpointing is on (vmap keeps every task's graph at once)")
+        return problems
+
+    def meta_backward_batch(
+        self, episodes: list[Any], scale: float = 1.0, *, grad_scale: float | None = None
+    ) -> list[dict[str, float]]:
+        """`meta_backward` of each episode; one ``vmap`` pass when `batches_tasks`."""
+        if not self.batches_tasks:
+            return [self.meta_backward(e, scale, grad_scale=grad_scale) for e in episodes]
+        problems = self.vmap_problems(grad_scale)
+        if problems:
+            raise ValueError(
+                "task_batching='vmap' supports the plain MAML path (MAML, FOMAML, Meta-SGD with "
+                f"SGD inner steps); here {'; '.join(problems)}. Use task_batching='loop'."
+            )
+        return efficient_vmap.vmap_meta_backward(self, episodes, scale)
 
     def adapt(
         self, support: Mapping[str, Tensor], n_way: int, steps: int | None = None

@@ -99,6 +99,12 @@ class MetaConfig:
             if isinstance(value, (list, tuple)):
                 setattr(self, key, list(value))
 
+    @classmethod
+    def params_for_adapt(cls, adapt: str) -> str:
+        """The ``params`` a learner spec's ``adapt`` (`metanlp.spec.LearnerSpec`) means for this
+        algorithm; the identity unless an algorithm has no use for some set."""
+        return adapt
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly dict (``from_dict`` reads it back)."""
         return asdict(self)

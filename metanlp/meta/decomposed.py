@@ -33,11 +33,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from metanlp.meta import spans as S
-from metanlp.meta.base import MODEL_INPUT_KEYS, MetaAlgorithm, MetaConfig, model_mode
+from metanlp.meta.base import MetaAlgorithm, MetaConfig, model_mode
 from metanlp.meta.inner import inner_loop
 from metanlp.meta.params import select_parameters
 from metanlp.meta.registry import register_algorithm
-from metanlp.models import HEAD_PARAMETER_NAMES
+from metanlp.models import HEAD_PARAMETER_NAMES, model_inputs
 
 O_HANDLING = ("none", "threshold", "prototypes")
 DECODINGS = ("viterbi", "viterbi_posterior", "constrained", "argmax")
@@ -190,16 +190,24 @@ class DecomposedNER(MetaAlgorithm):
         return F.cross_entropy(logits, bio, weight=logits.new_tensor([1.0, w, w]))
 
     def features(self, batch: Mapping[str, Tensor]) -> Tensor:
-        return self.model.embed(**{k: batch[k] for k in MODEL_INPUT_KEYS if k in batch})
+        return self.model.embed(**model_inputs(batch))
 
     def typing_head(self, prototypes: Tensor) -> dict[str, Tensor]:
         tau = self.extra["typing.log_temperature"].exp()
         return {TYPING[0]: 2 * prototypes / tau, TYPING[1]: -prototypes.pow(2).sum(-1) / tau}
 
     def adapt_heads(
-        self, feats: Tensor, labels: Tensor, n_way: int, steps: int, typing_steps: int, mode: str
+        self,
+        feats: Tensor,
+        labels: Tensor,
+        n_way: int,
+        steps: int,
+        typing_steps: int,
+        mode: str,
+        grad_scale: float | None = None,
     ) -> tuple[dict[str, Tensor], Tensor, Tensor]:
         """Inner loops of both heads on a support set; returns (fast heads, word states, B/I/O)."""
+        grad_scale = self.inner_grad_scale(grad_scale)
         bio = S.io_to_bio(labels)
         keep = bio != S.IGNORE_INDEX
         det_x, det_y = feats[keep], bio[keep]
@@ -207,6 +215,7 @@ class DecomposedNER(MetaAlgorithm):
             lambda f: self.detection_loss(F.linear(det_x, f[DETECTOR[0]], f[DETECTOR[1]]), det_y),
             {n: self.extra[n] for n in DETECTOR},
             steps=steps, lr=float(self.config.inner_lr), mode=mode, optimizer=self.optimizer,
+            grad_scale=grad_scale,
         ).fast  # fmt: skip
         reps, types = gold_spans(feats, labels)
         protos = typing_prototypes(reps, types, n_way - 1)
@@ -214,17 +223,20 @@ class DecomposedNER(MetaAlgorithm):
             lambda f: F.cross_entropy(F.linear(reps, f[TYPING[0]], f[TYPING[1]]), types),
             self.typing_head(protos),
             steps=typing_steps, lr=float(self.config.typing_inner_lr), mode=mode,
+            grad_scale=grad_scale,
         ).fast  # fmt: skip
         return {**detector, **typing}, det_x, det_y
 
     # ---- training -------------------------------------------------------------------------------
-    def meta_backward(self, episode: Any, scale: float = 1.0) -> dict[str, float]:
+    def meta_backward(
+        self, episode: Any, scale: float = 1.0, *, grad_scale: float | None = None
+    ) -> dict[str, float]:
         support, query, n_way = self.unpack(episode)
         mode = "first_order" if self.config.first_order else "second_order"
         with model_mode(self.model, self.config.train_dropout):
             fast, _, _ = self.adapt_heads(
                 self.features(support), support["labels"], n_way,
-                self.config.inner_steps, self.config.typing_inner_steps, mode,
+                self.config.inner_steps, self.config.typing_inner_steps, mode, grad_scale,
             )  # fmt: skip
             q_feats = self.features(query)
             q_bio = S.io_to_bio(query["labels"])

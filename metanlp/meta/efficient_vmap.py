@@ -18,14 +18,13 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import grad, vmap
 
-from metanlp.meta.base import MetaAlgorithm, accuracy, model_mode, task_loss
 from metanlp.meta.efficient import (
     EXT_MASK_KEY,
     PREFIX_LAYER_KEY,
@@ -33,7 +32,11 @@ from metanlp.meta.efficient import (
     layered_forward,
     maybe_cache_prefix,
 )
+from metanlp.meta.helpers import accuracy, model_mode, task_loss
 from metanlp.meta.inner import _lr_for
+
+if TYPE_CHECKING:  # base imports this module; the algorithm is only a type here
+    from metanlp.meta.base import MetaAlgorithm
 
 
 def _composite_layer_norm(module: nn.LayerNorm) -> Callable[[Tensor], Tensor]:
@@ -66,31 +69,6 @@ def composite_layer_norms(model: nn.Module) -> Iterator[None]:
     finally:
         for m in norms:
             m.__dict__.pop("forward", None)
-
-
-def _check_supported(algo: MetaAlgorithm) -> None:
-    cls = type(algo)
-    custom = [
-        name
-        for name in ("meta_backward", "outer_loss", "initial_fast_weights", "run_inner")
-        if getattr(cls, name) is not getattr(MetaAlgorithm, name)
-    ]
-    problems = []
-    if custom:
-        problems.append(f"{cls.__name__} overrides {custom}")
-    if algo.uses_step_losses():
-        problems.append("it uses multi-step query losses")
-    if algo.optimizer.kind != "sgd":
-        problems.append(f"inner_optimizer={algo.optimizer.kind!r} (only 'sgd')")
-    if algo.config.grad_scale is not None:
-        problems.append("grad_scale is set")
-    if getattr(algo.config, "checkpointing", "none") != "none":
-        problems.append("checkpointing is on (vmap keeps every task's graph at once)")
-    if problems:
-        raise ValueError(
-            f"task_batching='vmap' supports the plain MAML path (MAML, FOMAML, Meta-SGD with SGD "
-            f"inner steps); here {'; '.join(problems)}. Use task_batching='loop'."
-        )
 
 
 def _stack(batches: Sequence[Mapping[str, Tensor]]) -> dict[str, Tensor]:
@@ -139,6 +117,8 @@ def vmap_meta_backward(
         algo (`MetaAlgorithm`): a MAML-path algorithm (MAML, FOMAML, Meta-SGD; SGD inner steps).
         episodes (sequence of `Episode`): tasks with equal ``n_way`` and equal support / query sizes.
         scale (`float`, defaults to 1.0): each task's meta-gradient is multiplied by it.
+        The caller (`MetaAlgorithm.meta_backward_batch`) has checked that ``algo`` is on the plain
+        MAML path (`MetaAlgorithm.vmap_problems`).
 
     Returns:
         One metrics dict per episode (``query_loss``, ``query_acc``, ``support_loss``).
@@ -148,7 +128,6 @@ def vmap_meta_backward(
         >>> vmap_meta_backward(algo, episodes, scale=1 / len(episodes))
         ```
     """
-    _check_supported(algo)
     if not episodes:
         raise ValueError("vmap_meta_backward got no episodes.")
     unpacked = [algo.unpack(e) for e in episodes]

@@ -13,7 +13,7 @@ from torch import Tensor, nn
 
 from metanlp.models import FewShotModel, get_attn_implementation, set_attn_implementation
 
-logger = logging.getLogger("metanlp.meta.base")
+logger = logging.getLogger(__name__)
 _warned_eager = False
 
 

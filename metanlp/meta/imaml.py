@@ -95,6 +95,7 @@ class IMAML(MetaAlgorithm):
         steps: int,
         mode: str,
         query: Mapping[str, Tensor] | None = None,
+        grad_scale: float | None = None,
     ) -> InnerLoopResult:
         """Steps on ``L_S(φ) + (λ/2)‖φ − φ_0‖²`` (used by `adapt` too, so evaluation solves
         the same problem the meta-gradient assumes)."""
@@ -108,18 +109,21 @@ class IMAML(MetaAlgorithm):
 
         return inner_loop(
             proximal_loss, anchor, steps=steps, lr=self.inner_lr_schedule(steps), mode=mode,
-            optimizer=self.optimizer, grad_scale=self.config.grad_scale,
+            optimizer=self.optimizer, grad_scale=self.inner_grad_scale(grad_scale),
         )  # fmt: skip
 
-    def meta_backward(self, episode: Any, scale: float = 1.0) -> dict[str, float]:
+    def meta_backward(
+        self, episode: Any, scale: float = 1.0, *, grad_scale: float | None = None
+    ) -> dict[str, float]:
         support, query, n_way = self.unpack(episode)
         params = dict(self.model.named_parameters())
         inner, outer = self.inner_names, set(self.outer_names)
         with model_mode(self.model, self.config.train_dropout):
             fast0 = self.initial_fast_weights(support, n_way, training=False)
             result = self.run_inner(
-                fast0, support, n_way, steps=self.config.inner_steps, mode="no_graph"
-            )
+                fast0, support, n_way, steps=self.config.inner_steps, mode="no_graph",
+                grad_scale=grad_scale,
+            )  # fmt: skip
             phi = {n: t.detach().requires_grad_(True) for n, t in result.fast.items()}
             others = [n for n in self.outer_names if n not in phi and params[n].requires_grad]
             with torch.enable_grad():

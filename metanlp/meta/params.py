@@ -12,9 +12,7 @@ from collections.abc import Iterable, Sequence
 from torch import nn
 
 from metanlp.models import HEAD_PARAMETER_NAMES, FewShotModel
-
-PARAMETER_SETS = ("all", "top", "head", "lora", "adapter")
-"""Named parameter subsets accepted wherever a ``params`` option is taken."""
+from metanlp.spec import PARAMETER_SETS
 
 ParamSelection = str | Sequence[str]
 

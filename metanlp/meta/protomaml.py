@@ -19,10 +19,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from metanlp.meta.base import MODEL_INPUT_KEYS, MetaAlgorithm, MetaConfig
+from metanlp.meta.base import MetaAlgorithm, MetaConfig
 from metanlp.meta.prototypes import class_prototypes, prototype_head
 from metanlp.meta.registry import register_algorithm
-from metanlp.models import HEAD_PARAMETER_NAMES
+from metanlp.models import HEAD_PARAMETER_NAMES, model_inputs
 
 
 @dataclass
@@ -80,7 +80,7 @@ class ProtoMAML(MetaAlgorithm):
         # φ_0's body equals θ, so the module's own weights give the prototype features; in
         # training they keep the graph to θ, in evaluation nothing is recorded.
         with torch.set_grad_enabled(training and torch.is_grad_enabled()):
-            feats = self.model.embed(**{k: support[k] for k in MODEL_INPUT_KEYS if k in support})
+            feats = self.model.embed(**model_inputs(support))
             weight, bias = prototype_head(class_prototypes(feats, support["labels"], n_way))
         fast["head.weight"], fast["head.bias"] = weight, bias
         return fast

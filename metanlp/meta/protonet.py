@@ -18,10 +18,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from metanlp.meta.base import MODEL_INPUT_KEYS, MetaAlgorithm, MetaConfig, model_mode, task_loss
+from metanlp.meta.base import MetaAlgorithm, MetaConfig, model_mode, task_loss
 from metanlp.meta.prototypes import PROTOTYPES_KEY, class_prototypes, squared_euclidean_logits
 from metanlp.meta.registry import register_algorithm
-from metanlp.models import HEAD_PARAMETER_NAMES
+from metanlp.models import HEAD_PARAMETER_NAMES, model_inputs
 
 
 @dataclass
@@ -37,6 +37,11 @@ class ProtoNetConfig(MetaConfig):
     """
 
     inner_steps: int = 0
+
+    @classmethod
+    def params_for_adapt(cls, adapt: str) -> str:
+        """ProtoNet has no head, so a spec's ``adapt="head"`` trains the whole encoder."""
+        return "all" if adapt == "head" else adapt
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -91,13 +96,16 @@ class ProtoNet(MetaAlgorithm):
     # ---- the metric classifier ---------------------------------------------------------------
     def features(self, batch: Mapping[str, Tensor]) -> Tensor:
         """Encoder features ``(B, H)`` or ``(B, T, H)`` of a batch (graph kept if grad is on)."""
-        return self.model.embed(**{k: batch[k] for k in MODEL_INPUT_KEYS if k in batch})
+        return self.model.embed(**model_inputs(batch))
 
     def prototypes(self, support: Mapping[str, Tensor], n_way: int) -> Tensor:
         """``(n_way, H)`` class means of the support features (per token for NER)."""
         return class_prototypes(self.features(support), support["labels"], n_way)
 
-    def meta_backward(self, episode: Any, scale: float = 1.0) -> dict[str, float]:
+    def meta_backward(
+        self, episode: Any, scale: float = 1.0, *, grad_scale: float | None = None
+    ) -> dict[str, float]:
+        """No inner loop, so ``grad_scale`` (inner-loop loss scaling) has nothing to scale."""
         support, query, n_way = self.unpack(episode)
         with model_mode(self.model, self.config.train_dropout):
             protos = self.prototypes(support, n_way)

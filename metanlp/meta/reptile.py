@@ -45,13 +45,16 @@ class Reptile(MetaAlgorithm):
     name = "reptile"
     config_class = ReptileConfig
 
-    def meta_backward(self, episode: Any, scale: float = 1.0) -> dict[str, float]:
+    def meta_backward(
+        self, episode: Any, scale: float = 1.0, *, grad_scale: float | None = None
+    ) -> dict[str, float]:
         support, query, n_way = self.unpack(episode)
         with model_mode(self.model, self.config.train_dropout):
             fast = self.initial_fast_weights(support, n_way, training=False)
             result = self.run_inner(
-                fast, support, n_way, steps=self.config.inner_steps, mode="no_graph"
-            )
+                fast, support, n_way, steps=self.config.inner_steps, mode="no_graph",
+                grad_scale=grad_scale,
+            )  # fmt: skip
             with torch.no_grad():
                 logits = self.forward_with(result.fast, query, n_way)
                 loss = task_loss(logits, query["labels"])

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
-from .files import CorruptFileError, read_json, read_safetensors, recover_folders
+from metanlp.files import CorruptFileError, read_json, read_safetensors, recover_folders
 
 CHECKPOINT_PREFIX = "checkpoint-"
 DAMAGED_FIX = (

@@ -1,6 +1,6 @@
 """Small pieces of the meta-training loop: optimiser, schedule, gradient all-reduce, task seeds.
 
-Kept apart from `metanlp.trainer` so each can be tested on its own.
+Kept apart from `metanlp.training.trainer` so each can be tested on its own.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch.optim.lr_scheduler import LambdaLR
 
-from .trainer_config import OptimizerConfig
+from metanlp.training.config import OptimizerConfig
 
 
 def build_optimizer(

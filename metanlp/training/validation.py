@@ -8,17 +8,17 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from .episodes.types import Episode
-from .metrics.functional import accuracy, mean_ci
+from metanlp.episodes.types import Episode
+from metanlp.metrics.functional import accuracy, mean_ci
+from metanlp.training.contract import TrainableAlgorithm
 
 
 def score_episode(
-    algorithm: Any,
+    algorithm: TrainableAlgorithm,
     episode: Episode,
     autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
 ) -> dict[str, float]:
@@ -50,7 +50,7 @@ def score_episode(
     scores = {"accuracy": accuracy(predictions, flat[keep].tolist()), "loss": float(loss)}
     if episode.kind == "ner":
         # Imported here: evaluation imports the baselines, and through them the models.
-        from .evaluation import episode_metrics
+        from metanlp.evaluation import episode_metrics
 
         scores.update(episode_metrics(episode, logits.reshape(*labels.shape, -1).cpu()))
     return scores

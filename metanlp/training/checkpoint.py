@@ -12,9 +12,9 @@ from typing import Any
 
 import torch
 
-from . import checkpoint as ckpt
-from .files import check_tensors, read_json, recover_folder, write_folder
-from .trainer_utils import load_scheduler_state, scheduler_state
+from metanlp.files import check_tensors, read_json, recover_folder, write_folder
+from metanlp.training import state_io as ckpt
+from metanlp.training.utils import load_scheduler_state, scheduler_state
 
 WEIGHTS_NAME = "meta_parameters"
 RESUMABLE_CHANGES = frozenset(

@@ -6,25 +6,21 @@ error (a typo must not silently fall back to a default).
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
+import re
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, get_type_hints
 
 import yaml
 
-ADAPT_CHOICES = ("lora", "top", "head", "all")
+from metanlp.spec import LearnerSpec, check_choice
+
 MIXED_PRECISION_CHOICES = ("no", "bf16", "fp16")
 SCHEDULE_CHOICES = ("constant", "linear", "cosine")
-POOLING_CHOICES = ("mean", "cls")
-TASK_CHOICES = ("sequence", "token")
 ATTN_CHOICES = ("auto", "eager", "sdpa")
-
-
-def _check_choice(owner: str, key: str, value: Any, choices: tuple) -> None:
-    if value not in choices:
-        raise ValueError(f"{owner}.{key}={value!r} is not allowed; choose one of {list(choices)}.")
 
 
 def _check_positive(owner: str, key: str, value: Any, allow_zero: bool = False) -> None:
@@ -110,26 +106,20 @@ class OptimizerConfig:
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
             raise ValueError(f"optimizer.betas={self.betas!r} must be two numbers in [0, 1).")
         self.betas = [float(b) for b in self.betas]
-        _check_choice("optimizer", "schedule", self.schedule, SCHEDULE_CHOICES)
+        check_choice("optimizer", "schedule", self.schedule, SCHEDULE_CHOICES)
         _check_int("optimizer", "warmup_steps", self.warmup_steps, 0)
         if self.max_grad_norm is not None:
             _check_positive("optimizer", "max_grad_norm", self.max_grad_norm)
 
 
 @dataclass
-class MetaTrainerConfig:
-    """Settings of a meta-training run (see ``docs/training.md``).
+class MetaTrainerConfig(LearnerSpec):
+    """Settings of a meta-training run (see ``docs/training.md``): a `LearnerSpec` (``task``,
+    ``pooling``, ``max_ways``, ``head_init``, ``adapt``, ``adapt_options``, ``algorithm``,
+    ``algorithm_config``: the model and the algorithm) plus the run.
 
     Args:
         model (`str`, defaults to ``"default"``): Encoder name or path (``"default"``: packaged MiniLM).
-        task (`str`, defaults to ``"sequence"``): ``"sequence"`` (text classification) or
-            ``"token"`` (NER: a per-token head).
-        pooling (`str`, defaults to ``"mean"``): ``"mean"`` or ``"cls"``.
-        adapt (`str`, defaults to ``"lora"``): Which parameters the inner loop adapts: ``"lora"``,
-            ``"top"``, ``"head"`` or ``"all"``.
-        adapt_options (`dict`): Extra options of the parameter selection (``lora_r``, ``top_layers``...).
-        algorithm (`str`, defaults to ``"maml"``): Name in ``metanlp.meta.registry``.
-        algorithm_config (`dict`): Keyword arguments of that algorithm's config dataclass.
         attn_implementation (`str`, defaults to ``"auto"``): ``"auto"`` lets the algorithm pick
             (eager for second order on CPU), or ``"eager"`` / ``"sdpa"``.
         data (`DataConfig`): Episode sources.
@@ -159,7 +149,7 @@ class MetaTrainerConfig:
 
     Example:
         ```python
-        >>> from metanlp.trainer_config import MetaTrainerConfig
+        >>> from metanlp.training.config import MetaTrainerConfig
         >>> config = MetaTrainerConfig.from_yaml("metanlp/configs/default.yaml")
         >>> config.algorithm
         'maml'
@@ -167,12 +157,6 @@ class MetaTrainerConfig:
     """
 
     model: str = "default"
-    task: str = "sequence"
-    pooling: str = "mean"
-    adapt: str = "lora"
-    adapt_options: dict[str, Any] = field(default_factory=dict)
-    algorithm: str = "maml"
-    algorithm_config: dict[str, Any] = field(default_factory=dict)
     attn_implementation: str = "auto"
     data: DataConfig = field(default_factory=DataConfig)
     meta_batch_size: int = 2
@@ -199,12 +183,10 @@ class MetaTrainerConfig:
             self.data = _build(DataConfig, self.data, "data")
         if isinstance(self.optimizer, dict):
             self.optimizer = _build(OptimizerConfig, self.optimizer, "optimizer")
+        super().__post_init__()
         owner = "MetaTrainerConfig"
-        _check_choice(owner, "task", self.task, TASK_CHOICES)
-        _check_choice(owner, "pooling", self.pooling, POOLING_CHOICES)
-        _check_choice(owner, "adapt", self.adapt, ADAPT_CHOICES)
-        _check_choice(owner, "attn_implementation", self.attn_implementation, ATTN_CHOICES)
-        _check_choice(owner, "mixed_precision", self.mixed_precision, MIXED_PRECISION_CHOICES)
+        check_choice(owner, "attn_implementation", self.attn_implementation, ATTN_CHOICES)
+        check_choice(owner, "mixed_precision", self.mixed_precision, MIXED_PRECISION_CHOICES)
         for key in (
             "meta_batch_size",
             "gradient_accumulation_steps",
@@ -217,13 +199,6 @@ class MetaTrainerConfig:
         for key in ("save_every", "save_total_limit", "early_stopping_patience", "steps_per_epoch"):
             if getattr(self, key) is not None:
                 _check_int(owner, key, getattr(self, key), 1)
-        if not isinstance(self.algorithm, str) or not self.algorithm:
-            raise ValueError(
-                f"{owner}.algorithm={self.algorithm!r} must be a registered algorithm name."
-            )
-        for key in ("adapt_options", "algorithm_config"):
-            if not isinstance(getattr(self, key), dict):
-                raise ValueError(f"{owner}.{key}={getattr(self, key)!r} must be a mapping.")
         if isinstance(self.report_to, str):
             self.report_to = [] if self.report_to == "none" else [self.report_to]
 
@@ -244,7 +219,8 @@ class MetaTrainerConfig:
 
     @classmethod
     def from_yaml(cls, path: str | os.PathLike, **overrides: Any) -> MetaTrainerConfig:
-        """Load a YAML file (``yaml.safe_load``: no code runs); ``overrides`` replace top-level keys.
+        """Load a YAML file (``yaml.safe_load``: no code runs); ``overrides`` replace keys
+        (``"optimizer.lr"``-style dotted keys reach into the nested sections).
 
         A bare name such as ``"default"`` or ``"full"`` resolves to ``metanlp/configs/<name>.yaml``.
         """
@@ -265,8 +241,7 @@ class MetaTrainerConfig:
             raise ValueError(
                 f"{path} must hold a mapping of config keys, got {type(data).__name__}."
             )
-        data.update(overrides)
-        return cls.from_dict(data)
+        return cls.from_dict(apply_overrides(data, overrides))
 
 
 def resolve_config_path(path: str | os.PathLike) -> Path:
@@ -274,10 +249,10 @@ def resolve_config_path(path: str | os.PathLike) -> Path:
     candidate = Path(path)
     if candidate.is_file():
         return candidate
-    packaged = Path(__file__).parent / "configs" / f"{path}.yaml"
+    packaged = Path(__file__).parent.parent / "configs" / f"{path}.yaml"
     if packaged.is_file():
         return packaged
-    names = sorted(p.stem for p in (Path(__file__).parent / "configs").glob("*.yaml"))
+    names = sorted(p.stem for p in (Path(__file__).parent.parent / "configs").glob("*.yaml"))
     raise FileNotFoundError(
         f"No config file {str(path)!r}; pass a YAML path or one of the packaged configs {names}."
     )
@@ -298,3 +273,53 @@ def _build(cls: type, data: dict[str, Any], owner: str) -> Any:
             value = _build(hinted, value, f"{owner}.{key}")
         kwargs[key] = value
     return cls(**kwargs)
+
+
+def apply_overrides(data: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """``data`` with ``overrides`` applied; a dotted key (``"optimizer.lr"``) sets a nested key."""
+    data = dict(data)
+    for key, value in overrides.items():
+        outer, _, inner = key.partition(".")
+        if not inner:
+            data[outer] = value
+            continue
+        section = data.get(outer)
+        if section is None:
+            section = {}
+        if not isinstance(section, dict):
+            raise ValueError(f"Cannot set {key}: {outer} is {section!r}, not a mapping.")
+        data[outer] = {**section, inner: value}
+    return data
+
+
+_ARG_ENTRY = re.compile(r"^ {8}(\w+) \(")
+_ARG_NAME = re.compile(r"(?:^|,\s*)(\w+) \(`([^`]+)`")
+
+
+def field_help(cls: type) -> dict[str, str]:
+    """Field name -> its description in the ``Args:`` section of ``cls``'s docstring (and of
+    its dataclass bases), so that the docstring is the one place a setting is explained (the
+    CLI's ``--key`` overrides show it). Entries that document several fields share the text."""
+    out: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        doc = inspect.cleandoc(klass.__dict__.get("__doc__") or "")
+        if "Args:" not in doc:
+            continue
+        block = doc.split("Args:", 1)[1]
+        block = re.split(r"\n\S", block, maxsplit=1)[0]  # up to the next section (Example:)
+        entries: list[str] = []
+        for line in block.splitlines():
+            if _ARG_ENTRY.match("    " + line):
+                entries.append(line.strip())
+            elif entries:
+                entries[-1] += " " + line.strip()
+        pending: list[
+            str
+        ] = []  # names of an entry continued on the next line ("a (...), b (...),")
+        for entry in entries:
+            head, sep, text = entry.partition("): ")
+            pending += [name for name, _type in _ARG_NAME.findall(head + ")")]
+            if sep:
+                out.update({name: " ".join(text.split()) for name in pending})
+                pending = []
+    return out
