@@ -108,7 +108,12 @@ class MetaLearner:
             >>> learner = MetaLearner.from_pretrained("runs/bbc/learner")
             ```
         """
-        device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        try:
+            device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        except (RuntimeError, TypeError):
+            raise ValueError(
+                f"device={device!r} is not a torch device; use 'cpu', 'cuda' or 'cuda:<index>'."
+            ) from None
         folder = _find_learner_folder(name_or_path)
         if folder is not None:
             fixed = sorted(set(overrides) - {"finetune", "policy"})
@@ -122,6 +127,13 @@ class MetaLearner:
             if overrides:
                 config = dataclasses.replace(config, **overrides)
             return cls(algorithm, config, results)
+        known = {f.name for f in dataclasses.fields(LearnerConfig)} - {"base_model", "task"}
+        unknown = sorted(set(overrides) - known)
+        if unknown:
+            raise TypeError(
+                f"from_pretrained() got unknown setting(s) {unknown}; a plain encoder takes "
+                f"LearnerConfig fields: {sorted(known)}."
+            )
         options = {**UNTRAINED_DEFAULTS, **overrides}
         config = LearnerConfig(base_model=canonical_base_model(name_or_path), task=task, **options)
         model = build_model(config, name_or_path).to(device)
@@ -401,7 +413,15 @@ def _find_learner_folder(name_or_path: str | os.PathLike | None) -> Path | None:
     path = Path(name_or_path).expanduser()
     recover_folder(path)  # a save killed between its two renames
     if path.exists():
-        return path if is_learner_folder(path) else None
+        if is_learner_folder(path):
+            return path
+        if path.is_dir() and not (path / "config.json").is_file():
+            raise FileNotFoundError(
+                f"{path} is neither a saved learner (no metanlp_config.json) nor an encoder "
+                "folder (no config.json). Pass a folder written by save_pretrained() or "
+                "`metanlp train` (<output_dir>/learner), an encoder folder, or a Hub id."
+            )
+        return None
     from huggingface_hub import constants, hf_hub_download, snapshot_download
     from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError
 

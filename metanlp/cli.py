@@ -303,8 +303,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_adapt_predict(args: argparse.Namespace) -> int:
     from metanlp.api import MetaLearner
 
+    support, inputs = _read_jsonl(args.support), _read_jsonl(args.inputs)  # before the model
     learner = MetaLearner.from_pretrained(args.model, task=args.task, **_finetune(args))
-    support, inputs = _read_jsonl(args.support), _read_jsonl(args.inputs)
     lines = []
     if learner.config.task == "token":
         tagger = learner.adapt(

@@ -199,9 +199,15 @@ def _load_weights(
 ) -> PreTrainedModel:
     """``AutoModel.from_pretrained`` whose load report is dropped when the only mismatch is the
     expected one (a pooler the model was built without), and shown otherwise."""
+    from transformers.utils import logging as tf_logging
+
     tf_logger = logging.getLogger(_TRANSFORMERS_LOADING_LOGGER)
     held = _HoldRecords()
     tf_logger.addFilter(held)
+    # A BERT-family encoder loads in a second or two: its "Loading weights" bar is noise on
+    # every learner load (and in every CLI error). The user's own setting is restored after.
+    bars = tf_logging.is_progress_bar_enabled()
+    tf_logging.disable_progress_bar()
     try:
         model, info = AutoModel.from_pretrained(
             path, config=config, output_loading_info=True, **kwargs
@@ -218,6 +224,9 @@ def _load_weights(
         tf_logger.removeFilter(held)
         _replay(tf_logger, held.records, keep_report=True)
         raise
+    finally:
+        if bars:
+            tf_logging.enable_progress_bar()
     tf_logger.removeFilter(held)
     unexpected = sorted(
         k

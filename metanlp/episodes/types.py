@@ -18,7 +18,7 @@ NER_SCHEMES = ("io", "iob2")
 NER_MODES = ("strict", "relaxed")
 
 
-class EpisodeSamplingError(RuntimeError):
+class EpisodeSamplingError(ValueError):
     """An episode cannot be drawn from the data as asked (for example a type ran out of mentions)."""
 
 

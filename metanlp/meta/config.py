@@ -60,6 +60,9 @@ class MetaConfig:
     task_batching: str = "loop"
 
     allowed_inner_optimizers: ClassVar[tuple[str, ...]] = INNER_OPTIMIZERS
+    min_inner_steps: ClassVar[int] = 1
+    """Fewest meta-training inner steps: with none, a MAML-style meta-gradient never sees the
+    support set. Algorithms whose zero-step classifier uses it (prototypes) allow 0."""
 
     def __post_init__(self) -> None:
         def need(cond: bool, msg: str) -> None:
@@ -69,6 +72,12 @@ class MetaConfig:
         need(
             _is_int(self.inner_steps) and self.inner_steps >= 0,
             f"inner_steps={self.inner_steps!r} must be an int >= 0.",
+        )
+        need(
+            self.inner_steps >= self.min_inner_steps,
+            f"inner_steps=0 means no adaptation: the meta-gradient would never see the support "
+            f"set. Use inner_steps >= {self.min_inner_steps}, or 'protonet' / 'protomaml', whose "
+            "zero-step classifier is built from the support prototypes.",
         )
         need(self.eval_inner_steps is None or (_is_int(self.eval_inner_steps) and self.eval_inner_steps >= 0),
              f"eval_inner_steps={self.eval_inner_steps!r} must be None or an int >= 0.")  # fmt: skip

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -76,6 +76,8 @@ class DecomposedConfig(MetaConfig):
         >>> DecomposedConfig(params="top", top_layers=2, inner_steps=5, inner_lr=0.1)
         ```
     """
+
+    min_inner_steps: ClassVar[int] = 0
 
     inner_steps: int = 5
     inner_lr: float = 0.1

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import Tensor
@@ -35,6 +36,8 @@ class ProtoMAMLConfig(MetaConfig):
         >>> ProtoMAMLConfig(params="lora", inner_steps=3, inner_lr=1e-2, first_order=True)
         ```
     """
+
+    min_inner_steps: ClassVar[int] = 0
 
 
 class ProtoMAML(MetaAlgorithm):

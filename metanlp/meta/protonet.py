@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
@@ -35,6 +35,8 @@ class ProtoNetConfig(MetaConfig):
         >>> ProtoNetConfig(params="lora")
         ```
     """
+
+    min_inner_steps: ClassVar[int] = 0
 
     inner_steps: int = 0
 
