@@ -178,3 +178,10 @@ def test_overrides_reach_nested_sections(tmp_path):
         apply_overrides({"optimizer": 3}, {"optimizer.lr": 1})
     with pytest.raises(ValueError, match="must be a number > 0"):
         MetaTrainerConfig.from_yaml("default", **{"optimizer.lr": -1})
+
+
+def test_metanlp_trainer_stays_importable():
+    import metanlp.trainer as old
+    import metanlp.training as new
+
+    assert old.MetaTrainer is new.MetaTrainer and old.MetaTrainerConfig is new.MetaTrainerConfig
