@@ -245,30 +245,25 @@ def _config(**keys) -> str:
     return yaml.safe_dump({**base, **keys})
 
 
+def _train(**keys) -> tuple[dict[str, str], list[str]]:
+    """A ``train`` run on a config file with these keys over a small valid base."""
+    return {"cfg.yaml": _config(**keys)}, ["train", "--config", "{cfg.yaml}"]
+
+
+def _episodes(dataset: str, *options: str) -> list[str]:
+    return ["make-episodes", "--dataset", dataset, "--out", "{dir}/e.json", "--n", "2", *options]
+
+
 CLI_CASES = {
-    "config-unknown-key": (
-        {"cfg.yaml": _config(max_step=3)},
-        ["train", "--config", "{cfg.yaml}"],
-        ["max_step", "allowed keys", "max_steps"],
-    ),
-    "config-wrong-type": (
-        {"cfg.yaml": _config(max_steps="ten")},
-        ["train", "--config", "{cfg.yaml}"],
-        ["max_steps='ten'", "integer >= 1"],
-    ),
-    "config-negative-lr": (
-        {"cfg.yaml": _config(optimizer={"lr": -0.001})},
-        ["train", "--config", "{cfg.yaml}"],
-        ["optimizer.lr=-0.001", "> 0"],
-    ),
+    "config-unknown-key": (*_train(max_step=3), ["max_step", "allowed keys", "max_steps"]),
+    "config-wrong-type": (*_train(max_steps="ten"), ["max_steps='ten'", "integer >= 1"]),
+    "config-negative-lr": (*_train(optimizer={"lr": -0.001}), ["optimizer.lr=-0.001", "> 0"]),
     "config-zero-inner-steps": (
-        {"cfg.yaml": _config(algorithm="maml", algorithm_config={"inner_steps": 0})},
-        ["train", "--config", "{cfg.yaml}"],
+        *_train(algorithm="maml", algorithm_config={"inner_steps": 0}),
         ["inner_steps=0", ">= 1"],
     ),
     "config-unknown-algorithm": (
-        {"cfg.yaml": _config(algorithm="mamal")},
-        ["train", "--config", "{cfg.yaml}"],
+        *_train(algorithm="mamal"),
         ["'mamal'", "choose one of", "maml"],
     ),
     "override-not-yaml": (
@@ -278,69 +273,22 @@ CLI_CASES = {
     ),
     "n-larger-than-classes": (
         {},
-        [
-            "make-episodes",
-            "--dataset",
-            "bbc_news",
-            "--out",
-            "{dir}/e.json",
-            "--n",
-            "2",
-            "--n-way",
-            "9",
-        ],  # fmt: skip
+        _episodes("bbc_news", "--n-way", "9"),
         ["n_way=9", "only 5", "Lower n_way"],
     ),
     "k-larger-than-examples": (
         {},
-        [
-            "make-episodes",
-            "--dataset",
-            "bbc_news",
-            "--out",
-            "{dir}/e.json",
-            "--n",
-            "2",
-            "--n-way",
-            "2",
-            "--k-shot",
-            "100000",
-        ],  # fmt: skip
+        _episodes("bbc_news", "--n-way", "2", "--k-shot", "100000"),
         ["K+Q", "lower K or Q"],
     ),
     "ner-k-larger-than-mentions": (
         {},
-        [
-            "make-episodes",
-            "--dataset",
-            "wnut16",
-            "--out",
-            "{dir}/e.json",
-            "--n",
-            "2",
-            "--n-way",
-            "2",
-            "--k-shot",
-            "100000",
-        ],  # fmt: skip
+        _episodes("wnut16", "--n-way", "2", "--k-shot", "100000"),
         ["mentions", "Lower K/Q"],
     ),
     "unknown-class": (
         {},
-        [
-            "make-episodes",
-            "--dataset",
-            "bbc_news",
-            "--out",
-            "{dir}/e.json",
-            "--n",
-            "2",
-            "--n-way",
-            "2",
-            "--classes",
-            "business",
-            "weather",
-        ],  # fmt: skip
+        _episodes("bbc_news", "--n-way", "2", "--classes", "business", "weather"),
         ["Unknown classes ['weather']", "business"],
     ),
     "support-without-labels": (

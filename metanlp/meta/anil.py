@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from metanlp.meta.base import MetaAlgorithm, MetaConfig, model_mode, task_loss
-from metanlp.meta.inner import InnerLoopResult, inner_loop
+from metanlp.meta.inner import InnerLoopResult
 from metanlp.meta.params import select_parameters
 from metanlp.meta.registry import register_algorithm
 from metanlp.models import HEAD_PARAMETER_NAMES, model_inputs
@@ -69,10 +69,9 @@ class ANIL(MetaAlgorithm):
         mode: str,
         grad_scale: float | None = None,
     ) -> InnerLoopResult:
-        return inner_loop(
+        return self.inner(
             lambda f: task_loss(_head_logits(f, feats, n_way), labels),
-            fast, steps=steps, lr=self.inner_lr_schedule(steps), mode=mode,
-            optimizer=self.optimizer, grad_scale=self.inner_grad_scale(grad_scale),
+            fast, steps=steps, mode=mode, grad_scale=grad_scale,
         )  # fmt: skip
 
     def meta_backward(
@@ -98,12 +97,7 @@ class ANIL(MetaAlgorithm):
     def adapt(
         self, support: Mapping[str, Tensor], n_way: int, steps: int | None = None
     ) -> dict[str, Tensor]:
-        if steps is None:
-            steps = (
-                self.config.eval_inner_steps
-                if self.config.eval_inner_steps is not None
-                else self.config.inner_steps
-            )
+        steps = self.eval_steps(steps)
         support = self.to_device(support)
         with model_mode(self.model, False), torch.no_grad():
             feats = self._features(support)

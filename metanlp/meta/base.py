@@ -10,7 +10,7 @@ outer loss (`outer_loss`) or the whole `meta_backward` (Reptile, ProtoNet).
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, ClassVar
 
 import torch
@@ -164,21 +164,41 @@ class MetaAlgorithm:
             def step_fn(f: dict[str, Tensor]) -> Tensor:
                 return task_loss(self.forward_with(f, query, n_way), query["labels"])
 
-        loop = (
-            efficient.checkpointed_inner_loop
-            if self.config.checkpointing == "steps"
-            else inner_loop
-        )
-        return loop(
+        return self.inner(
             lambda f: task_loss(self.forward_with(f, support, n_way), support["labels"]),
-            fast,
-            steps=steps,
-            lr=self.inner_lr_schedule(steps),
-            mode=mode,
-            optimizer=self.optimizer,
-            step_loss_fn=step_fn,
+            fast, steps=steps, mode=mode, grad_scale=grad_scale, step_loss_fn=step_fn,
+            checkpointed=self.config.checkpointing == "steps",
+        )  # fmt: skip
+
+    def inner(
+        self,
+        loss_fn: Callable[[dict[str, Tensor]], Tensor],
+        fast: dict[str, Tensor],
+        *,
+        steps: int,
+        mode: str,
+        grad_scale: float | None = None,
+        step_loss_fn: Callable[[dict[str, Tensor]], Tensor] | None = None,
+        checkpointed: bool = False,
+    ) -> InnerLoopResult:
+        """`inner_loop` of any loss with this algorithm's rate schedule, inner optimiser and loss
+        scale: the one place those three are wired in (algorithms with their own inner loss,
+        such as iMAML's proximal term or ANIL's head on cached features, call it too)."""
+        loop = efficient.checkpointed_inner_loop if checkpointed else inner_loop
+        return loop(
+            loss_fn, fast, steps=steps, lr=self.inner_lr_schedule(steps), mode=mode,
+            optimizer=self.optimizer, step_loss_fn=step_loss_fn,
             grad_scale=self.inner_grad_scale(grad_scale),
-        )
+        )  # fmt: skip
+
+    def eval_steps(self, steps: int | None) -> int:
+        """Inner steps of an evaluation-time `adapt`: ``steps`` if given, else the config's
+        ``eval_inner_steps``, else its ``inner_steps``."""
+        if steps is not None:
+            return steps
+        if self.config.eval_inner_steps is not None:
+            return self.config.eval_inner_steps
+        return self.config.inner_steps
 
     def uses_step_losses(self) -> bool:
         return False
@@ -266,12 +286,7 @@ class MetaAlgorithm:
         self, support: Mapping[str, Tensor], n_way: int, steps: int | None = None
     ) -> dict[str, Tensor]:
         """Adapt to a support set for evaluation: deterministic, no graph kept, detached fast weights."""
-        if steps is None:
-            steps = (
-                self.config.eval_inner_steps
-                if self.config.eval_inner_steps is not None
-                else self.config.inner_steps
-            )
+        steps = self.eval_steps(steps)
         support = self.to_device(support)
         with model_mode(self.model, False):
             (support,) = efficient.maybe_cache_prefix(self, support)

@@ -266,9 +266,7 @@ class DecomposedNER(MetaAlgorithm):
         self, support: Mapping[str, Tensor], n_way: int, steps: int | None = None
     ) -> dict[str, Tensor]:
         """Both heads adapted to ``support`` (IO labels), plus ``O`` prototypes when configured."""
-        if steps is None:
-            steps = self.config.eval_inner_steps
-            steps = self.config.inner_steps if steps is None else steps
+        steps = self.eval_steps(steps)
         support = self.to_device(support)
         with model_mode(self.model, False):
             feats = self.features(support)

@@ -26,7 +26,7 @@ from torch import Tensor
 
 from metanlp.meta.base import MetaAlgorithm, MetaConfig, model_mode, task_loss
 from metanlp.meta.cg import solve_proximal_system, tree_dot
-from metanlp.meta.inner import InnerLoopResult, inner_loop
+from metanlp.meta.inner import InnerLoopResult
 from metanlp.meta.registry import register_algorithm
 
 
@@ -107,10 +107,7 @@ class IMAML(MetaAlgorithm):
             prox = sum(((f[n] - anchor[n]).pow(2).sum() for n in f), start=support_loss * 0)
             return support_loss + 0.5 * lam * prox
 
-        return inner_loop(
-            proximal_loss, anchor, steps=steps, lr=self.inner_lr_schedule(steps), mode=mode,
-            optimizer=self.optimizer, grad_scale=self.inner_grad_scale(grad_scale),
-        )  # fmt: skip
+        return self.inner(proximal_loss, anchor, steps=steps, mode=mode, grad_scale=grad_scale)
 
     def meta_backward(
         self, episode: Any, scale: float = 1.0, *, grad_scale: float | None = None
