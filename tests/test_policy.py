@@ -168,3 +168,10 @@ def test_saved_policy_round_trip_and_overrides(learner, tmp_path):
 def test_bad_policy_is_named(fields, match):
     with pytest.raises((ValueError, TypeError), match=match):
         AdaptPolicy.coerce(fields)
+
+
+def test_the_fast_preset_is_a_cheaper_grid_of_the_same_policy():
+    fast, default = AdaptPolicy.fast(), AdaptPolicy()
+    assert len(fast.lrs) * max(fast.steps) < len(default.lrs) * max(default.steps)
+    assert fast.fallback_params == "top" and 0 in fast.steps
+    assert AdaptPolicy.coerce(fast.to_dict()) == fast  # saved with a learner, read back equal
