@@ -158,6 +158,13 @@ VARIANTS: dict[str, Variant] = {
         Variant("protomaml", "protomaml", {**_LORA, "first_order": True}, ("text", "ner")),
         Variant("protonet", "protonet", {}, ("text", "ner")),
         Variant("general", "protonet", {}, ("text",), recipe="recipes/general_learner.py"),
+        # The issue-17 ablation (README): the recipe at one reduced size, --mode hybrid / smlmt
+        # / labelled, so that one merged results file holds the three learners by name.
+        Variant(
+            "general_hybrid100", "protonet", {}, ("text",), recipe="recipes/general_learner.py"
+        ),
+        Variant("general_smlmt", "protonet", {}, ("text",), recipe="recipes/general_learner.py"),
+        Variant("general_labelled", "protonet", {}, ("text",), recipe="recipes/general_learner.py"),
     ]
 }
 """metanlp's meta-trained variants: second order (maml), first order (fomaml), ANIL, MAML++
@@ -176,13 +183,23 @@ NOPOLICY_SUFFIX = "-nopolicy"
 """``VARIANT-nopolicy``: the same learner with its adaptation policy turned off (the ablation)."""
 
 
+FASTPOLICY_SUFFIX = "-fastpolicy"
+"""``VARIANT-fastpolicy``: the same learner adapting with `AdaptPolicy.fast()` (the timing study)."""
+
+
 def variant_of(method: str) -> str | None:
     """The metanlp variant a method name scores (``protomaml+ft`` -> ``protomaml``), else None."""
     base = method.removesuffix(FT_SUFFIX).removesuffix(NOPOLICY_SUFFIX)
+    base = base.removesuffix(FASTPOLICY_SUFFIX)
     return base if base in VARIANTS else None
 
 
-METANLP_METHODS = [m for v in VARIANTS for m in (v, v + FT_SUFFIX)] + ["general" + NOPOLICY_SUFFIX]
+METANLP_METHODS = [m for v in VARIANTS for m in (v, v + FT_SUFFIX)] + [
+    v + suffix
+    for v in VARIANTS
+    if VARIANTS[v].recipe
+    for suffix in (NOPOLICY_SUFFIX, FASTPOLICY_SUFFIX)
+]
 
 
 def episode_file(setting: Setting, data_dir: str | None = None) -> Path:

@@ -33,6 +33,7 @@ if __package__ in (None, ""):  # run as a script: make `benchmarks` and `metanlp
 
 from benchmarks.accuracy_report import merge_records, write_results
 from benchmarks.accuracy_setup import (
+    FASTPOLICY_SUFFIX,
     METANLP_METHODS,
     NOPOLICY_SUFFIX,
     SETTINGS,
@@ -157,6 +158,7 @@ def build_methods(args: argparse.Namespace, family: str, cache: dict) -> dict[st
     """The methods of one family, meta-training (or loading) each variant once per run."""
     from metanlp.api import MetaLearner
     from metanlp.baselines import FineTuneBaseline, FrozenLogisticRegression, FrozenPrototypes
+    from metanlp.meta.policy import AdaptPolicy
     from metanlp.models import FewShotModel
 
     given = saved_learners(args.learner)
@@ -180,6 +182,9 @@ def build_methods(args: argparse.Namespace, family: str, cache: dict) -> dict[st
             learner = cache[key]
             if name.endswith(NOPOLICY_SUFFIX):  # same weights, the policy turned off
                 learner = MetaLearner(learner.algorithm, replace(learner.config, policy=None))
+            elif name.endswith(FASTPOLICY_SUFFIX):  # same weights, the cheaper policy
+                fast = AdaptPolicy.fast().to_dict()
+                learner = MetaLearner(learner.algorithm, replace(learner.config, policy=fast))
             elif name != variant:  # same weights, fine-tuned after adapting
                 ft = {"steps": args.finetune_steps}
                 learner = MetaLearner(learner.algorithm, replace(learner.config, finetune=ft))
