@@ -10,6 +10,7 @@ Student-t confidence interval, and every per-episode value is kept.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -125,16 +126,19 @@ def evaluate(
         index = (
             episode.spec.index if episode.spec is not None and episode.spec.index is not None else i
         )
+        content = episode_content_hash(episode)
         for name, method in methods.items():
             torch.manual_seed(seed + i)
             start = time.perf_counter()
             logits = method.query_logits(episode)
             seconds[name] += time.perf_counter() - start
             scores = episode_metrics(episode, logits.detach().float().cpu())
-            per_method[name].append({"index": index, "task": episode.task, **scores})
+            per_method[name].append(
+                {"index": index, "task": episode.task, "content": content, **scores}
+            )
     results = []
     for name, rows in per_method.items():
-        metric_names = [k for k in rows[0] if k not in ("index", "task")]
+        metric_names = [k for k in rows[0] if k not in EPISODE_KEYS]
         summary = {m: mean_ci([r[m] for r in rows]) for m in metric_names}
         results.append(
             {
@@ -276,6 +280,20 @@ def comparison_table(results: Sequence[Mapping[str, Any]]) -> str:
     return "\n".join(rows)
 
 
+EPISODE_KEYS = ("index", "task", "content")
+"""Per-episode result keys that are not metrics."""
+
+
+def episode_content_hash(episode: Episode) -> str:
+    """A short hash of what an episode holds (its texts or words, labels and label order): two
+    results with the same episode index but different hashes were scored on different data."""
+    payload = [
+        episode.label_names, episode.support_inputs, episode.support_targets,
+        episode.query_inputs, episode.query_targets,
+    ]  # fmt: skip
+    return hashlib.sha1(json.dumps(payload, default=str).encode("utf-8")).hexdigest()[:16]
+
+
 def paired_difference(
     a: Mapping[str, Any], b: Mapping[str, Any], metric: str
 ) -> dict[str, float] | None:
@@ -299,6 +317,19 @@ def paired_difference(
         >>> d["mean"] - d["ci"] > 0  # a is better, at 95%
         ```
     """
+    content = {e["index"]: e.get("content") for e in a["episodes"]}
+    clash = [
+        e["index"]
+        for e in b["episodes"]
+        if None not in (content.get(e["index"]), e.get("content"))
+        and content[e["index"]] != e["content"]
+    ]
+    if clash:
+        raise ValueError(
+            f"{a['method']} and {b['method']} were scored on different episodes under the same "
+            f"indices {clash[:5]} (the texts or labels differ: another corpus build or episode "
+            "file). Score both on the same episode file and corpus build before pairing them."
+        )
     scores = {e["index"]: e.get(metric) for e in a["episodes"]}
     diffs = [
         scores[e["index"]] - e[metric]

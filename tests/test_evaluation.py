@@ -298,3 +298,24 @@ def test_paired_difference_matches_scipy_paired_t_interval():
     table = paired_table([a, b], "accuracy")
     significant = lo > 0 or hi < 0
     assert ("| significant |" in table) == significant
+
+
+def test_pairing_refuses_results_scored_on_different_episode_contents():
+    """Results merged from runs on different corpus builds share episode indices but not texts;
+    pairing them would compare different tasks, so it is refused (older results without the
+    content hash still pair by index)."""
+    from metanlp.evaluation import paired_difference
+
+    def result(method, contents, accs):
+        episodes = [{"index": i, "task": "t", "accuracy": a, **({"content": c} if c else {})}
+                    for i, (c, a) in enumerate(zip(contents, accs, strict=True))]  # fmt: skip
+        return {"method": method, "episodes": episodes}
+
+    a = result("general", ["x0", "x1", "x2"], [0.9, 0.8, 0.7])
+    same = result("setfit", ["x0", "x1", "x2"], [0.8, 0.8, 0.6])
+    assert paired_difference(a, same, "accuracy")["n"] == 3
+    other = result("setfit", ["x0", "y1", "x2"], [0.8, 0.8, 0.6])
+    with pytest.raises(ValueError, match=r"different episodes under the same indices \[1\]"):
+        paired_difference(a, other, "accuracy")
+    legacy = result("setfit", [None, None, None], [0.8, 0.8, 0.6])
+    assert paired_difference(a, legacy, "accuracy")["n"] == 3
