@@ -155,38 +155,32 @@ def _field(rows: list[Any], key: str, path: str) -> list[Any]:
     return [r[key] for r in rows]
 
 
-def _config_override_fields() -> dict[str, Any]:
-    """Every `MetaTrainerConfig` setting a ``--key`` option may override -> its type hint;
-    the nested sections' keys are dotted (``optimizer.lr``, ``data.max_length``)."""
-    from metanlp.training.config import MetaTrainerConfig
+def _config_override_fields() -> dict[str, tuple[Any, str]]:
+    """Every `MetaTrainerConfig` setting a ``--key`` option may override -> (its type hint, its
+    help from the config docstrings); nested sections' keys are dotted (``optimizer.lr``)."""
+    from metanlp.training.config import MetaTrainerConfig, field_help
 
-    out: dict[str, Any] = {}
-    for f in dataclasses.fields(MetaTrainerConfig):
-        hint = typing.get_type_hints(MetaTrainerConfig)[f.name]
-        if dataclasses.is_dataclass(hint):
-            for inner, inner_hint in typing.get_type_hints(hint).items():
-                out[f"{f.name}.{inner}"] = inner_hint
-        else:
-            out[f.name] = hint
-    return out
+    def walk(cls: type, prefix: str) -> dict[str, tuple[Any, str]]:
+        helps, out = field_help(cls), {}
+        for name, hint in typing.get_type_hints(cls).items():
+            if dataclasses.is_dataclass(hint):
+                out.update(walk(hint, f"{prefix}{name}."))
+            else:
+                out[prefix + name] = (hint, helps.get(name, "see docs/training.md"))
+        return out
+
+    return walk(MetaTrainerConfig, "")
 
 
 def _add_config_overrides(parser: argparse.ArgumentParser) -> None:
     """One ``--key VALUE`` option per config setting, its help taken from the config's docstring
     (`metanlp.training.config.field_help`): the options cannot drift from the config."""
-    from metanlp.training.config import DataConfig, MetaTrainerConfig, OptimizerConfig, field_help
-
     group = parser.add_argument_group(
         "config overrides", "replace one setting of the YAML file; VALUE is read as YAML "
         "(3, 0.1, true, null, [a, b], {inner_steps: 3}) except for text settings",
     )  # fmt: skip
-    helps = {
-        **field_help(MetaTrainerConfig),
-        **{f"data.{k}": v for k, v in field_help(DataConfig).items()},
-        **{f"optimizer.{k}": v for k, v in field_help(OptimizerConfig).items()},
-    }
-    for key in _config_override_fields():
-        text = helps.get(key, "see docs/training.md").replace("``", "").replace("`", "")
+    for key, (_, text) in _config_override_fields().items():
+        text = text.replace("``", "").replace("`", "")
         group.add_argument(f"--{key.replace('_', '-')}", dest=key, metavar="VALUE", help=text)
 
 
@@ -210,7 +204,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     overrides = {
         key: _parse_override(key, value, hint)
-        for key, hint in _config_override_fields().items()
+        for key, (hint, _) in _config_override_fields().items()
         if (value := getattr(args, key)) is not None
     }
     config = MetaTrainerConfig.from_yaml(args.config, **overrides)

@@ -162,7 +162,7 @@ def test_every_config_field_has_help_and_a_cli_override():
 def test_overrides_reach_nested_sections(tmp_path):
     from metanlp.cli import _parse_override
 
-    hints = _config_override_fields()
+    hints = {key: hint for key, (hint, _) in _config_override_fields().items()}
     overrides = {
         "optimizer.lr": _parse_override("optimizer.lr", "0.5", hints["optimizer.lr"]),
         "max_steps": _parse_override("max_steps", "7", hints["max_steps"]),

@@ -68,22 +68,16 @@ class TrainableAlgorithm(Protocol):
     def to(self, device: torch.device | str) -> Any: ...
 
 
+PROTOCOL_MEMBERS = sorted(
+    {n for n in vars(TrainableAlgorithm) if not n.startswith("_")}
+    | set(TrainableAlgorithm.__annotations__)
+)
+"""The names `TrainableAlgorithm` requires, read from the Protocol itself."""
+
+
 def check_trainable(algorithm: Any) -> TrainableAlgorithm:
     """``algorithm`` when it meets the contract; a `TypeError` naming what it lacks otherwise."""
-    wanted = [
-        "model",
-        "batches_tasks",
-        "named_meta_parameters",
-        "meta_backward",
-        "meta_backward_batch",
-        "set_epoch",
-        "adapt",
-        "predict_logits",
-        "state_dict",
-        "load_state_dict",
-        "to",
-    ]
-    missing = [name for name in wanted if not hasattr(algorithm, name)]
+    missing = [name for name in PROTOCOL_MEMBERS if not hasattr(algorithm, name)]
     if missing:
         raise TypeError(
             f"{type(algorithm).__name__} cannot be meta-trained: it lacks {missing} of the "
