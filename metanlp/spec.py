@@ -18,8 +18,9 @@ TASKS = ("sequence", "token")
 """``"sequence"``: text classification (pooled features); ``"token"``: NER (per-token head)."""
 POOLINGS = ("cls", "mean")
 HEAD_INITS = ("random", "zero")
-PARAMETER_SETS = ("all", "top", "head", "lora", "adapter")
-"""Named sets of adapted tensors (`metanlp.meta.params.select_parameters`)."""
+PARAMETER_SETS = ("all", "body", "top", "head", "lora", "adapter")
+"""Named sets of adapted tensors (`metanlp.meta.params.select_parameters`); ``"body"`` is every
+tensor but the token-embedding matrix."""
 ADAPT_OPTION_DEFAULTS: dict[str, Any] = {
     "lora_r": 8,
     "lora_alpha": 16,

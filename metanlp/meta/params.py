@@ -40,7 +40,9 @@ def select_parameters(
     Args:
         model (`FewShotModel`): the model whose parameters are chosen.
         which (`str` or sequence of `str`, defaults to ``"all"``):
-            ``"all"`` every parameter; ``"top"`` the top ``top_layers`` encoder layers + head;
+            ``"all"`` every parameter; ``"body"`` every parameter but the token-embedding matrix
+            (the vocabulary rows: a few examples move only their own tokens' rows, while the
+            matrix's gradient and optimiser state are about half of the model's); ``"top"`` the top ``top_layers`` encoder layers + head;
             ``"head"`` the head only; ``"lora"`` the PEFT LoRA tensors + head (the model must be
             built with a ``LoraConfig``); ``"adapter"`` the tensors of a non-LoRA PEFT method
             + head. A sequence of explicit parameter names is accepted as is (checked to exist).
@@ -72,6 +74,9 @@ def select_parameters(
     head = list(HEAD_PARAMETER_NAMES)
     if which == "all":
         return names
+    if which == "body":
+        vocab = model.encoder.get_input_embeddings().weight
+        return [n for n, p in model.named_parameters() if p is not vocab]
     if which == "head":
         return head
     if which == "top":

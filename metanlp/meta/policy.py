@@ -52,10 +52,11 @@ class AdaptPolicy:
             lower ones costs about a third of fine-tuning every weight, which is what keeps the
             whole choice within a small fraction of SetFit's time.
         fallback_steps (`int`, defaults to 10), fallback_lr (`float`, defaults to 5e-5),
-        fallback_params (`str`, defaults to ``"all"``): The fine-tuning used when the support
-            set cannot be cross-validated (a class with one example, or NER): by default the
-            plain fine-tuning baseline's settings (every weight, 10 AdamW steps), which with one
-            example per class costs a few seconds; ``fallback_steps=0`` means no fine-tuning.
+        fallback_params (`str`, defaults to ``"all"``), fallback_top_layers (`int`, *optional*,
+            defaults to ``top_layers``): The fine-tuning used when the support set cannot be
+            cross-validated (a class with one example, or NER): by default the plain fine-tuning
+            baseline's settings (every weight, 10 AdamW steps), which with one example per class
+            costs a few seconds; ``fallback_steps=0`` means no fine-tuning.
 
     Example:
         ```python
@@ -75,6 +76,7 @@ class AdaptPolicy:
     fallback_steps: int = 10
     fallback_lr: float = 5e-5
     fallback_params: str = "all"
+    fallback_top_layers: int | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "steps", tuple(sorted(set(self.steps))))
@@ -95,12 +97,21 @@ class AdaptPolicy:
             raise ValueError(f"AdaptPolicy.fallback_steps={self.fallback_steps!r} must be >= 0.")
         # The fine-tuning settings are checked where they are defined.
         self.finetune_config(1, self.lrs[0] if self.lrs else self.fallback_lr)
-        self.finetune_config(1, self.fallback_lr, self.fallback_params)
+        self.fallback_config(1)
 
-    def finetune_config(self, steps: int, lr: float, params: str | None = None) -> FineTuneConfig:
+    def finetune_config(
+        self, steps: int, lr: float, params: str | None = None, top_layers: int | None = None
+    ) -> FineTuneConfig:
         return FineTuneConfig(
             steps=steps, lr=lr, head_lr=self.head_lr, params=params or self.params,
-            top_layers=self.top_layers, head_start=self.head_start,
+            top_layers=top_layers or self.top_layers, head_start=self.head_start,
+        )  # fmt: skip
+
+    def fallback_config(self, steps: int | None = None) -> FineTuneConfig:
+        """The fine-tuning used where the support set cannot be cross-validated."""
+        return self.finetune_config(
+            self.fallback_steps if steps is None else steps, self.fallback_lr,
+            self.fallback_params, self.fallback_top_layers,
         )  # fmt: skip
 
     @classmethod
@@ -213,13 +224,7 @@ def choose_adaptation(
     began = time.perf_counter()
 
     def fallback(reason: str) -> AdaptDecision:
-        ft = (
-            policy.finetune_config(
-                policy.fallback_steps, policy.fallback_lr, policy.fallback_params
-            )
-            if policy.fallback_steps > 0
-            else None
-        )
+        ft = policy.fallback_config() if policy.fallback_steps > 0 else None
         return AdaptDecision(ft, reason, {}, time.perf_counter() - began)
 
     if token_task:
