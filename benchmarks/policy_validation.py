@@ -50,7 +50,7 @@ VALIDATION: dict[str, tuple[str, dict[str, Any], int]] = {
         for k in (1, 5)
     },
     **{
-        f"langid_5w{k}s": ("bigbench/language_identification", {"n_way": 5, "k_shot": k, "q_query": 5}, 64)
+        f"langid_5w{k}s": ("bigbench/language_identification", {"n_way": 5, "k_shot": k, "q_query": 5, "drop_small": True}, 64)
         for k in (1, 5)
     },
     **{

@@ -46,10 +46,10 @@ def _reference_logits(learner, start, config, support, query, n_way):
     with torch.no_grad():
         for name, value in start.items():
             own[name].copy_(value if config.head_start == "adapted" or "head" not in name else 0)
-    for p in model.parameters():
-        p.requires_grad_(True)
+    for n, p in model.named_parameters():  # "body": the token embeddings stay as they are
+        p.requires_grad_(config.params == "all" or "word_embeddings" not in n)
     head = list(model.head.parameters())
-    body = [p for n, p in model.named_parameters() if not n.startswith("head.")]
+    body = [p for n, p in model.named_parameters() if not n.startswith("head.") and p.requires_grad]
     opt = torch.optim.AdamW(
         [{"params": body, "lr": config.lr}, {"params": head, "lr": config.head_lr}],
         weight_decay=config.weight_decay,
@@ -64,11 +64,14 @@ def _reference_logits(learner, start, config, support, query, n_way):
         return model(**query, n_way=n_way)
 
 
-@pytest.mark.parametrize("head_start", ["zero", "adapted"])
-def test_finetune_matches_adamw_on_a_copied_model(learner, head_start):
+@pytest.mark.parametrize(
+    "head_start, params", [("zero", "all"), ("adapted", "all"), ("zero", "body")]
+)
+def test_finetune_matches_adamw_on_a_copied_model(learner, head_start, params):
+    """metanlp's fused AdamW over fast weights against the per-tensor AdamW on a copy."""
     torch.manual_seed(0)
     config = FineTuneConfig(
-        steps=3, lr=1e-4, head_lr=1e-2, weight_decay=0.01, head_start=head_start
+        steps=3, lr=1e-4, head_lr=1e-2, weight_decay=0.01, head_start=head_start, params=params
     )
     label_ids = [0, 0, 1, 1, 2, 2]
     support, query = _batch(learner, TEXTS, label_ids), _batch(learner, QUERY)

@@ -29,7 +29,7 @@ from metanlp.meta.metasgd import MetaSGDConfig
 from metanlp.models import FewShotModel, get_attn_implementation, load_encoder
 
 OURS = ("maml", "fomaml", "reptile", "anil", "metasgd", "mamlpp")
-SUBSETS = PARAMETER_SETS  # all, top, head, lora, adapter ((IA)^3)
+SUBSETS = PARAMETER_SETS  # all, body, top, head, lora, adapter ((IA)^3)
 TASKS = ("sequence", "token")
 LORA = {"r": 2, "target_modules": ["query", "value"]}
 
@@ -141,6 +141,9 @@ def test_parameter_subsets_select_the_right_names():
     model = tiny_model()
     names = [n for n, _ in model.named_parameters()]
     assert select_parameters(model, "all") == names
+    vocab = [n for n, p in model.named_parameters() if p is model.encoder.get_input_embeddings().weight]
+    assert len(vocab) == 1 and "word_embeddings" in vocab[0]
+    assert select_parameters(model, "body") == [n for n in names if n != vocab[0]]
     assert select_parameters(model, "head") == ["head.weight", "head.bias"]
     top = select_parameters(model, "top", top_layers=1)
     assert top[-2:] == ["head.weight", "head.bias"] and all(".layer.1." in n for n in top[:-2])
