@@ -151,7 +151,7 @@ def test_parameter_subsets_select_the_right_names():
     with pytest.raises(ValueError, match=r"top_layers=3 must be an int in 1\.\.2"):
         select_parameters(model, "top", top_layers=3)
     with pytest.raises(
-        ValueError, match=r"params='bogus'.*'all', 'top', 'head', 'lora', 'adapter'"
+        ValueError, match=r"params='bogus'.*'all', 'body', 'top', 'head', 'lora', 'adapter'"
     ):
         select_parameters(model, "bogus")
     with pytest.raises(ValueError, match=r"needs an encoder wrapped with a PEFT LoraConfig"):
