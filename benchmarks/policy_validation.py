@@ -14,7 +14,7 @@ would flatter the candidates that keep its own adaptation.
 
 ```bash
 python benchmarks/policy_validation.py --settings airlines_3w1s langid_5w1s multiemo_4w1s \
-    --candidates default k1-body k1-top4 --episodes 12 --out /tmp/policy_val
+    --candidates earlier k1-body k1-body-6 k1-top4 k1-top4-2e-4 --episodes 12 --out /tmp/policy_val
 ```
 """
 
@@ -59,24 +59,41 @@ VALIDATION: dict[str, tuple[str, dict[str, Any], int]] = {
     },
 }  # fmt: skip
 
+EARLIER: dict[str, Any] = {
+    "steps": (0, 4, 8, 16), "lrs": (1e-4, 5e-4),
+    "fallback_steps": 10, "fallback_lr": 5e-5, "fallback_params": "all",
+}  # fmt: skip
+"""The policy's defaults before 2026-12-02: two rates up to 16 steps; at one shot the plain
+fine-tuning baseline's settings (every weight, 10 steps at 5e-5)."""
 CANDIDATES: dict[str, dict[str, Any]] = {
-    # AdaptPolicy fields over its defaults. The k1-* candidates change only the fallback, which
-    # is what runs at one example per class; cv-* change only the cross-validated grid.
+    # Every candidate spells out what it changes over EARLIER (or, for "default" and "fast",
+    # is today's preset), so a name means the same policy whatever the defaults become. The
+    # k1-* candidates change only the fallback, which is what runs at one example per class.
+    "earlier": EARLIER,
+    "k1-body": {**EARLIER, "fallback_params": "body"},
+    "k1-body-6": {**EARLIER, "fallback_params": "body", "fallback_steps": 6, "fallback_lr": 1e-4},
+    "k1-top4": {**EARLIER, "fallback_params": "top", "fallback_top_layers": 4},
+    "k1-top4-2e-4": {**EARLIER, "fallback_params": "top", "fallback_top_layers": 4, "fallback_lr": 2e-4},
+    "k1-top4-6": {**EARLIER, "fallback_params": "top", "fallback_top_layers": 4, "fallback_steps": 6,
+                  "fallback_lr": 1e-4},
+    "cv-fast": {**EARLIER, "steps": (0, 4, 8), "lrs": (5e-4,)},
     "default": {},
-    "fast": {"steps": (0, 4, 8), "lrs": (5e-4,), "fallback_lr": 5e-4, "fallback_params": "top"},
-    "k1-body": {"fallback_params": "body"},
-    "k1-body-6": {"fallback_params": "body", "fallback_steps": 6, "fallback_lr": 1e-4},
-    "k1-top4": {"fallback_params": "top", "fallback_top_layers": 4},
-    "k1-top4-2e-4": {"fallback_params": "top", "fallback_top_layers": 4, "fallback_lr": 2e-4},
-    "cv-fast": {"steps": (0, 4, 8), "lrs": (5e-4,)},
-}
+    "fast": "fast",
+}  # fmt: skip
+
+
+def candidate_policy(name: str) -> Any:
+    from metanlp.meta.policy import AdaptPolicy
+
+    fields = CANDIDATES[name]
+    return AdaptPolicy.fast() if fields == "fast" else AdaptPolicy(**fields)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--settings", nargs="+", default=["airlines_3w1s", "langid_5w1s", "multiemo_4w1s"],
                    choices=sorted(VALIDATION))
-    p.add_argument("--candidates", nargs="+", default=["default", "k1-body", "k1-top4"],
+    p.add_argument("--candidates", nargs="+", default=["earlier", "k1-body-6", "k1-top4-6"],
                    choices=sorted(CANDIDATES), help="the first is the reference of the paired differences")
     p.add_argument("--learner", default="base",
                    help="'base' (MiniLM, ProtoNet, no meta-training) or a saved learner folder")
@@ -108,8 +125,6 @@ def main(argv: list[str] | None = None) -> None:
 
     from metanlp.api import MetaLearner
     from metanlp.evaluation import evaluate, paired_difference
-    from metanlp.meta.policy import AdaptPolicy
-
     args = parse_args(argv)
     torch.set_num_threads(1)
     if args.learner == "base":
@@ -119,7 +134,7 @@ def main(argv: list[str] | None = None) -> None:
     methods = {
         name: MetaLearner(
             learner.algorithm,
-            replace(learner.config, policy=AdaptPolicy(**CANDIDATES[name]).to_dict()),
+            replace(learner.config, policy=candidate_policy(name).to_dict()),
         )
         for name in args.candidates
     }
@@ -136,7 +151,7 @@ def main(argv: list[str] | None = None) -> None:
             acc = r["summary"]["accuracy"]
             per_episode = r["seconds"] / len(episodes)
             rows.append([setting, name, f"{100 * acc['mean']:.1f} ± {100 * acc['ci']:.1f}",
-                         round(per_episode, 2), CANDIDATES[name]])  # fmt: skip
+                         round(per_episode, 2), candidate_policy(name).to_dict()])  # fmt: skip
             panels_acc[setting][name] = 100 * acc["mean"]
             panels_time[setting][name] = per_episode
             if name != reference:
