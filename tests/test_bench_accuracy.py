@@ -175,3 +175,17 @@ def test_merge_adds_up_disjoint_episode_ranges():
     assert [e["index"] for e in joined["episodes"]] == [0, 1, 2, 3]
     assert joined["summary"]["accuracy"] == mean_ci([0.5, 0.7, 0.2, 0.4])
     assert joined["seconds"] == 2.0
+
+
+def test_policy_validation_never_reads_a_held_out_corpus():
+    from benchmarks import policy_validation as pv
+    from metanlp.general import HELD_OUT, HELD_OUT_TWEET_DOMAINS
+
+    test_corpora = {s.corpus for s in setup.SETTINGS.values()} | set(HELD_OUT)
+    held_domains = {setup.HELD_OUT_DOMAIN, *HELD_OUT_TWEET_DOMAINS}
+    for name, (corpus, options, _) in pv.VALIDATION.items():
+        if corpus == "tweets":  # the tweet test settings read one domain only
+            assert options["groups"] and not set(options["groups"]) & held_domains, name
+        else:
+            assert corpus not in test_corpora, name
+    assert all(pv.candidate_policy(name) for name in pv.CANDIDATES)  # every candidate is valid
