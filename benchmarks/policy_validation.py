@@ -91,12 +91,24 @@ def candidate_policy(name: str) -> Any:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--settings", nargs="+", default=["airlines_3w1s", "langid_5w1s", "multiemo_4w1s"],
-                   choices=sorted(VALIDATION))
-    p.add_argument("--candidates", nargs="+", default=["earlier", "k1-body-6", "k1-top4-6"],
-                   choices=sorted(CANDIDATES), help="the first is the reference of the paired differences")
-    p.add_argument("--learner", default="base",
-                   help="'base' (MiniLM, ProtoNet, no meta-training) or a saved learner folder")
+    p.add_argument(
+        "--settings",
+        nargs="+",
+        default=["airlines_3w1s", "langid_5w1s", "multiemo_4w1s"],
+        choices=sorted(VALIDATION),
+    )
+    p.add_argument(
+        "--candidates",
+        nargs="+",
+        default=["earlier", "k1-body-6", "k1-top4-6"],
+        choices=sorted(CANDIDATES),
+        help="the first is the reference of the paired differences",
+    )
+    p.add_argument(
+        "--learner",
+        default="base",
+        help="'base' (MiniLM, ProtoNet, no meta-training) or a saved learner folder",
+    )
     p.add_argument("--episodes", type=int, default=12)
     p.add_argument("--data-dir", default=None)
     p.add_argument("--out", default="/tmp/policy_validation")
@@ -125,10 +137,13 @@ def main(argv: list[str] | None = None) -> None:
 
     from metanlp.api import MetaLearner
     from metanlp.evaluation import evaluate, paired_difference
+
     args = parse_args(argv)
     torch.set_num_threads(1)
     if args.learner == "base":
-        learner = MetaLearner.from_pretrained(algorithm="protonet", adapt="all", algorithm_config={})
+        learner = MetaLearner.from_pretrained(
+            algorithm="protonet", adapt="all", algorithm_config={}
+        )
     else:
         learner = MetaLearner.from_pretrained(args.learner)
     methods = {

@@ -141,7 +141,9 @@ def test_parameter_subsets_select_the_right_names():
     model = tiny_model()
     names = [n for n, _ in model.named_parameters()]
     assert select_parameters(model, "all") == names
-    vocab = [n for n, p in model.named_parameters() if p is model.encoder.get_input_embeddings().weight]
+    vocab = [
+        n for n, p in model.named_parameters() if p is model.encoder.get_input_embeddings().weight
+    ]
     assert len(vocab) == 1 and "word_embeddings" in vocab[0]
     assert select_parameters(model, "body") == [n for n in names if n != vocab[0]]
     assert select_parameters(model, "head") == ["head.weight", "head.bias"]

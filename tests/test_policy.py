@@ -164,7 +164,15 @@ def test_saved_policy_round_trip_and_overrides(learner, tmp_path):
         ({"fallback_top_layers": 0}, "fallback_top_layers=0"),
         ({"speed": 2}, r"unknown field\(s\) \['speed'\]"),
     ],
-    ids=["negative-steps", "no-lr", "zero-lr", "one-fold", "bad-params", "fallback-layers", "unknown-field"],
+    ids=[
+        "negative-steps",
+        "no-lr",
+        "zero-lr",
+        "one-fold",
+        "bad-params",
+        "fallback-layers",
+        "unknown-field",
+    ],
 )
 def test_bad_policy_is_named(fields, match):
     with pytest.raises((ValueError, TypeError), match=match):
