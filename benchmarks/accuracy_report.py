@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from benchmarks.accuracy_setup import FASTPOLICY_SUFFIX, FT_SUFFIX, METANLP_METHODS, variant_of
+from benchmarks.accuracy_setup import EARLIERPOLICY_SUFFIX, FT_SUFFIX, METANLP_METHODS, variant_of
 from benchmarks.common import markdown_table, provenance_markdown, write_json, write_markdown
 
 BASELINE_NAMES = {
@@ -313,8 +313,8 @@ def _method_order(result: Mapping[str, Any]) -> int:
 def _label(method: str) -> str:
     if method == "general-nopolicy":
         return "metanlp general, no policy"
-    if method.endswith(FASTPOLICY_SUFFIX):
-        return f"metanlp {method.removesuffix(FASTPOLICY_SUFFIX)}, fast policy"
+    if method.endswith(EARLIERPOLICY_SUFFIX):
+        return f"metanlp {method.removesuffix(EARLIERPOLICY_SUFFIX)}, earlier policy"
     if method.endswith(FT_SUFFIX):
         return f"metanlp {method.removesuffix(FT_SUFFIX)} + test-time fine-tune"
     return BASELINE_NAMES.get(method, f"metanlp {method}")

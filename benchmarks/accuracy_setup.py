@@ -183,14 +183,21 @@ NOPOLICY_SUFFIX = "-nopolicy"
 """``VARIANT-nopolicy``: the same learner with its adaptation policy turned off (the ablation)."""
 
 
-FASTPOLICY_SUFFIX = "-fastpolicy"
-"""``VARIANT-fastpolicy``: the same learner adapting with `AdaptPolicy.fast()` (the timing study)."""
+EARLIER_POLICY: dict[str, Any] = {
+    "steps": (0, 4, 8, 16), "lrs": (1e-4, 5e-4),
+    "fallback_steps": 10, "fallback_lr": 5e-5, "fallback_params": "all",
+}  # fmt: skip
+"""`AdaptPolicy` fields of the policy's defaults before 2026-12-02: two rates up to 16 steps; at
+one shot the plain fine-tuning baseline's settings (every weight, 10 steps at 5e-5)."""
+
+EARLIERPOLICY_SUFFIX = "-earlierpolicy"
+"""``VARIANT-earlierpolicy``: the same learner adapting with `EARLIER_POLICY` (the timing study)."""
 
 
 def variant_of(method: str) -> str | None:
     """The metanlp variant a method name scores (``protomaml+ft`` -> ``protomaml``), else None."""
     base = method.removesuffix(FT_SUFFIX).removesuffix(NOPOLICY_SUFFIX)
-    base = base.removesuffix(FASTPOLICY_SUFFIX)
+    base = base.removesuffix(EARLIERPOLICY_SUFFIX)
     return base if base in VARIANTS else None
 
 
@@ -198,7 +205,7 @@ METANLP_METHODS = [m for v in VARIANTS for m in (v, v + FT_SUFFIX)] + [
     v + suffix
     for v in VARIANTS
     if VARIANTS[v].recipe
-    for suffix in (NOPOLICY_SUFFIX, FASTPOLICY_SUFFIX)
+    for suffix in (NOPOLICY_SUFFIX, EARLIERPOLICY_SUFFIX)
 ]
 
 

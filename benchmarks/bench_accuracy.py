@@ -33,7 +33,8 @@ if __package__ in (None, ""):  # run as a script: make `benchmarks` and `metanlp
 
 from benchmarks.accuracy_report import merge_records, write_results
 from benchmarks.accuracy_setup import (
-    FASTPOLICY_SUFFIX,
+    EARLIER_POLICY,
+    EARLIERPOLICY_SUFFIX,
     METANLP_METHODS,
     NOPOLICY_SUFFIX,
     SETTINGS,
@@ -182,9 +183,9 @@ def build_methods(args: argparse.Namespace, family: str, cache: dict) -> dict[st
             learner = cache[key]
             if name.endswith(NOPOLICY_SUFFIX):  # same weights, the policy turned off
                 learner = MetaLearner(learner.algorithm, replace(learner.config, policy=None))
-            elif name.endswith(FASTPOLICY_SUFFIX):  # same weights, the cheaper policy
-                fast = AdaptPolicy.fast().to_dict()
-                learner = MetaLearner(learner.algorithm, replace(learner.config, policy=fast))
+            elif name.endswith(EARLIERPOLICY_SUFFIX):  # same weights, the earlier policy
+                earlier = AdaptPolicy(**EARLIER_POLICY).to_dict()
+                learner = MetaLearner(learner.algorithm, replace(learner.config, policy=earlier))
             elif name != variant:  # same weights, fine-tuned after adapting
                 ft = {"steps": args.finetune_steps}
                 learner = MetaLearner(learner.algorithm, replace(learner.config, finetune=ft))

@@ -29,6 +29,7 @@ from typing import Any
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.accuracy_setup import EARLIER_POLICY
 from benchmarks.common import (
     markdown_table,
     provenance,
@@ -59,15 +60,10 @@ VALIDATION: dict[str, tuple[str, dict[str, Any], int]] = {
     },
 }  # fmt: skip
 
-EARLIER: dict[str, Any] = {
-    "steps": (0, 4, 8, 16), "lrs": (1e-4, 5e-4),
-    "fallback_steps": 10, "fallback_lr": 5e-5, "fallback_params": "all",
-}  # fmt: skip
-"""The policy's defaults before 2026-12-02: two rates up to 16 steps; at one shot the plain
-fine-tuning baseline's settings (every weight, 10 steps at 5e-5)."""
+EARLIER = EARLIER_POLICY
 CANDIDATES: dict[str, dict[str, Any]] = {
-    # Every candidate spells out what it changes over EARLIER (or, for "default" and "fast",
-    # is today's preset), so a name means the same policy whatever the defaults become. The
+    # Every candidate spells out what it changes over EARLIER (the defaults before 2026-12-02;
+    # "default" is today's), so a name means the same policy whatever the defaults become. The
     # k1-* candidates change only the fallback, which is what runs at one example per class.
     "earlier": EARLIER,
     "k1-body": {**EARLIER, "fallback_params": "body"},
@@ -78,15 +74,13 @@ CANDIDATES: dict[str, dict[str, Any]] = {
                   "fallback_lr": 1e-4},
     "cv-fast": {**EARLIER, "steps": (0, 4, 8), "lrs": (5e-4,)},
     "default": {},
-    "fast": "fast",
 }  # fmt: skip
 
 
 def candidate_policy(name: str) -> Any:
     from metanlp.meta.policy import AdaptPolicy
 
-    fields = CANDIDATES[name]
-    return AdaptPolicy.fast() if fields == "fast" else AdaptPolicy(**fields)
+    return AdaptPolicy(**CANDIDATES[name])
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -109,7 +109,7 @@ def test_never_reads_query_labels(learner):
 def test_one_shot_uses_the_fallback_and_says_so(learner):
     texts, labels = TEXTS[::2], LABELS[::2]  # one example per class
     clf = learner.adapt(texts, labels, policy=AdaptPolicy(fallback_steps=2, fallback_lr=1e-4))
-    assert clf.decision.finetune == FineTuneConfig(steps=2, lr=1e-4, params="body", top_layers=2)
+    assert clf.decision.finetune == FineTuneConfig(steps=2, lr=1e-4, params="top", top_layers=4)
     assert "fallback" in clf.decision.reason and "fewer than 2" in clf.decision.reason
     assert clf.predict(QUERY)[0] in set(labels)
     off = learner.adapt(texts, labels, policy=AdaptPolicy(fallback_steps=0))
@@ -179,15 +179,8 @@ def test_bad_policy_is_named(fields, match):
         AdaptPolicy.coerce(fields)
 
 
-def test_the_fast_preset_changes_only_the_fallback():
-    fast, default = AdaptPolicy.fast(), AdaptPolicy()
-    assert (fast.steps, fast.lrs) == (default.steps, default.lrs) and 0 in fast.steps
-    assert fast.fallback_config().params == "top" and default.fallback_config().params == "body"
-    assert AdaptPolicy.coerce(fast.to_dict()) == fast  # saved with a learner, read back equal
-
-
 def test_the_fallback_has_its_own_layer_count(learner):
-    policy = AdaptPolicy(fallback_steps=1, fallback_params="top", fallback_top_layers=4)
+    policy = AdaptPolicy(fallback_steps=1)
     assert policy.finetune_config(4, 5e-4).top_layers == policy.top_layers == 2
     clf = learner.adapt(TEXTS[::2], LABELS[::2], policy=policy)  # one example per class
     assert clf.decision.finetune == policy.fallback_config()
