@@ -51,6 +51,16 @@ VARIANTS = {  # decoding variants of the one decomposed learner (no retraining)
     "decomposed, O threshold 0.6": {"o_handling": "threshold", "o_threshold": 0.6},
     "decomposed, 4 O prototypes": {"o_handling": "prototypes", "o_prototypes": 4},
 }
+TYPER = {"typing": "finetune"}
+TYPER_VARIANTS: dict[str, dict] = {
+    "typer top2 10 steps": {**TYPER, "typing_finetune": {"steps": 10}},
+    "typer top2 10 steps, constrained": {**TYPER, "typing_finetune": {"steps": 10}, "decoding": "constrained"},
+    "typer head only 10 steps": {**TYPER, "typing_finetune": {"steps": 10, "params": "head"}},
+    "typer all 10 steps": {**TYPER, "typing_finetune": {"steps": 10, "params": "all"}},
+    "typer top2 20 steps lr 1e-4/1e-2": {**TYPER, "typing_finetune": {"steps": 20, "lr": 1e-4, "head_lr": 1e-2}},
+    "typer top2 10 steps + none": {**TYPER, "typing_finetune": {"steps": 10}, "typing_none_class": True},
+}
+"""The fine-tuned span typer's settings tried on validation types (`benchmarks.ner_validation`)."""
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

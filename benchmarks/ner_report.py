@@ -68,7 +68,7 @@ def write_ner_results(record: Mapping[str, Any], out: Path, stem: str) -> None:
              f"Meta-trained learners: {record['steps']} meta-steps x 2 episodes (3-way 1~2-shot, "
              "frequent types). Mean ± 95% CI half-width over the episodes, in %. Typing accuracy "
              "counts the gold mentions a method found exactly (its n is the episodes where it "
-             "found any).", ""]  # fmt: skip
+             "found any).", *([record["note"]] if record.get("note") else []), ""]  # fmt: skip
     for setting, results in record["settings"].items():
         for r in results:
             r["summary"].update({m: _summary(r["episodes"], m) for m in METRICS})
