@@ -52,15 +52,40 @@ VARIANTS = {  # decoding variants of the one decomposed learner (no retraining)
     "decomposed, 4 O prototypes": {"o_handling": "prototypes", "o_prototypes": 4},
 }
 TYPER = {"typing": "finetune"}
-TYPER_VARIANTS: dict[str, dict] = {
-    "typer top2 10 steps": {**TYPER, "typing_finetune": {"steps": 10}},
-    "typer top2 10 steps, constrained": {**TYPER, "typing_finetune": {"steps": 10}, "decoding": "constrained"},
-    "typer head only 10 steps": {**TYPER, "typing_finetune": {"steps": 10, "params": "head"}},
-    "typer all 10 steps": {**TYPER, "typing_finetune": {"steps": 10, "params": "all"}},
-    "typer top2 20 steps lr 1e-4/1e-2": {**TYPER, "typing_finetune": {"steps": 20, "lr": 1e-4, "head_lr": 1e-2}},
-    "typer top2 10 steps + none": {**TYPER, "typing_finetune": {"steps": 10}, "typing_none_class": True},
+C = {"decoding": "constrained"}
+
+
+def typer(steps: int, lr: float = 5e-5, head_lr: float = 5e-3, **options: Any) -> dict[str, Any]:
+    """A fine-tuned typer variant (``options``: more `FineTuneConfig` fields)."""
+    return {**TYPER, "typing_finetune": {"steps": steps, "lr": lr, "head_lr": head_lr, **options}}
+
+
+TYPER_VARIANTS: dict[str, dict[str, Any]] = {
+    # round 1 (validation): which tensors, how far, the none class; default decoding
+    "typer top2 10 steps": typer(10),
+    "typer top2 10 steps, constrained": {**typer(10), **C},
+    "typer head only 10 steps": typer(10, params="head"),
+    "typer all 10 steps": typer(10, params="all"),
+    "typer top2 20 steps lr 1e-4/1e-2": typer(20, 1e-4, 1e-2),
+    "typer top2 10 steps + none": {**typer(10), "typing_none_class": True},
+    # round 2: constrained decoding (round 1's better detection); all tensors, further
+    "typer all 10 steps, constrained": {**typer(10, params="all"), **C},
+    "typer all 20 steps lr 1e-4/1e-2, constrained": {**typer(20, 1e-4, 1e-2, params="all"), **C},
+    "typer all 10 steps zero head, constrained": {
+        **typer(10, params="all", head_start="zero"),
+        **C,
+    },
+    "typer top2 40 steps lr 2e-4/2e-2, constrained": {**typer(40, 2e-4, 2e-2), **C},
+    "typer all 10 steps + none, constrained": {
+        **typer(10, params="all"),
+        "typing_none_class": True,
+        **C,
+    },
+    "decomposed, constrained, 20 detector steps": {**C, "eval_inner_steps": 20},
+    "decomposed, constrained, 50 detector steps": {**C, "eval_inner_steps": 50},
 }
-"""The fine-tuned span typer's settings tried on validation types (`benchmarks.ner_validation`)."""
+"""The fine-tuned span typer's settings (and detector steps) tried on validation types
+(`benchmarks.ner_validation`), in the order they were tried."""
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

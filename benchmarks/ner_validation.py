@@ -23,7 +23,15 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.bench_ner import DECOMPOSED, TRAIN_SOURCE, TYPER_VARIANTS, Recorder, train, variant
+from benchmarks.bench_ner import (
+    DECOMPOSED,
+    TRAIN_SOURCE,
+    TYPER_VARIANTS,
+    Recorder,
+    merge,
+    train,
+    variant,
+)
 from benchmarks.common import REPO_ROOT, provenance
 from benchmarks.ner_report import span_scores, write_ner_results
 
@@ -43,6 +51,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=150, help="meta-steps of the validation learner")
     p.add_argument("--variants", nargs="+", help="score only these methods (default: all)")
     p.add_argument("--protonet", action="store_true", help="also score ProtoNet (same split)")
+    p.add_argument("--finetune", action="store_true", help="also score plain fine-tuning")
+    p.add_argument("--merge", nargs="+", metavar="JSON",
+                   help="only combine finished validation runs (first file wins)")  # fmt: skip
     p.add_argument("--cache", default=str(REPO_ROOT / "benchmarks" / ".cache" / "ner"))
     p.add_argument("--out", default=str(REPO_ROOT / "benchmarks" / "results"))
     p.add_argument("--data", default=None, help="corpora folder (default: $METANLP_DATA_DIR)")
@@ -54,6 +65,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    if args.merge:
+        return merge(args.merge, Path(args.out), "ner_validation")
+    from metanlp.api import MetaLearner
+    from metanlp.baselines import FineTuneBaseline
     from metanlp.corpora import load_corpus
     from metanlp.episodes import NERSampler, load_episodes, save_episodes
     from metanlp.episodes.tags import episode_word_tags
@@ -72,6 +87,9 @@ def main(argv: list[str] | None = None) -> None:
         methods = {k: v for k, v in methods.items() if k in args.variants}
     if args.protonet:
         methods["ProtoNet (ProtoBERT)"] = train("protonet-val", "protonet", {}, args, [source])
+    if args.finetune:
+        plain = MetaLearner.from_pretrained(task="token", device="cpu")
+        methods["fine-tune"] = FineTuneBaseline(plain.model)
     wnut = load_corpus("wnut16", args.data)
     sampler = NERSampler(wnut, n_way=3, k_shot=1, q_query=1, types=VAL_TYPES, mode="relaxed",
                          scheme="io", name="wnut16", seed=VAL_SEED)  # fmt: skip
