@@ -83,6 +83,10 @@ TYPER_VARIANTS: dict[str, dict[str, Any]] = {
     },
     "decomposed, constrained, 20 detector steps": {**C, "eval_inner_steps": 20},
     "decomposed, constrained, 50 detector steps": {**C, "eval_inner_steps": 50},
+    # round 3: a threshold on P(O) (DecomposedConfig.detection_bias)
+    "decomposed, constrained, detection bias -1": {**C, "detection_bias": -1.0},
+    "decomposed, constrained, detection bias +1": {**C, "detection_bias": 1.0},
+    "decomposed, constrained, detection bias +2": {**C, "detection_bias": 2.0},
 }
 """The fine-tuned span typer's settings (and detector steps) tried on validation types
 (`benchmarks.ner_validation`), in the order they were tried."""

@@ -82,6 +82,9 @@ class DecomposedConfig(MetaConfig):
             ``"viterbi_posterior"``: estimated transitions over the log posteriors (StructShot's
             plain pass); ``"constrained"``: the best path with no ``I`` after ``O`` or first,
             other moves free; ``"argmax"``: per word (an ``I`` after ``O`` opens a mention).
+        detection_bias (`float`, defaults to 0.0): Subtracted from each word's ``O`` log
+            probability before decoding: above 0 the detector finds more (and longer) spans,
+            below 0 fewer (a threshold on ``P(O)``; evaluation only).
         o_handling (`str`, defaults to ``"none"``): ``"none"``, ``"threshold"`` or ``"prototypes"``.
         o_threshold (`float`, defaults to 0.5): Minimum top type probability (``"threshold"``).
         o_prototypes (`int`, defaults to 4): ``O`` prototypes (``"prototypes"``).
@@ -114,6 +117,7 @@ class DecomposedConfig(MetaConfig):
     detection_weight: float = 1.0
     entity_weight: float = 5.0
     decoding: str = "viterbi"
+    detection_bias: float = 0.0
     o_handling: str = "none"
     o_threshold: float = 0.5
     o_prototypes: int = 4
@@ -134,6 +138,12 @@ class DecomposedConfig(MetaConfig):
         if not (isinstance(self.typing_inner_steps, int) and self.typing_inner_steps >= 0):
             raise ValueError(
                 f"DecomposedConfig: typing_inner_steps={self.typing_inner_steps!r} must be an int >= 0."
+            )
+        if isinstance(self.detection_bias, bool) or not isinstance(
+            self.detection_bias, int | float
+        ):
+            raise ValueError(
+                f"DecomposedConfig: detection_bias={self.detection_bias!r} must be a number."
             )
         for key in ("typing_inner_lr", "temperature", "entity_weight"):
             if not getattr(self, key) > 0:
@@ -366,6 +376,7 @@ class DecomposedNER(MetaAlgorithm):
                 found.append([])
                 continue
             emissions = F.log_softmax(F.linear(words, fast[DETECTOR[0]], fast[DETECTOR[1]]), -1)
+            emissions = emissions - emissions.new_tensor([self.config.detection_bias, 0.0, 0.0])
             path = (emissions.argmax(-1).tolist() if self.config.decoding == "argmax"
                     else S.viterbi(emissions.cpu() - prior, start, trans))  # fmt: skip
             found.append(S.bio_spans(path))
