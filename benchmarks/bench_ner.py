@@ -87,6 +87,10 @@ TYPER_VARIANTS: dict[str, dict[str, Any]] = {
     "decomposed, constrained, detection bias -1": {**C, "detection_bias": -1.0},
     "decomposed, constrained, detection bias +1": {**C, "detection_bias": 1.0},
     "decomposed, constrained, detection bias +2": {**C, "detection_bias": 2.0},
+    # round 4: more typer settings, scored with typing of gold spans too (detection aside)
+    "typer all 5 steps, constrained": {**typer(5, params="all"), **C},
+    "typer all 10 steps lr 1e-4/1e-2, constrained": {**typer(10, 1e-4, 1e-2, params="all"), **C},
+    "typer all 20 steps, constrained": {**typer(20, params="all"), **C},
 }
 """The fine-tuned span typer's settings (and detector steps) tried on validation types
 (`benchmarks.ner_validation`), in the order they were tried."""
@@ -160,15 +164,33 @@ def variant(learner: Any, **options: Any) -> Any:
 
 
 class Recorder:
-    """Keeps each episode's query logits, for the span and typing scores."""
+    """Keeps each episode's query logits, for the span and typing scores, and for a decomposed
+    learner its typing accuracy on the gold query spans (typing alone, detection aside)."""
 
     def __init__(self, method: Any) -> None:
-        self.method, self.logits = method, []
+        self.method, self.logits, self.gold_typing = method, [], []
 
     def query_logits(self, episode: Any):
         logits = self.method.query_logits(episode)
         self.logits.append(logits.detach().float().cpu())
+        algorithm = getattr(self.method, "algorithm", None)
+        accuracy = float("nan")
+        if hasattr(algorithm, "gold_span_types"):
+            n = int(episode.num_labels)
+            pred, gold = algorithm.gold_span_types(self.method.last_fast, episode.query, n)
+            accuracy = sum(p == g for p, g in zip(pred, gold, strict=True)) / len(gold)
+        self.gold_typing.append(accuracy)
         return logits
+
+    def score(self, result: dict[str, Any], episodes: list) -> None:
+        """Add span-detection F1, typing accuracy and gold-span typing to ``result``'s rows."""
+        from metanlp.episodes.tags import episode_word_tags
+
+        for row, episode, logits, gold in zip(
+            result["episodes"], episodes, self.logits, self.gold_typing, strict=True
+        ):
+            row.update(span_scores(episode_word_tags(episode, logits), episode.query_targets))
+            row["gold_span_typing"] = gold
 
 
 def episodes_for(k: int, tokenizer: Any, args: argparse.Namespace) -> tuple[str, list]:
@@ -214,7 +236,6 @@ def main(argv: list[str] | None = None) -> None:
         return merge(args.merge, Path(args.out), "ner")
     from metanlp.api import MetaLearner
     from metanlp.baselines import FineTuneBaseline, NearestToken
-    from metanlp.episodes.tags import episode_word_tags
     from metanlp.evaluation import evaluate
 
     prov = provenance(sys.argv if argv is None else ["benchmarks/bench_ner.py", *argv])
@@ -248,9 +269,7 @@ def main(argv: list[str] | None = None) -> None:
         recorders = {name: Recorder(m) for name, m in methods.items()}
         results = evaluate(recorders, episodes, episode_set=setting, progress=False)
         for result in results:
-            logits = recorders[result["method"]].logits
-            for row, episode, lg in zip(result["episodes"], episodes, logits, strict=True):
-                row.update(span_scores(episode_word_tags(episode, lg), episode.query_targets))
+            recorders[result["method"]].score(result, episodes)
         indices = [row["index"] for row in results[0]["episodes"]]
         for old in earlier["settings"].get(setting, []):
             if old["method"] not in methods:

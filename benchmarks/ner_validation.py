@@ -33,7 +33,7 @@ from benchmarks.bench_ner import (
     variant,
 )
 from benchmarks.common import REPO_ROOT, provenance
-from benchmarks.ner_report import span_scores, write_ner_results
+from benchmarks.ner_report import write_ner_results
 
 VAL_TRAIN_TYPES = ["person", "geo-loc", "other"]
 VAL_TYPES = ["company", "facility", "product"]
@@ -71,7 +71,6 @@ def main(argv: list[str] | None = None) -> None:
     from metanlp.baselines import FineTuneBaseline
     from metanlp.corpora import load_corpus
     from metanlp.episodes import NERSampler, load_episodes, save_episodes
-    from metanlp.episodes.tags import episode_word_tags
     from metanlp.evaluation import evaluate
 
     prov = provenance(sys.argv if argv is None else ["benchmarks/ner_validation.py", *argv])
@@ -100,9 +99,7 @@ def main(argv: list[str] | None = None) -> None:
     recorders = {name: Recorder(m) for name, m in methods.items()}
     results = evaluate(recorders, episodes, episode_set="validation_3w1s", progress=False)
     for result in results:
-        logits = recorders[result["method"]].logits
-        for row, episode, lg in zip(result["episodes"], episodes, logits, strict=True):
-            row.update(span_scores(episode_word_tags(episode, lg), episode.query_targets))
+        recorders[result["method"]].score(result, episodes)
     record = {"provenance": prov, "steps": args.steps, "settings": {"validation_3w1s": results},
               "note": f"Validation: meta-trained on {', '.join(VAL_TRAIN_TYPES)}; episodes of "
                       f"{', '.join(VAL_TYPES)} (3-way 1~2-shot, relaxed, seed {VAL_SEED})."}  # fmt: skip

@@ -410,6 +410,21 @@ class DecomposedNER(MetaAlgorithm):
                     out[r, positions[a:b], t] = 0.0
         return out
 
+    @torch.no_grad()
+    def gold_span_types(
+        self, fast: Mapping[str, Tensor], batch: Mapping[str, Tensor], n_way: int
+    ) -> tuple[list[int], list[int]]:
+        """Typing alone, given the gold spans: (predicted, gold) IO tag ids of every gold
+        mention of ``batch`` (IO ``labels``); a dropped span is predicted 0."""
+        batch = self.to_device(batch)
+        with model_mode(self.model, False):
+            if self.config.typing == "finetune":
+                feats = layered_hidden(self.model, fast, batch)
+            else:
+                feats = self.features(batch)
+        reps, types = gold_spans(feats, batch["labels"])
+        return self.type_spans(fast, reps, n_way - 1), (types + 1).tolist()
+
     def type_spans(self, fast: Mapping[str, Tensor], reps: Tensor, n_types: int) -> list[int]:
         """IO tag id per span (1..N), or 0 where the ``O`` handling (or the typer's "none"
         class, any row past the ``n_types`` types) drops it."""
