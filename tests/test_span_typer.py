@@ -158,3 +158,13 @@ def test_typer_config_is_stored_whole_and_round_trips(learner, tmp_path):
     loaded = MetaLearner.from_pretrained(tmp_path / "learner", device="cpu")
     assert loaded.algorithm.config == typer.algorithm.config
     assert loaded.adapt(WORDS, TAGS).predict(QUERY) == typer.adapt(WORDS, TAGS).predict(QUERY)
+
+
+def test_a_typer_fitted_to_the_support_types_its_gold_spans(learner, episode):
+    """Typing alone (`gold_span_types`): a typer trained hard on the support types the
+    support's own gold spans right, where the prototype head need not."""
+    fit = {"steps": 30, "lr": 1e-3, "head_lr": 5e-2, "params": "top", "top_layers": 1}
+    algo = with_options(learner, typing="finetune", typing_finetune=fit).algorithm
+    fast = algo.adapt(episode.support, episode.num_labels)
+    predicted, gold = algo.gold_span_types(fast, episode.support, episode.num_labels)
+    assert len(gold) >= episode.n_way and predicted == gold
