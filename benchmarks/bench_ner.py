@@ -91,6 +91,19 @@ TYPER_VARIANTS: dict[str, dict[str, Any]] = {
     "typer all 5 steps, constrained": {**typer(5, params="all"), **C},
     "typer all 10 steps lr 1e-4/1e-2, constrained": {**typer(10, 1e-4, 1e-2, params="all"), **C},
     "typer all 20 steps, constrained": {**typer(20, params="all"), **C},
+    # round 5: combine the best typer with the best detection; one more rate
+    "typer all 10 steps lr 2e-4/2e-2, constrained": {**typer(10, 2e-4, 2e-2, params="all"), **C},
+    "typer all 10 steps lr 1e-4/1e-2, constrained, detection bias +1": {
+        **typer(10, 1e-4, 1e-2, params="all"),
+        **C,
+        "detection_bias": 1.0,
+    },
+    "decomposed, constrained, detection bias +0.5": {**C, "detection_bias": 0.5},
+    "decomposed, constrained, detection bias +1, 50 detector steps": {
+        **C,
+        "detection_bias": 1.0,
+        "eval_inner_steps": 50,
+    },
 }
 """The fine-tuned span typer's settings (and detector steps) tried on validation types
 (`benchmarks.ner_validation`), in the order they were tried."""
