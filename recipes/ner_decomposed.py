@@ -40,7 +40,10 @@ POLISH_NAMES = ["nam_adj", "nam_eve", "nam_fac", "nam_liv", "nam_loc", "nam_num"
 SETTINGS = {"3-way 1~2-shot": (3, 1), "3-way 5~10-shot": (3, 5), "4-way 1~2-shot": (4, 1)}
 ALGORITHM = {"inner_steps": 5, "inner_lr": 0.1, "typing_inner_steps": 3, "typing_inner_lr": 0.1,
              "temperature": 10.0, "entity_weight": 5.0, "first_order": False}  # fmt: skip
-TYPER = {"typing": "finetune"}  # the typer's settings: `metanlp.meta.span_typer.TYPER_DEFAULTS`
+# Test-time settings chosen on validation types (benchmarks/bench_ner.py's CHOSEN_OPTIONS; the
+# typer's own: `metanlp.meta.span_typer.TYPER_DEFAULTS`).
+TYPER = {"typing": "finetune", "decoding": "constrained", "detection_bias": 0.5,
+         "eval_inner_steps": 50}  # fmt: skip
 
 SIZES = {
     "smoke": Size(max_steps=2, meta_batch_size=1, val_episodes=1, test_episodes=2, max_length=48,

@@ -38,3 +38,21 @@ def test_benchmark_and_validation_smoke(tmp_path, data_dir):
     record = json.loads((tmp_path / "val" / "ner_validation_quick.json").read_text())
     (result,) = record["settings"]["validation_3w1s"]
     assert result["summary"]["gold_span_typing"]["n"] == 2
+
+
+def test_recipe_uses_the_settings_chosen_on_validation():
+    import importlib.util
+
+    from benchmarks.common import REPO_ROOT
+
+    spec = importlib.util.spec_from_file_location("recipe", REPO_ROOT / "recipes" / "ner_decomposed.py")
+    recipe = importlib.util.module_from_spec(spec)
+    import sys
+
+    sys.path.insert(0, str(REPO_ROOT / "recipes"))
+    try:
+        spec.loader.exec_module(recipe)
+    finally:
+        sys.path.remove(str(REPO_ROOT / "recipes"))
+    assert recipe.algorithm_options("finetune") == {**recipe.ALGORITHM, **bench_ner.CHOSEN_OPTIONS}
+    assert recipe.algorithm_options("prototypes") == recipe.ALGORITHM
