@@ -45,7 +45,9 @@ def test_recipe_uses_the_settings_chosen_on_validation():
 
     from benchmarks.common import REPO_ROOT
 
-    spec = importlib.util.spec_from_file_location("recipe", REPO_ROOT / "recipes" / "ner_decomposed.py")
+    spec = importlib.util.spec_from_file_location(
+        "recipe", REPO_ROOT / "recipes" / "ner_decomposed.py"
+    )
     recipe = importlib.util.module_from_spec(spec)
     import sys
 
