@@ -132,6 +132,8 @@ CHOSEN_OPTIONS = {"typing": "finetune", "decoding": "constrained", "detection_bi
 """The settings chosen on validation (`benchmarks.ner_validation`, round 6's best entity F1;
 the typer's own are `metanlp.meta.span_typer.TYPER_DEFAULTS`). The recipe uses the same."""
 CHOSEN = {"decomposed + fine-tuned typer (chosen on validation)": CHOSEN_OPTIONS}
+CHOSEN_FROM = "typer all 10 steps lr 1e-4/1e-2, constrained, detection bias +0.5, 50 detector steps"
+"""The validation variant `CHOSEN` repeats (its settings, spelled with the typer's defaults)."""
 ABLATIONS = {  # fixed with the choice, before any test run: which half of the change does what
     "chosen detection, prototype typing": {**CHOSEN_OPTIONS, "typing": "prototypes"},
     "chosen typer, constrained decoding only": {"typing": "finetune", "decoding": "constrained"},
@@ -252,10 +254,11 @@ def episodes_for(k: int, tokenizer: Any, args: argparse.Namespace) -> tuple[str,
                                              max_length=64)  # fmt: skip
 
 
-def merge(paths: list[str], out: Path, stem: str) -> None:
-    """Combine the methods of finished runs, setting by setting (episodes must be the same)."""
+def merge(paths: list[str], out: Path, stem: str, lead: str | None = None) -> None:
+    """Combine the methods of finished runs, setting by setting (episodes must be the same);
+    ``lead``: the method to pair with every other (default: the first file's)."""
     records = [json.loads(Path(p).read_text()) for p in paths]
-    merged = {**records[0], "merged_from": [{"file": p, "provenance": r["provenance"]}
+    merged = {**records[0], "lead": lead or records[0].get("lead"), "merged_from": [{"file": p, "provenance": r["provenance"]}
                                             for p, r in zip(paths, records, strict=True)]}  # fmt: skip
     merged["settings"] = {}
     for record in records:

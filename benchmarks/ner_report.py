@@ -87,7 +87,7 @@ def write_ner_results(record: Mapping[str, Any], out: Path, stem: str) -> None:
         leaders = [r for r in decomposed if r["method"] == FIRST]
         leaders += [best] if best is not None and best not in leaders else []
         # The method chosen on validation (bench_ner's CHOSEN) is paired whatever it scores here.
-        leaders += [r for r in decomposed if r["method"] == record.get("lead") and r not in leaders]
+        leaders += [r for r in results if r["method"] == record.get("lead") and r not in leaders]
         for first in leaders:
             lines += ["", f"Paired per episode, {first['method']} minus each other method "
                       "(entity F1, points):", "",

@@ -24,6 +24,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.bench_ner import (
+    CHOSEN_FROM,
     DECOMPOSED,
     TRAIN_SOURCE,
     TYPER_VARIANTS,
@@ -66,7 +67,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     if args.merge:
-        return merge(args.merge, Path(args.out), "ner_validation")
+        return merge(args.merge, Path(args.out), "ner_validation", lead=CHOSEN_FROM)
     from metanlp.api import MetaLearner
     from metanlp.baselines import FineTuneBaseline
     from metanlp.corpora import load_corpus
@@ -101,6 +102,7 @@ def main(argv: list[str] | None = None) -> None:
     for result in results:
         recorders[result["method"]].score(result, episodes)
     record = {"provenance": prov, "steps": args.steps, "settings": {"validation_3w1s": results},
+              "lead": CHOSEN_FROM,
               "note": f"Validation: meta-trained on {', '.join(VAL_TRAIN_TYPES)}; episodes of "
                       f"{', '.join(VAL_TYPES)} (3-way 1~2-shot, relaxed, seed {VAL_SEED})."}  # fmt: skip
     write_ner_results(

@@ -58,3 +58,15 @@ def test_recipe_uses_the_settings_chosen_on_validation():
         sys.path.remove(str(REPO_ROOT / "recipes"))
     assert recipe.algorithm_options("finetune") == {**recipe.ALGORITHM, **bench_ner.CHOSEN_OPTIONS}
     assert recipe.algorithm_options("prototypes") == recipe.ALGORITHM
+
+
+def test_the_chosen_settings_are_the_validated_variant():
+    """`CHOSEN` is exactly the validation variant `CHOSEN_FROM` (typer defaults spelled out)."""
+    from metanlp.meta.decomposed import DecomposedConfig
+
+    (options,) = bench_ner.CHOSEN.values()
+    chosen = DecomposedConfig(**{**bench_ner.DECOMPOSED, **options})
+    validated = DecomposedConfig(
+        **{**bench_ner.DECOMPOSED, **bench_ner.TYPER_VARIANTS[bench_ner.CHOSEN_FROM]}
+    )
+    assert chosen == validated
