@@ -78,9 +78,14 @@ def config_for(args):
     if getattr(args, "polish", False):
         train = [{**train[0], "weight": 2.0},
                  {**episodes, "dataset": POLISH, "types": POLISH_NAMES, "weight": 1.0}]  # fmt: skip
+    options = algorithm_options(getattr(args, "typing", "finetune"))
+    size = getattr(args, "size", None)
+    if options.get("typing") == "finetune" and getattr(size, "inner_steps", None) is not None:
+        # a size that shortens the inner loops (smoke) shortens the typer's fine-tuning too
+        options["typing_finetune"] = {"steps": size.inner_steps}
     return trainer_config(
         args, "meta", task="token", adapt="top", adapt_options={"top_layers": 2},
-        algorithm="decomposed", algorithm_config=algorithm_options(getattr(args, "typing", "finetune")),
+        algorithm="decomposed", algorithm_config=options,
         optimizer={"lr": 1e-4, "schedule": "cosine", "warmup_steps": 5},
         metric_for_best="f1", data={"train": train, "val": train[0]},
     )  # fmt: skip
