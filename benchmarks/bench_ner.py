@@ -9,8 +9,10 @@ are only tested); relaxed Few-NERD episodes, 3-way 1~2-shot (the accuracy benchm
 episode file) and 3-way 5~10-shot. Every meta-trained method sees the same training stream
 (3-way 1~2-shot on the frequent types) for ``--steps`` meta-steps. Scores per episode: entity
 micro-F1 (seqeval, strict IOB2), span-detection F1 (every type mapped to one) and typing
-accuracy (exactly detected gold mentions given the right type), with 95% intervals and paired
-differences against the decomposed learner. Results: ``benchmarks/results/ner{,_quick}.*``.
+accuracy (exactly detected gold mentions given the right type), plus the decomposed learner's
+typing of every gold span, with 95% intervals and paired differences against the decomposed
+learner and against `CHOSEN` (the fine-tuned typer and detection settings picked on validation
+types by `benchmarks.ner_validation`). Results: ``benchmarks/results/ner{,_quick}.*``.
 """
 
 from __future__ import annotations
