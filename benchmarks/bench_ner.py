@@ -9,8 +9,10 @@ are only tested); relaxed Few-NERD episodes, 3-way 1~2-shot (the accuracy benchm
 episode file) and 3-way 5~10-shot. Every meta-trained method sees the same training stream
 (3-way 1~2-shot on the frequent types) for ``--steps`` meta-steps. Scores per episode: entity
 micro-F1 (seqeval, strict IOB2), span-detection F1 (every type mapped to one) and typing
-accuracy (exactly detected gold mentions given the right type), with 95% intervals and paired
-differences against the decomposed learner. Results: ``benchmarks/results/ner{,_quick}.*``.
+accuracy (exactly detected gold mentions given the right type), plus the decomposed learner's
+typing of every gold span, with 95% intervals and paired differences against the decomposed
+learner and against `CHOSEN` (the fine-tuned typer and detection settings picked on validation
+types by `benchmarks.ner_validation`). Results: ``benchmarks/results/ner{,_quick}.*``.
 """
 
 from __future__ import annotations
@@ -50,6 +52,93 @@ VARIANTS = {  # decoding variants of the one decomposed learner (no retraining)
     "decomposed, argmax (no Viterbi)": {"decoding": "argmax"},
     "decomposed, O threshold 0.6": {"o_handling": "threshold", "o_threshold": 0.6},
     "decomposed, 4 O prototypes": {"o_handling": "prototypes", "o_prototypes": 4},
+}
+TYPER = {"typing": "finetune"}
+C = {"decoding": "constrained"}
+
+
+def typer(steps: int, lr: float = 5e-5, head_lr: float = 5e-3, **options: Any) -> dict[str, Any]:
+    """A fine-tuned typer variant (``options``: more `FineTuneConfig` fields)."""
+    return {**TYPER, "typing_finetune": {"steps": steps, "lr": lr, "head_lr": head_lr, **options}}
+
+
+TYPER_VARIANTS: dict[str, dict[str, Any]] = {
+    # round 1 (validation): which tensors, how far, the none class; default decoding
+    "typer top2 10 steps": typer(10),
+    "typer top2 10 steps, constrained": {**typer(10), **C},
+    "typer head only 10 steps": typer(10, params="head"),
+    "typer all 10 steps": typer(10, params="all"),
+    "typer top2 20 steps lr 1e-4/1e-2": typer(20, 1e-4, 1e-2),
+    "typer top2 10 steps + none": {**typer(10), "typing_none_class": True},
+    # round 2: constrained decoding (round 1's better detection); all tensors, further
+    "typer all 10 steps, constrained": {**typer(10, params="all"), **C},
+    "typer all 20 steps lr 1e-4/1e-2, constrained": {**typer(20, 1e-4, 1e-2, params="all"), **C},
+    "typer all 10 steps zero head, constrained": {
+        **typer(10, params="all", head_start="zero"),
+        **C,
+    },
+    "typer top2 40 steps lr 2e-4/2e-2, constrained": {**typer(40, 2e-4, 2e-2), **C},
+    "typer all 10 steps + none, constrained": {
+        **typer(10, params="all"),
+        "typing_none_class": True,
+        **C,
+    },
+    "decomposed, constrained, 20 detector steps": {**C, "eval_inner_steps": 20},
+    "decomposed, constrained, 50 detector steps": {**C, "eval_inner_steps": 50},
+    # round 3: a threshold on P(O) (DecomposedConfig.detection_bias)
+    "decomposed, constrained, detection bias -1": {**C, "detection_bias": -1.0},
+    "decomposed, constrained, detection bias +1": {**C, "detection_bias": 1.0},
+    "decomposed, constrained, detection bias +2": {**C, "detection_bias": 2.0},
+    # round 4: more typer settings, scored with typing of gold spans too (detection aside)
+    "typer all 5 steps, constrained": {**typer(5, params="all"), **C},
+    "typer all 10 steps lr 1e-4/1e-2, constrained": {**typer(10, 1e-4, 1e-2, params="all"), **C},
+    "typer all 20 steps, constrained": {**typer(20, params="all"), **C},
+    # round 5: combine the best typer with the best detection; one more rate
+    "typer all 10 steps lr 2e-4/2e-2, constrained": {**typer(10, 2e-4, 2e-2, params="all"), **C},
+    "typer all 10 steps lr 1e-4/1e-2, constrained, detection bias +1": {
+        **typer(10, 1e-4, 1e-2, params="all"),
+        **C,
+        "detection_bias": 1.0,
+    },
+    "decomposed, constrained, detection bias +0.5": {**C, "detection_bias": 0.5},
+    "decomposed, constrained, detection bias +1, 50 detector steps": {
+        **C,
+        "detection_bias": 1.0,
+        "eval_inner_steps": 50,
+    },
+    # round 6: the typer with the detection settings of round 5
+    "typer all 10 steps lr 1e-4/1e-2, constrained, detection bias +0.5": {
+        **typer(10, 1e-4, 1e-2, params="all"),
+        **C,
+        "detection_bias": 0.5,
+    },
+    "typer all 10 steps lr 1e-4/1e-2, constrained, detection bias +1, 50 detector steps": {
+        **typer(10, 1e-4, 1e-2, params="all"),
+        **C,
+        "detection_bias": 1.0,
+        "eval_inner_steps": 50,
+    },
+    "typer all 10 steps lr 1e-4/1e-2, constrained, detection bias +0.5, 50 detector steps": {
+        **typer(10, 1e-4, 1e-2, params="all"),
+        **C,
+        "detection_bias": 0.5,
+        "eval_inner_steps": 50,
+    },
+}
+"""The fine-tuned span typer's settings (and detector steps) tried on validation types
+(`benchmarks.ner_validation`), in the order they were tried."""
+
+
+CHOSEN_OPTIONS = {"typing": "finetune", "decoding": "constrained", "detection_bias": 0.5,
+                  "eval_inner_steps": 50}  # fmt: skip
+"""The settings chosen on validation (`benchmarks.ner_validation`, round 6's best entity F1;
+the typer's own are `metanlp.meta.span_typer.TYPER_DEFAULTS`). The recipe uses the same."""
+CHOSEN = {"decomposed + fine-tuned typer (chosen on validation)": CHOSEN_OPTIONS}
+CHOSEN_FROM = "typer all 10 steps lr 1e-4/1e-2, constrained, detection bias +0.5, 50 detector steps"
+"""The validation variant `CHOSEN` repeats (its settings, spelled with the typer's defaults)."""
+ABLATIONS = {  # fixed with the choice, before any test run: which half of the change does what
+    "chosen detection, prototype typing": {**CHOSEN_OPTIONS, "typing": "prototypes"},
+    "chosen typer, constrained decoding only": {"typing": "finetune", "decoding": "constrained"},
 }
 
 
@@ -121,15 +210,33 @@ def variant(learner: Any, **options: Any) -> Any:
 
 
 class Recorder:
-    """Keeps each episode's query logits, for the span and typing scores."""
+    """Keeps each episode's query logits, for the span and typing scores, and for a decomposed
+    learner its typing accuracy on the gold query spans (typing alone, detection aside)."""
 
     def __init__(self, method: Any) -> None:
-        self.method, self.logits = method, []
+        self.method, self.logits, self.gold_typing = method, [], []
 
     def query_logits(self, episode: Any):
         logits = self.method.query_logits(episode)
         self.logits.append(logits.detach().float().cpu())
+        algorithm = getattr(self.method, "algorithm", None)
+        accuracy = float("nan")
+        if hasattr(algorithm, "gold_span_types"):
+            n = int(episode.num_labels)
+            pred, gold = algorithm.gold_span_types(self.method.last_fast, episode.query, n)
+            accuracy = sum(p == g for p, g in zip(pred, gold, strict=True)) / len(gold)
+        self.gold_typing.append(accuracy)
         return logits
+
+    def score(self, result: dict[str, Any], episodes: list) -> None:
+        """Add span-detection F1, typing accuracy and gold-span typing to ``result``'s rows."""
+        from metanlp.episodes.tags import episode_word_tags
+
+        for row, episode, logits, gold in zip(
+            result["episodes"], episodes, self.logits, self.gold_typing, strict=True
+        ):
+            row.update(span_scores(episode_word_tags(episode, logits), episode.query_targets))
+            row["gold_span_typing"] = gold
 
 
 def episodes_for(k: int, tokenizer: Any, args: argparse.Namespace) -> tuple[str, list]:
@@ -149,10 +256,11 @@ def episodes_for(k: int, tokenizer: Any, args: argparse.Namespace) -> tuple[str,
                                              max_length=64)  # fmt: skip
 
 
-def merge(paths: list[str], out: Path, stem: str) -> None:
-    """Combine the methods of finished runs, setting by setting (episodes must be the same)."""
+def merge(paths: list[str], out: Path, stem: str, lead: str | None = None) -> None:
+    """Combine the methods of finished runs, setting by setting (episodes must be the same);
+    ``lead``: the method to pair with every other (default: the first file's)."""
     records = [json.loads(Path(p).read_text()) for p in paths]
-    merged = {**records[0], "merged_from": [{"file": p, "provenance": r["provenance"]}
+    merged = {**records[0], "lead": lead or records[0].get("lead"), "merged_from": [{"file": p, "provenance": r["provenance"]}
                                             for p, r in zip(paths, records, strict=True)]}  # fmt: skip
     merged["settings"] = {}
     for record in records:
@@ -175,18 +283,22 @@ def main(argv: list[str] | None = None) -> None:
         return merge(args.merge, Path(args.out), "ner")
     from metanlp.api import MetaLearner
     from metanlp.baselines import FineTuneBaseline, NearestToken
-    from metanlp.episodes.tags import episode_word_tags
     from metanlp.evaluation import evaluate
 
     prov = provenance(sys.argv if argv is None else ["benchmarks/bench_ner.py", *argv])
     decomposed = train("decomposed", "decomposed", dict(DECOMPOSED), args)
     plain = MetaLearner.from_pretrained(task="token", device="cpu")
-    methods: dict[str, Any] = {name: variant(decomposed, **o) for name, o in VARIANTS.items()}
+    methods: dict[str, Any] = {
+        name: variant(decomposed, **o) for name, o in {**CHOSEN, **VARIANTS}.items()
+    }
     if args.polish:
         both = [{**TRAIN_SOURCE, "weight": 2.0}, POLISH]
         methods["decomposed, WNUT-16 + Polish"] = train("decomposed-polish", "decomposed",
                                                         dict(DECOMPOSED), args, both)  # fmt: skip
-    if args.only_variants is not None:
+    if args.only_variants is not None:  # validation variants too, when named (ablations)
+        methods.update({name: variant(decomposed, **o)
+                        for name, o in {**TYPER_VARIANTS, **ABLATIONS}.items()
+                        if name in args.only_variants})  # fmt: skip
         methods = {k: v for k, v in methods.items() if k in args.only_variants}
     if not args.only_decomposed:
         protonet = train("protonet", "protonet", {}, args)
@@ -201,6 +313,7 @@ def main(argv: list[str] | None = None) -> None:
         name, _, path = spec.partition("=")
         methods[f"{name} (saved learner)"] = MetaLearner.from_pretrained(path, device="cpu")
     records: dict[str, Any] = {"provenance": prov, "steps": args.steps, "settings": {}}
+    records["lead"] = next((name for name in CHOSEN if name in methods), None)
     earlier = json.loads(Path(args.reuse).read_text()) if args.reuse else {"settings": {}}
     if args.reuse:
         records["reused"] = {"file": args.reuse, "provenance": earlier["provenance"]}
@@ -209,9 +322,7 @@ def main(argv: list[str] | None = None) -> None:
         recorders = {name: Recorder(m) for name, m in methods.items()}
         results = evaluate(recorders, episodes, episode_set=setting, progress=False)
         for result in results:
-            logits = recorders[result["method"]].logits
-            for row, episode, lg in zip(result["episodes"], episodes, logits, strict=True):
-                row.update(span_scores(episode_word_tags(episode, lg), episode.query_targets))
+            recorders[result["method"]].score(result, episodes)
         indices = [row["index"] for row in results[0]["episodes"]]
         for old in earlier["settings"].get(setting, []):
             if old["method"] not in methods:

@@ -17,6 +17,7 @@ METRICS = {
     "f1": "entity F1",
     "detection_f1": "span-detection F1",
     "typing_accuracy": "typing accuracy",
+    "gold_span_typing": "typing of gold spans",
 }
 FIRST = "decomposed"
 
@@ -54,7 +55,8 @@ def span_scores(
 
 
 def _summary(rows: Sequence[Mapping[str, Any]], metric: str) -> dict[str, float]:
-    values = [r[metric] for r in rows if r.get(metric) == r.get(metric)]  # NaN: nothing found
+    nan = float("nan")  # NaN: nothing found (or the method has no such score)
+    values = [r[metric] for r in rows if r.get(metric, nan) == r.get(metric, nan)]
     return mean_ci(values) if values else {"mean": float("nan"), "ci": float("nan"), "n": 0}
 
 
@@ -68,12 +70,12 @@ def write_ner_results(record: Mapping[str, Any], out: Path, stem: str) -> None:
              f"Meta-trained learners: {record['steps']} meta-steps x 2 episodes (3-way 1~2-shot, "
              "frequent types). Mean ± 95% CI half-width over the episodes, in %. Typing accuracy "
              "counts the gold mentions a method found exactly (its n is the episodes where it "
-             "found any).", ""]  # fmt: skip
+             "found any).", *([record["note"]] if record.get("note") else []), ""]  # fmt: skip
     for setting, results in record["settings"].items():
         for r in results:
             r["summary"].update({m: _summary(r["episodes"], m) for m in METRICS})
         lines += [f"## {setting}", "", "| method | episodes | " + " | ".join(METRICS.values())
-                  + " | s / episode |", "|---|---|---|---|---|---|"]  # fmt: skip
+                  + " | s / episode |", "|---" * (len(METRICS) + 3) + "|"]  # fmt: skip
         for r in results:
             cells = [_fmt(r["summary"][m]) for m in METRICS]
             n = r["summary"]["f1"]["n"]
@@ -84,6 +86,8 @@ def write_ner_results(record: Mapping[str, Any], out: Path, stem: str) -> None:
         best = max(decomposed, key=lambda r: r["summary"]["f1"]["mean"], default=None)
         leaders = [r for r in decomposed if r["method"] == FIRST]
         leaders += [best] if best is not None and best not in leaders else []
+        # The method chosen on validation (bench_ner's CHOSEN) is paired whatever it scores here.
+        leaders += [r for r in results if r["method"] == record.get("lead") and r not in leaders]
         for first in leaders:
             lines += ["", f"Paired per episode, {first['method']} minus each other method "
                       "(entity F1, points):", "",

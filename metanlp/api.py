@@ -75,6 +75,8 @@ class MetaLearner:
         self.algorithm, self.config, self.results = algorithm, config, results
         self.eval_steps: int | None = None  # inner steps used by `query_logits` (evaluation)
         self.last_decision: AdaptDecision | None = None  # the policy's choice in `query_logits`
+        # The fast weights of the last `query_logits` (e.g. to score stages of a NER learner).
+        self.last_fast: dict[str, torch.Tensor] | None = None
         self.model.eval()
 
     # ---- building ----------------------------------------------------------------------------
@@ -264,7 +266,7 @@ class MetaLearner:
         """Adapt on an episode's support and return its query logits (for `metanlp.evaluation`)."""
         n = int(episode.num_labels)
         fast, decision = self._adapt(episode.support, n, self.eval_steps, None, None)
-        self.last_decision = decision
+        self.last_decision, self.last_fast = decision, fast
         query = model_inputs(episode.query, self.device)
         word_ids = getattr(episode, "query_word_ids", None)
         if word_ids:  # NER: word starts, for learners that decode over words (never the labels)

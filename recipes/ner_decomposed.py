@@ -3,11 +3,14 @@
     python recipes/ner_decomposed.py --data data              # CPU default, minutes on one core
     python recipes/ner_decomposed.py --data data --smoke      # CI size, seconds
     python recipes/ner_decomposed.py --data data --polish     # add Polish names (bigbench extra)
+    python recipes/ner_decomposed.py --data data --typing prototypes   # Proto-MAML span typing
 
 The learner (`metanlp.meta.decomposed`, Ma et al. 2022): a B/I/O "any entity" detector
 meta-learned with MAML (its head adapts on each support set), decoded by a Viterbi pass with
 transition scores counted from the training episodes, and span typing by Proto-MAML over
-mean-of-words span prototypes with a learned temperature. Meta-training: 3-way 1~2-shot
+mean-of-words span prototypes with a learned temperature; at test time (``--typing finetune``,
+the default) the spans are typed by a typer fine-tuned on the support's gold spans from the
+prototype head (`metanlp.meta.span_typer`, settings chosen on validation types). Meta-training: 3-way 1~2-shot
 relaxed episodes of the six frequent WNUT-16 types (``--polish`` adds the Polish name types
 as a second source). Test: 3-way 1~2-shot, 3-way 5~10-shot and 4-way 1~2-shot episodes of the
 four rare types, the split of ``benchmarks/accuracy_setup.py``; entity micro-F1 (seqeval,
@@ -37,6 +40,10 @@ POLISH_NAMES = ["nam_adj", "nam_eve", "nam_fac", "nam_liv", "nam_loc", "nam_num"
 SETTINGS = {"3-way 1~2-shot": (3, 1), "3-way 5~10-shot": (3, 5), "4-way 1~2-shot": (4, 1)}
 ALGORITHM = {"inner_steps": 5, "inner_lr": 0.1, "typing_inner_steps": 3, "typing_inner_lr": 0.1,
              "temperature": 10.0, "entity_weight": 5.0, "first_order": False}  # fmt: skip
+# Test-time settings chosen on validation types (benchmarks/bench_ner.py's CHOSEN_OPTIONS; the
+# typer's own: `metanlp.meta.span_typer.TYPER_DEFAULTS`).
+TYPER = {"typing": "finetune", "decoding": "constrained", "detection_bias": 0.5,
+         "eval_inner_steps": 50}  # fmt: skip
 
 SIZES = {
     "smoke": Size(max_steps=2, meta_batch_size=1, val_episodes=1, test_episodes=2, max_length=48,
@@ -51,6 +58,16 @@ SIZES = {
 def _options(parser) -> None:
     parser.add_argument("--polish", action="store_true",
                         help="also meta-train on Polish name types (bigbench extra)")  # fmt: skip
+    parser.add_argument("--typing", choices=["finetune", "prototypes"], default="finetune",
+                        help="test-time span typing: the fine-tuned typer or the prototype head")  # fmt: skip
+
+
+def algorithm_options(typing: str) -> dict:
+    """The learner's options for ``--typing`` (the typer's defaults were chosen on validation
+    types, see benchmarks/README.md)."""
+    if typing == "prototypes":
+        return dict(ALGORITHM)
+    return {**ALGORITHM, **TYPER}
 
 
 def config_for(args):
@@ -61,9 +78,14 @@ def config_for(args):
     if getattr(args, "polish", False):
         train = [{**train[0], "weight": 2.0},
                  {**episodes, "dataset": POLISH, "types": POLISH_NAMES, "weight": 1.0}]  # fmt: skip
+    options = algorithm_options(getattr(args, "typing", "finetune"))
+    size = getattr(args, "size", None)
+    if options.get("typing") == "finetune" and getattr(size, "inner_steps", None) is not None:
+        # a size that shortens the inner loops (smoke) shortens the typer's fine-tuning too
+        options["typing_finetune"] = {"steps": size.inner_steps}
     return trainer_config(
         args, "meta", task="token", adapt="top", adapt_options={"top_layers": 2},
-        algorithm="decomposed", algorithm_config=dict(ALGORITHM),
+        algorithm="decomposed", algorithm_config=options,
         optimizer={"lr": 1e-4, "schedule": "cosine", "warmup_steps": 5},
         metric_for_best="f1", data={"train": train, "val": train[0]},
     )  # fmt: skip

@@ -130,8 +130,10 @@ def test_save_load_round_trip_keeps_transitions(learner, tmp_path):
     "options,match",
     [({"o_handling": "drop"}, "o_handling"), ({"typing_inner_steps": -1}, "typing_inner_steps"),
      ({"temperature": 0}, "temperature"), ({"o_threshold": 2.0}, "o_threshold"),
-     ({"decoding": "crf"}, "decoding"), ({"entity_weight": -1}, "entity_weight")],
-    ids=["o-handling", "typing-steps", "temperature", "threshold", "decoding", "entity-weight"],
+     ({"decoding": "crf"}, "decoding"), ({"entity_weight": -1}, "entity_weight"),
+     ({"detection_bias": "high"}, "detection_bias")],
+    ids=["o-handling", "typing-steps", "temperature", "threshold", "decoding", "entity-weight",
+         "detection-bias"],
 )  # fmt: skip
 def test_config_errors_name_the_option(options, match):
     with pytest.raises(ValueError, match=match):
@@ -174,3 +176,17 @@ def test_decoder_scores_per_decoding(learner):
         assert trans.tolist() == [[0.0, 0.0, FORBIDDEN], [0.0] * 3, [0.0] * 3]
     finally:
         algo.config.decoding = "viterbi"
+
+
+def test_detection_bias_moves_the_threshold_on_o(learner):
+    """A large bias against ``O`` puts every word in a mention; a large bias for it, none."""
+    algo = learner.algorithm
+    tagger = learner.adapt(WORDS, TAGS)
+    sentences = [["Dana", "visited", "Oslo"], ["Bob", "Dylan", "sang"]]
+    try:
+        algo.config.detection_bias = 1e3
+        assert all("O" not in t for t in tagger.predict(sentences))
+        algo.config.detection_bias = -1e3
+        assert all(set(t) == {"O"} for t in tagger.predict(sentences))
+    finally:
+        algo.config.detection_bias = 0.0

@@ -13,6 +13,11 @@ mean of the support spans of type ``n``; logits ``−‖s − c_n‖² / τ`` wi
 τ, written as a linear head ``W_n = 2c_n/τ, b_n = −‖c_n‖²/τ`` (Proto-MAML) that then takes
 ``typing_inner_steps`` steps on the support spans. Meta-training scores gold query spans.
 
+With ``typing="finetune"`` stage 2 is instead a typer fine-tuned on the support's gold spans
+(`metanlp.meta.span_typer`): the head starts from the adapted prototype head, then
+``typing_finetune`` AdamW steps move it and an encoder subset; ``typing_none_class`` adds a
+"not an entity of these types" class learnt from the detector's false spans on the support.
+
 ``O`` handling at typing (spans the detector invents): ``"none"`` types every detected span,
 ``"threshold"`` drops a span whose top type probability is below ``o_threshold``,
 ``"prototypes"`` adds ``o_prototypes`` prototypes of the support's ``O`` words (k-means) and drops
@@ -34,12 +39,22 @@ from torch import Tensor, nn
 
 from metanlp.meta import spans as S
 from metanlp.meta.base import MetaAlgorithm, MetaConfig, model_mode
+from metanlp.meta.efficient import layered_hidden
+from metanlp.meta.finetune import FineTuneConfig
 from metanlp.meta.inner import inner_loop
 from metanlp.meta.params import select_parameters
 from metanlp.meta.registry import register_algorithm
+from metanlp.meta.span_typer import (
+    finetune_typer,
+    gold_word_spans,
+    non_gold,
+    span_reps,
+    typer_config,
+)
 from metanlp.models import HEAD_PARAMETER_NAMES, model_inputs
 
 O_HANDLING = ("none", "threshold", "prototypes")
+TYPINGS = ("prototypes", "finetune")
 DECODINGS = ("viterbi", "viterbi_posterior", "constrained", "argmax")
 DETECTOR = ("detector.weight", "detector.bias")
 TYPING = ("typing.weight", "typing.bias")
@@ -67,13 +82,27 @@ class DecomposedConfig(MetaConfig):
             ``"viterbi_posterior"``: estimated transitions over the log posteriors (StructShot's
             plain pass); ``"constrained"``: the best path with no ``I`` after ``O`` or first,
             other moves free; ``"argmax"``: per word (an ``I`` after ``O`` opens a mention).
+        detection_bias (`float`, defaults to 0.0): Subtracted from each word's ``O`` log
+            probability before decoding: above 0 the detector finds more (and longer) spans,
+            below 0 fewer (a threshold on ``P(O)``; evaluation only).
         o_handling (`str`, defaults to ``"none"``): ``"none"``, ``"threshold"`` or ``"prototypes"``.
         o_threshold (`float`, defaults to 0.5): Minimum top type probability (``"threshold"``).
         o_prototypes (`int`, defaults to 4): ``O`` prototypes (``"prototypes"``).
+        typing (`str`, defaults to ``"prototypes"``): Stage 2 at evaluation: ``"prototypes"``
+            (the Proto-MAML head over the meta-learned encoder's span states) or ``"finetune"``
+            (a typer fine-tuned on the support's gold spans, `metanlp.meta.span_typer`).
+            Meta-training always trains the prototype typing.
+        typing_finetune (`dict`, *optional*): `FineTuneConfig` fields of the fine-tuned typer
+            over `metanlp.meta.span_typer.TYPER_DEFAULTS` (an int: its steps); stored as the full
+            dict. Only with ``typing="finetune"``.
+        typing_none_class (`bool`, defaults to False): Give the fine-tuned typer a "none" class
+            from the spans the adapted detector finds in the support that are not gold
+            mentions; query spans typed "none" are dropped. Only with ``typing="finetune"``.
 
     Example:
         ```python
         >>> DecomposedConfig(params="top", top_layers=2, inner_steps=5, inner_lr=0.1)
+        >>> DecomposedConfig(typing="finetune", typing_finetune={"steps": 20}, typing_none_class=True)
         ```
     """
 
@@ -88,9 +117,13 @@ class DecomposedConfig(MetaConfig):
     detection_weight: float = 1.0
     entity_weight: float = 5.0
     decoding: str = "viterbi"
+    detection_bias: float = 0.0
     o_handling: str = "none"
     o_threshold: float = 0.5
     o_prototypes: int = 4
+    typing: str = "prototypes"
+    typing_finetune: Any = None
+    typing_none_class: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -106,6 +139,12 @@ class DecomposedConfig(MetaConfig):
             raise ValueError(
                 f"DecomposedConfig: typing_inner_steps={self.typing_inner_steps!r} must be an int >= 0."
             )
+        if isinstance(self.detection_bias, bool) or not isinstance(
+            self.detection_bias, int | float
+        ):
+            raise ValueError(
+                f"DecomposedConfig: detection_bias={self.detection_bias!r} must be a number."
+            )
         for key in ("typing_inner_lr", "temperature", "entity_weight"):
             if not getattr(self, key) > 0:
                 raise ValueError(f"DecomposedConfig: {key}={getattr(self, key)!r} must be > 0.")
@@ -114,6 +153,26 @@ class DecomposedConfig(MetaConfig):
                 f"DecomposedConfig: o_threshold={self.o_threshold!r} must lie in [0, 1] and "
                 f"o_prototypes={self.o_prototypes!r} be >= 1."
             )  # fmt: skip
+        if self.typing not in TYPINGS:
+            raise ValueError(f"DecomposedConfig: typing={self.typing!r}; use one of {TYPINGS}.")
+        if not isinstance(self.typing_none_class, bool):
+            raise ValueError(
+                f"DecomposedConfig: typing_none_class={self.typing_none_class!r} must be a bool."
+            )
+        if self.typing == "finetune":
+            self.typing_finetune = typer_config(self.typing_finetune).to_dict()
+            if self.o_handling == "prototypes":
+                raise ValueError(
+                    "DecomposedConfig: o_handling='prototypes' compares span states of the "
+                    "meta-learned encoder, but typing='finetune' types with the fine-tuned one; "
+                    "use o_handling='none' or 'threshold' (or typing_none_class=True)."
+                )
+        elif self.typing_finetune is not None or self.typing_none_class:
+            raise ValueError(
+                f"DecomposedConfig: typing_finetune={self.typing_finetune!r} / typing_none_class="
+                f"{self.typing_none_class!r} configure the fine-tuned typer; set "
+                "typing='finetune' to use them (or leave them at None / False)."
+            )
 
 
 class DecomposedNER(MetaAlgorithm):
@@ -265,7 +324,8 @@ class DecomposedNER(MetaAlgorithm):
     def adapt(
         self, support: Mapping[str, Tensor], n_way: int, steps: int | None = None
     ) -> dict[str, Tensor]:
-        """Both heads adapted to ``support`` (IO labels), plus ``O`` prototypes when configured."""
+        """Both heads adapted to ``support`` (IO labels), plus ``O`` prototypes when configured
+        and the fine-tuned typer's tensors with ``typing="finetune"``."""
         steps = self.eval_steps(steps)
         support = self.to_device(support)
         with model_mode(self.model, False):
@@ -277,7 +337,50 @@ class DecomposedNER(MetaAlgorithm):
         if self.config.o_handling == "prototypes":
             others = det_x[det_y == S.O]
             fast[O_KEY] = kmeans(others, self.config.o_prototypes) if len(others) else det_x[:1]
+        if self.config.typing == "finetune":
+            fast.update(finetune_typer(self, support, *self.typer_start(fast, feats, support)))
         return fast
+
+    def typer_start(
+        self, fast: Mapping[str, Tensor], feats: Tensor, support: Mapping[str, Tensor]
+    ) -> tuple[dict[str, Tensor], FineTuneConfig, list[list[tuple[int, int]]] | None]:
+        """The fine-tuned typer's starting head, settings and "none" spans (see `span_typer`).
+
+        The head is the adapted typing head; with ``typing_none_class`` and at least one span
+        the adapted detector finds in the support that is not a gold mention, one more row
+        ``2c/τ, −‖c‖²/τ`` from those spans' prototype ``c``.
+        """
+        head = {n: fast[n] for n in TYPING}
+        none = None
+        if self.config.typing_none_class:
+            starts = support["labels"] != S.IGNORE_INDEX
+            gold, _ = gold_word_spans(support["labels"])
+            none = non_gold(self.detect(fast, feats, starts), gold)
+            reps = span_reps(feats, starts, none)
+            if len(reps):
+                extra = self.typing_head(reps.mean(0, keepdim=True))
+                head = {n: torch.cat([head[n], extra[n]]) for n in TYPING}
+            else:
+                none = None
+        return head, FineTuneConfig(**self.config.typing_finetune), none
+
+    def detect(
+        self, fast: Mapping[str, Tensor], feats: Tensor, starts: Tensor
+    ) -> list[list[tuple[int, int]]]:
+        """Decoded ``[start, end)`` word spans of each row (words at the ``starts`` mask)."""
+        start, trans, prior = self.decoder_scores()
+        found = []
+        for r in range(feats.shape[0]):
+            words = feats[r, starts[r].nonzero().flatten()]
+            if len(words) == 0:
+                found.append([])
+                continue
+            emissions = F.log_softmax(F.linear(words, fast[DETECTOR[0]], fast[DETECTOR[1]]), -1)
+            emissions = emissions - emissions.new_tensor([self.config.detection_bias, 0.0, 0.0])
+            path = (emissions.argmax(-1).tolist() if self.config.decoding == "argmax"
+                    else S.viterbi(emissions.cpu() - prior, start, trans))  # fmt: skip
+            found.append(S.bio_spans(path))
+        return found
 
     @torch.no_grad()
     def predict_logits(
@@ -291,38 +394,50 @@ class DecomposedNER(MetaAlgorithm):
         batch = self.to_device(batch)
         with model_mode(self.model, False):
             feats = self.features(batch)
-        starts = word_starts(batch)
+            starts = word_starts(batch)
+            found = self.detect(fast, feats, starts)
+            if self.config.typing == "finetune" and any(found):
+                feats = layered_hidden(self.model, fast, batch)  # the typer's encoder
         out = torch.full((*feats.shape[:2], n_way), -20.0, device=feats.device)
         out[..., 0] = 0.0
-        start, trans, prior = self.decoder_scores()
-        for r in range(feats.shape[0]):
+        types = iter(self.type_spans(fast, span_reps(feats, starts, found), n_way - 1))
+        for r, row in enumerate(found):
             positions = starts[r].nonzero().flatten()
-            if positions.numel() == 0:
-                continue
-            words = feats[r, positions]
-            emissions = F.log_softmax(F.linear(words, fast[DETECTOR[0]], fast[DETECTOR[1]]), -1)
-            path = (emissions.argmax(-1).tolist() if self.config.decoding == "argmax"
-                    else S.viterbi(emissions.cpu() - prior, start, trans))  # fmt: skip
-            found = S.bio_spans(path)
-            if not found:
-                continue
-            types = self.type_spans(fast, S.span_means(words, found))
-            for (a, b), t in zip(found, types, strict=True):
+            for a, b in row:
+                t = next(types)
                 if t > 0:
                     out[r, positions[a:b], 0] = -20.0
                     out[r, positions[a:b], t] = 0.0
         return out
 
-    def type_spans(self, fast: Mapping[str, Tensor], reps: Tensor) -> list[int]:
-        """IO tag id per span (1..N), or 0 where the ``O`` handling drops it."""
+    @torch.no_grad()
+    def gold_span_types(
+        self, fast: Mapping[str, Tensor], batch: Mapping[str, Tensor], n_way: int
+    ) -> tuple[list[int], list[int]]:
+        """Typing alone, given the gold spans: (predicted, gold) IO tag ids of every gold
+        mention of ``batch`` (IO ``labels``); a dropped span is predicted 0."""
+        batch = self.to_device(batch)
+        with model_mode(self.model, False):
+            if self.config.typing == "finetune":
+                feats = layered_hidden(self.model, fast, batch)
+            else:
+                feats = self.features(batch)
+        reps, types = gold_spans(feats, batch["labels"])
+        return self.type_spans(fast, reps, n_way - 1), (types + 1).tolist()
+
+    def type_spans(self, fast: Mapping[str, Tensor], reps: Tensor, n_types: int) -> list[int]:
+        """IO tag id per span (1..N), or 0 where the ``O`` handling (or the typer's "none"
+        class, any row past the ``n_types`` types) drops it."""
+        if len(reps) == 0:
+            return []
         logits = F.linear(reps, fast[TYPING[0]], fast[TYPING[1]])
         best = logits.argmax(-1)
-        drop = torch.zeros_like(best, dtype=torch.bool)
+        drop = best >= n_types
         if self.config.o_handling == "threshold":
-            drop = logits.double().softmax(-1).max(-1).values < self.config.o_threshold
+            drop |= logits.double().softmax(-1).max(-1).values < self.config.o_threshold
         elif self.config.o_handling == "prototypes":
             o_logits = F.linear(reps, *self.typing_head(fast[O_KEY]).values())
-            drop = o_logits.max(-1).values > logits.max(-1).values
+            drop |= o_logits.max(-1).values > logits.max(-1).values
         return torch.where(drop, 0, best + 1).tolist()
 
 

@@ -262,10 +262,10 @@ def _own(fast: Mapping[str, Tensor], prefix: str) -> dict[str, Tensor]:
     return {n[len(prefix) :]: t for n, t in fast.items() if n.startswith(prefix)}
 
 
-def layered_forward(
-    model: FewShotModel, fast: Mapping[str, Tensor], batch: Mapping[str, Tensor], n_way: int
+def layered_hidden(
+    model: FewShotModel, fast: Mapping[str, Tensor], batch: Mapping[str, Tensor]
 ) -> Tensor:
-    """`FewShotModel.forward` spelled out layer by layer, with ``fast`` replacing tensors.
+    """The encoder's last hidden states ``(B, T, H)`` layer by layer, ``fast`` replacing tensors.
 
     Starts from ``batch[PREFIX_KEY]`` at layer ``batch[PREFIX_LAYER_KEY]`` when the frozen
     prefix is cached, and uses ``batch[EXT_MASK_KEY]`` as the attention bias when given (under
@@ -284,12 +284,22 @@ def layered_forward(
     ext = batch[EXT_MASK_KEY] if EXT_MASK_KEY in batch else _mask(model, hidden, mask)
     for layer in encoder_layers(model)[first:]:
         hidden = functional_call(layer, _own(fast, prefixes[id(layer)]), (hidden, ext))
+    return hidden
+
+
+def layered_forward(
+    model: FewShotModel, fast: Mapping[str, Tensor], batch: Mapping[str, Tensor], n_way: int
+) -> Tensor:
+    """`FewShotModel.forward` spelled out layer by layer (`layered_hidden`, pooling, head)."""
+    hidden = layered_hidden(model, fast, batch)
     # Same pooling as FewShotModel.embed (tests check the two paths agree).
     if model.task == "sequence":
         if model.pooling == "cls":
             hidden = hidden[:, 0]
         else:
-            m = mask.unsqueeze(-1).to(hidden.dtype)
+            mask = batch.get("attention_mask")
+            m = (torch.ones_like(batch["input_ids"]) if mask is None else mask).unsqueeze(-1)
+            m = m.to(hidden.dtype)
             hidden = (hidden * m).sum(1) / m.sum(1).clamp_min(1.0)
     logits = functional_call(model.head, _own(fast, "head."), (hidden,))
     return logits[..., :n_way]

@@ -20,7 +20,7 @@ The learner's own weights are never modified; the returned dict holds copies of 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -106,6 +106,9 @@ def finetune_fast_weights(
     config: FineTuneConfig,
     start: Mapping[str, Tensor],
     on_step: Callable[[int, Mapping[str, Tensor]], None] | None = None,
+    *,
+    loss_fn: Callable[[Mapping[str, Tensor], Mapping[str, Tensor]], Tensor] | None = None,
+    head_names: Sequence[str] = HEAD_PARAMETER_NAMES,
 ) -> dict[str, Tensor]:
     """Fine-tune from ``start`` (the output of ``algorithm.adapt``) on ``support``.
 
@@ -117,6 +120,15 @@ def finetune_fast_weights(
         start (`dict`): The adapted fast weights φ_k; ProtoNet's ``{"prototypes": ...}`` too.
         on_step (`Callable`, *optional*): Called as ``on_step(step, weights)`` after every step
             (``step`` counts from 1), e.g. to score a trajectory (`metanlp.meta.policy`).
+        loss_fn (`Callable`, *optional*): ``loss_fn(weights, support)``, the support loss to
+            minimise (``support`` may carry the frozen-prefix cache, see
+            `metanlp.meta.efficient.layered_hidden`); defaults to the cross-entropy of
+            ``algorithm.forward_with`` on ``support["labels"]``. The decomposed learner's span
+            typer passes its span-typing loss.
+        head_names (`Sequence[str]`, defaults to `HEAD_PARAMETER_NAMES`): The head's tensors
+            (rate ``config.head_lr``, zeroed by ``head_start="zero"``); names that are not the
+            model's must be in ``start``. The model's own head is left out when other names
+            are given.
 
     Returns:
         A fast-weight dict over ``params`` + head (+ any adapted tensor), for ``predict_logits``.
@@ -126,18 +138,32 @@ def finetune_fast_weights(
     if PROTOTYPES_KEY in start:
         start["head.weight"], start["head.bias"] = prototype_head(start.pop(PROTOTYPES_KEY)[:n_way])
     own = dict(model.named_parameters())
+    head_names = tuple(head_names)
     names = select_parameters(model, config.params, top_layers=config.top_layers)
-    names = list(dict.fromkeys([*names, *start, *HEAD_PARAMETER_NAMES]))
+    if head_names != HEAD_PARAMETER_NAMES:
+        names = [n for n in names if n not in HEAD_PARAMETER_NAMES]
+    names = list(dict.fromkeys([*names, *start, *head_names]))
+    missing = [n for n in names if n not in start and n not in own]
+    if missing:
+        raise ValueError(
+            f"finetune_fast_weights: {missing} are neither in `start` nor the model's."
+        )
     weights = {
         n: (start[n] if n in start else own[n]).detach().clone().requires_grad_(True) for n in names
     }
-    support = with_frozen_prefix(algorithm, algorithm.to_device(support), list(weights))
+    in_model = [n for n in weights if n in own]
+    support = with_frozen_prefix(algorithm, algorithm.to_device(support), in_model)
+    if loss_fn is None:
+
+        def loss_fn(w: Mapping[str, Tensor], batch: Mapping[str, Tensor]) -> Tensor:
+            return task_loss(algorithm.forward_with(w, batch, n_way), batch["labels"])
+
     if config.head_start == "zero":
         with torch.no_grad():
-            for n in HEAD_PARAMETER_NAMES:
+            for n in head_names:
                 weights[n].zero_()
-    head = [weights[n] for n in HEAD_PARAMETER_NAMES]
-    body = [w for n, w in weights.items() if n not in HEAD_PARAMETER_NAMES]
+    head = [weights[n] for n in head_names]
+    body = [w for n, w in weights.items() if n not in head_names]
     optimizer = torch.optim.AdamW(
         [{"params": body, "lr": config.lr}, {"params": head, "lr": config.head_lr}],
         weight_decay=config.weight_decay,
@@ -145,7 +171,7 @@ def finetune_fast_weights(
     )
     with model_mode(model, False), torch.enable_grad():
         for step in range(1, config.steps + 1):
-            loss = task_loss(algorithm.forward_with(weights, support, n_way), support["labels"])
+            loss = loss_fn(weights, support)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
