@@ -23,7 +23,9 @@ BASELINE_NAMES = {
     "setfit": "SetFit",
 }
 GENERAL = "general"
-GENERAL_VERSUS = ("setfit", "finetune", "logreg", "frozen_protos", "general-nopolicy")
+GENERAL_VERSUS = (
+    "setfit", "finetune", "logreg", "frozen_protos", "general-nopolicy", "general-earlierpolicy",
+)  # fmt: skip
 
 
 def main_metric(kind: str) -> str:

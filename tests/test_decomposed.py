@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from ner_helpers import small_decomposed_learner
 
 from metanlp.api import MetaLearner
 from metanlp.meta.decomposed import TYPING, DecomposedConfig
@@ -18,16 +19,7 @@ TAGS = [["B-per", "O", "B-per", "I-per"], ["O"] * 20 + ["B-loc"], ["B-per", "O",
 
 @pytest.fixture(scope="module")
 def learner(single_thread):
-    torch.manual_seed(0)
-    return MetaLearner.from_pretrained(
-        task="token",
-        algorithm="decomposed",
-        adapt="top",
-        adapt_options={"top_layers": 1},
-        algorithm_config={"inner_steps": 2, "typing_inner_steps": 0},
-        max_length=MAX_LENGTH,
-        device="cpu",
-    )
+    return small_decomposed_learner(MAX_LENGTH)
 
 
 def _word_states(learner, words):

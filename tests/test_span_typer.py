@@ -10,6 +10,7 @@ import dataclasses
 import pytest
 import torch
 import torch.nn.functional as F
+from ner_helpers import small_decomposed_learner
 
 from metanlp.api import MetaLearner
 from metanlp.meta.decomposed import TYPING, DecomposedConfig, gold_spans, typing_prototypes
@@ -25,16 +26,7 @@ QUERY = [["Dana", "visited", "Oslo"], ["Bob", "Dylan", "sang", "in", "Paris"]]
 
 @pytest.fixture(scope="module")
 def learner(single_thread):
-    torch.manual_seed(0)
-    return MetaLearner.from_pretrained(
-        task="token",
-        algorithm="decomposed",
-        adapt="top",
-        adapt_options={"top_layers": 1},
-        algorithm_config={"inner_steps": 2, "typing_inner_steps": 0},
-        max_length=24,
-        device="cpu",
-    )
+    return small_decomposed_learner(24)
 
 
 @pytest.fixture(scope="module")
