@@ -7,10 +7,12 @@ path goes through the same code path.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.resources
 import logging
 import os
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -190,6 +192,24 @@ class _HoldRecords(logging.Filter):
         return False
 
 
+@contextlib.contextmanager
+def transformers_bars_off() -> Iterator[None]:
+    """transformers' own progress bars off, the user's setting restored after.
+
+    A BERT-family encoder loads or saves in a second or two: the "Loading weights" and "Writing
+    model shards" bars are noise on every learner load and save (and in every CLI error).
+    """
+    from transformers.utils import logging as tf_logging
+
+    bars = tf_logging.is_progress_bar_enabled()
+    tf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if bars:
+            tf_logging.enable_progress_bar()
+
+
 def _load_weights(
     path: str,
     config: object,
@@ -199,19 +219,14 @@ def _load_weights(
 ) -> PreTrainedModel:
     """``AutoModel.from_pretrained`` whose load report is dropped when the only mismatch is the
     expected one (a pooler the model was built without), and shown otherwise."""
-    from transformers.utils import logging as tf_logging
-
     tf_logger = logging.getLogger(_TRANSFORMERS_LOADING_LOGGER)
     held = _HoldRecords()
     tf_logger.addFilter(held)
-    # A BERT-family encoder loads in a second or two: its "Loading weights" bar is noise on
-    # every learner load (and in every CLI error). The user's own setting is restored after.
-    bars = tf_logging.is_progress_bar_enabled()
-    tf_logging.disable_progress_bar()
     try:
-        model, info = AutoModel.from_pretrained(
-            path, config=config, output_loading_info=True, **kwargs
-        )
+        with transformers_bars_off():
+            model, info = AutoModel.from_pretrained(
+                path, config=config, output_loading_info=True, **kwargs
+            )
     except (RuntimeError, OSError, ValueError) as err:
         tf_logger.removeFilter(held)
         _replay(tf_logger, held.records, keep_report=True)
@@ -224,9 +239,6 @@ def _load_weights(
         tf_logger.removeFilter(held)
         _replay(tf_logger, held.records, keep_report=True)
         raise
-    finally:
-        if bars:
-            tf_logging.enable_progress_bar()
     tf_logger.removeFilter(held)
     unexpected = sorted(
         k

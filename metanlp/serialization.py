@@ -46,6 +46,7 @@ from metanlp.models import (
     FewShotModel,
     default_model_path,
     load_encoder,
+    transformers_bars_off,
 )
 from metanlp.spec import LearnerSpec, build_algorithm, model_from_encoder
 
@@ -192,11 +193,13 @@ def save_learner(
     def write(tmp: Path) -> None:
         (tmp / CONFIG_NAME).write_text(json.dumps(config.to_dict(), indent=2), encoding="utf-8")
         if model.peft_type is not None:
-            model.encoder.save_pretrained(str(tmp / ADAPTER_DIR))
+            with transformers_bars_off():
+                model.encoder.save_pretrained(str(tmp / ADAPTER_DIR))
             _patch_adapter_base(tmp / ADAPTER_DIR, config.base_model)
         # Un-meta-trained encoder tensors equal the base model's: the id is enough.
         if (full and config.meta_trained) or local_base:
-            model.base_encoder.save_pretrained(str(tmp / ENCODER_DIR))
+            with transformers_bars_off():
+                model.base_encoder.save_pretrained(str(tmp / ENCODER_DIR))
         head = {n: t.detach().cpu().contiguous() for n, t in model.head.state_dict().items()}
         save_file({f"head.{k}": v for k, v in head.items()}, str(tmp / HEAD_NAME))
         extras = {k: v.cpu().contiguous() for k, v in algorithm.state_dict().items()}

@@ -4,6 +4,7 @@ and an exact save/load round trip (LoRA in PEFT format, head, learned inner LRs,
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -108,6 +109,24 @@ def test_save_load_round_trip_is_exact(lora_learner, tmp_path):
         assert torch.equal(v, loaded.algorithm.state_dict()[k])
     again = loaded.adapt(TEXTS, LABELS)
     assert np.array_equal(clf.predict_proba(QUERY), again.predict_proba(QUERY))
+
+
+@pytest.mark.parametrize("bars_before", [True, False])
+def test_save_and_load_print_no_transformers_bars(learner, tmp_path, capfd, bars_before):
+    from transformers.utils import logging as tf_logging
+
+    (tf_logging.enable_progress_bar if bars_before else tf_logging.disable_progress_bar)()
+    try:
+        # meta_trained: the encoder weights are written too (the "Writing model shards" bar)
+        trained = MetaLearner(learner.algorithm, replace(learner.config, meta_trained=True))
+        folder = trained.save_pretrained(tmp_path / "learner")
+        assert (folder / "encoder").is_dir()
+        MetaLearner.from_pretrained(folder)
+        err = capfd.readouterr().err
+        assert "Writing model shards" not in err and "Loading weights" not in err
+        assert tf_logging.is_progress_bar_enabled() == bars_before  # the user's setting stays
+    finally:
+        tf_logging.enable_progress_bar()
 
 
 def test_save_is_atomic(learner, tmp_path, monkeypatch):
