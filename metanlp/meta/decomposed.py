@@ -338,7 +338,8 @@ class DecomposedNER(MetaAlgorithm):
             others = det_x[det_y == S.O]
             fast[O_KEY] = kmeans(others, self.config.o_prototypes) if len(others) else det_x[:1]
         if self.config.typing == "finetune":
-            fast.update(finetune_typer(self, support, *self.typer_start(fast, feats, support)))
+            head, config, none = self.typer_start(fast, feats, support)
+            fast.update(finetune_typer(self, support, head, config, none, head_names=TYPING))
         return fast
 
     def typer_start(
@@ -461,17 +462,11 @@ def word_starts(batch: Mapping[str, Tensor]) -> Tensor:
 
 def gold_spans(feats: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
     """Mean word states and type indices (0..N-1) of the gold IO mentions of a batch."""
-    reps, types = [], []
-    for r in range(labels.shape[0]):
-        positions = (labels[r] != S.IGNORE_INDEX).nonzero().flatten()
-        ids = labels[r, positions].tolist()
-        found = S.io_spans(ids)
-        if found:
-            reps.append(S.span_means(feats[r, positions], [(a, b) for _, a, b in found]))
-            types.extend(t - 1 for t, _, _ in found)
-    if not reps:
+    spans, types = gold_word_spans(labels)
+    if not types:
         raise ValueError("The support/query has no tagged mention; every episode type needs one.")
-    return torch.cat(reps), torch.tensor(types, device=feats.device)
+    reps = span_reps(feats, labels != S.IGNORE_INDEX, spans)
+    return reps, torch.tensor(types, device=feats.device)
 
 
 def typing_prototypes(reps: Tensor, types: Tensor, n_types: int) -> Tensor:

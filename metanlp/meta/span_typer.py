@@ -89,7 +89,8 @@ def finetune_typer(
     head: Mapping[str, Tensor],
     config: FineTuneConfig,
     none_spans: Spans | None = None,
-    head_names: Sequence[str] = ("typing.weight", "typing.bias"),
+    *,
+    head_names: Sequence[str],
 ) -> dict[str, Tensor]:
     """Fine-tune the encoder subset ``config.params`` and the typing head on the support spans.
 
@@ -100,6 +101,8 @@ def finetune_typer(
             ``head_names``; a last row beyond the N types is the "none" class.
         config (`FineTuneConfig`): Steps, rates, tensors (its ``head_start`` is applied).
         none_spans (`list`, *optional*): Per support row, the word spans of the "none" class.
+        head_names (`Sequence[str]`): The names of the head's weight and bias (the decomposed
+            learner's ``TYPING``).
 
     Returns:
         The tuned encoder tensors and head, detached.
