@@ -37,6 +37,7 @@ from benchmarks.accuracy_setup import (
 )
 from benchmarks.common import REPO_ROOT, provenance
 from benchmarks.ner_report import span_scores, write_ner_results
+from metanlp.corpora.wnut16 import TYPE_DESCRIPTIONS
 
 TRAIN_SOURCE = {"dataset": "wnut16", "kind": "ner", "n_way": 3, "k_shot": 1, "q_query": 1,
                 "types": NER_TRAIN_TYPES, "mode": "relaxed", "scheme": "io"}  # fmt: skip
@@ -54,6 +55,7 @@ VARIANTS = {  # decoding variants of the one decomposed learner (no retraining)
     "decomposed, 4 O prototypes": {"o_handling": "prototypes", "o_prototypes": 4},
 }
 TYPER = {"typing": "finetune"}
+NAMES = {"typing": "names", "type_descriptions": TYPE_DESCRIPTIONS}
 C = {"decoding": "constrained"}
 
 
@@ -123,6 +125,16 @@ TYPER_VARIANTS: dict[str, dict[str, Any]] = {
         **C,
         "detection_bias": 0.5,
         "eval_inner_steps": 50,
+    },
+    # round 7: typing by the types' names (name_typer), detection as chosen or near it
+    **{
+        f"names w{w}, {label}": {**NAMES, "names_support_weight": w, **C, **det}
+        for w in (0.25, 0.0)
+        for label, det in {
+            "bias 0.5, 50 steps": {"detection_bias": 0.5, "eval_inner_steps": 50},
+            "bias 1, 50 steps": {"detection_bias": 1.0, "eval_inner_steps": 50},
+            "bias 0, 5 steps": {},
+        }.items()
     },
 }
 """The fine-tuned span typer's settings (and detector steps) tried on validation types

@@ -51,6 +51,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--episodes", type=int, default=30, help="validation episodes")
     p.add_argument("--steps", type=int, default=150, help="meta-steps of the validation learner")
     p.add_argument("--variants", nargs="+", help="score only these methods (default: all)")
+    p.add_argument("--shots", type=int, default=1,
+                   help="K: 3-way K~2K-shot episodes (1, or 5 for 5~10-shot; seed 5001 + K - 1)")  # fmt: skip
     p.add_argument("--protonet", action="store_true", help="also score ProtoNet (same split)")
     p.add_argument("--finetune", action="store_true", help="also score plain fine-tuning")
     p.add_argument("--merge", nargs="+", metavar="JSON",
@@ -91,20 +93,22 @@ def main(argv: list[str] | None = None) -> None:
         plain = MetaLearner.from_pretrained(task="token", device="cpu")
         methods["fine-tune"] = FineTuneBaseline(plain.model)
     wnut = load_corpus("wnut16", args.data)
-    sampler = NERSampler(wnut, n_way=3, k_shot=1, q_query=1, types=VAL_TYPES, mode="relaxed",
-                         scheme="io", name="wnut16", seed=VAL_SEED)  # fmt: skip
-    path = Path(args.cache) / f"validation_3w1s_{args.episodes}.json"
+    k = args.shots
+    sampler = NERSampler(wnut, n_way=3, k_shot=k, q_query=k, types=VAL_TYPES, mode="relaxed",
+                         scheme="io", name="wnut16", seed=VAL_SEED + k - 1)  # fmt: skip
+    setting = f"validation_3w{k}s"
+    path = Path(args.cache) / f"{setting}_{args.episodes}.json"
     if not path.is_file():
         save_episodes(path, sampler.specs(args.episodes), sampler, metadata={"max_length": 64})
     episodes = load_episodes(path, {"wnut16": wnut}, tokenizer=learner.tokenizer, max_length=64)
     recorders = {name: Recorder(m) for name, m in methods.items()}
-    results = evaluate(recorders, episodes, episode_set="validation_3w1s", progress=False)
+    results = evaluate(recorders, episodes, episode_set=setting, progress=False)
     for result in results:
         recorders[result["method"]].score(result, episodes)
-    record = {"provenance": prov, "steps": args.steps, "settings": {"validation_3w1s": results},
+    record = {"provenance": prov, "steps": args.steps, "settings": {setting: results},
               "lead": CHOSEN_FROM,
               "note": f"Validation: meta-trained on {', '.join(VAL_TRAIN_TYPES)}; episodes of "
-                      f"{', '.join(VAL_TYPES)} (3-way 1~2-shot, relaxed, seed {VAL_SEED})."}  # fmt: skip
+                      f"{', '.join(VAL_TYPES)} (3-way {k}~{2 * k}-shot, relaxed, seed {VAL_SEED + k - 1})."}  # fmt: skip
     write_ner_results(
         record, Path(args.out), "ner_validation_quick" if args.quick else "ner_validation"
     )

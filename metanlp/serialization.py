@@ -289,6 +289,8 @@ def load_learner_parts(folder: str | os.PathLike, device: str | torch.device = "
     lrs_file = folder / INNER_LRS_NAME
     if extras or lrs_file.exists():
         lrs = read_safetensors(lrs_file, RELOAD_FIX, device)
+        optional = algorithm.optional_extras() - set(lrs)
+        extras = {k: v for k, v in extras.items() if k not in optional}
         check_tensors(lrs, extras, lrs_file, RELOAD_FIX)
         algorithm.load_state_dict(lrs)
     algorithm.to(device)

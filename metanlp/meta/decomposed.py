@@ -17,6 +17,9 @@ With ``typing="finetune"`` stage 2 is instead a typer fine-tuned on the support'
 (`metanlp.meta.span_typer`): the head starts from the adapted prototype head, then
 ``typing_finetune`` AdamW steps move it and an encoder subset; ``typing_none_class`` adds a
 "not an entity of these types" class learnt from the detector's false spans on the support.
+With ``typing="names"`` each span is typed by the *names* of the types (`metanlp.meta.name_typer`):
+its text's embedding under the pretrained encoder (copies of the meta-learned tensors taken before
+meta-training, ``pretrained.*`` extras) against the names' embeddings, nudged by the support spans.
 
 ``O`` handling at typing (spans the detector invents): ``"none"`` types every detected span,
 ``"threshold"`` drops a span whose top type probability is below ``o_threshold``,
@@ -37,6 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from metanlp.meta import name_typer as NT
 from metanlp.meta import spans as S
 from metanlp.meta.base import MetaAlgorithm, MetaConfig, model_mode
 from metanlp.meta.efficient import layered_hidden
@@ -54,12 +58,15 @@ from metanlp.meta.span_typer import (
 from metanlp.models import HEAD_PARAMETER_NAMES, model_inputs
 
 O_HANDLING = ("none", "threshold", "prototypes")
-TYPINGS = ("prototypes", "finetune")
+TYPINGS = ("prototypes", "finetune", "names")
 DECODINGS = ("viterbi", "viterbi_posterior", "constrained", "argmax")
 DETECTOR = ("detector.weight", "detector.bias")
 TYPING = ("typing.weight", "typing.bias")
 O_KEY = "typing.o_prototypes"
 COUNTS = "transitions.counts"
+PRETRAINED = "pretrained."
+"""Prefix of the extras that copy the meta-learned encoder tensors as they were before
+meta-training (the encoder of ``typing="names"``)."""
 WORD_STARTS = "word_starts"
 """Optional batch key: ``(B, T)`` bool, True at each word's first sub-token (else from labels)."""
 
@@ -91,6 +98,8 @@ class DecomposedConfig(MetaConfig):
         typing (`str`, defaults to ``"prototypes"``): Stage 2 at evaluation: ``"prototypes"``
             (the Proto-MAML head over the meta-learned encoder's span states) or ``"finetune"``
             (a typer fine-tuned on the support's gold spans, `metanlp.meta.span_typer`).
+            or ``"names"`` (the span's text against the types' names in the pretrained encoder's
+            sentence space, `metanlp.meta.name_typer`; the learner passes the names).
             Meta-training always trains the prototype typing.
         typing_finetune (`dict`, *optional*): `FineTuneConfig` fields of the fine-tuned typer
             over `metanlp.meta.span_typer.TYPER_DEFAULTS` (an int: its steps); stored as the full
@@ -98,6 +107,11 @@ class DecomposedConfig(MetaConfig):
         typing_none_class (`bool`, defaults to False): Give the fine-tuned typer a "none" class
             from the spans the adapted detector finds in the support that are not gold
             mentions; query spans typed "none" are dropped. Only with ``typing="finetune"``.
+        names_support_weight (`float`, defaults to 0.25): ``typing="names"``: each support span's
+            embedding is added to its type's name embedding with this weight (0: names only).
+        type_descriptions (`dict`, *optional*): ``typing="names"``: the words to encode for a
+            type name (e.g. ``{"sportsteam": "sports team"}``); other names are split at ``-``,
+            ``_`` and camelCase.
 
     Example:
         ```python
@@ -124,6 +138,8 @@ class DecomposedConfig(MetaConfig):
     typing: str = "prototypes"
     typing_finetune: Any = None
     typing_none_class: bool = False
+    names_support_weight: float = 0.25
+    type_descriptions: dict | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -159,14 +175,31 @@ class DecomposedConfig(MetaConfig):
             raise ValueError(
                 f"DecomposedConfig: typing_none_class={self.typing_none_class!r} must be a bool."
             )
+        if not (
+            isinstance(self.names_support_weight, int | float)
+            and not isinstance(self.names_support_weight, bool)
+            and self.names_support_weight >= 0
+        ):
+            raise ValueError(
+                f"DecomposedConfig: names_support_weight={self.names_support_weight!r} must be "
+                "a number >= 0."
+            )
+        if self.type_descriptions is not None and not (
+            isinstance(self.type_descriptions, Mapping)
+            and all(isinstance(v, str) and v.strip() for v in self.type_descriptions.values())
+        ):
+            raise ValueError(
+                f"DecomposedConfig: type_descriptions={self.type_descriptions!r} must map type "
+                "names to non-empty strings, e.g. {'sportsteam': 'sports team'}."
+            )
+        if self.typing != "prototypes" and self.o_handling == "prototypes":
+            raise ValueError(
+                "DecomposedConfig: o_handling='prototypes' compares span states of the "
+                f"meta-learned encoder, but typing={self.typing!r} types with another; "
+                "use o_handling='none' or 'threshold'."
+            )
         if self.typing == "finetune":
             self.typing_finetune = typer_config(self.typing_finetune).to_dict()
-            if self.o_handling == "prototypes":
-                raise ValueError(
-                    "DecomposedConfig: o_handling='prototypes' compares span states of the "
-                    "meta-learned encoder, but typing='finetune' types with the fine-tuned one; "
-                    "use o_handling='none' or 'threshold' (or typing_none_class=True)."
-                )
         elif self.typing_finetune is not None or self.typing_none_class:
             raise ValueError(
                 f"DecomposedConfig: typing_finetune={self.typing_finetune!r} / typing_none_class="
@@ -218,6 +251,69 @@ class DecomposedNER(MetaAlgorithm):
             # Counts of B/I/O moves in the training corpora (see `count_transitions`).
             COUNTS: nn.Parameter(torch.zeros(4, 3), requires_grad=False),
         }
+        params = dict(self.model.named_parameters())
+        for name in self.outer_names:  # the encoder as it is now, before meta-training
+            self.extra[PRETRAINED + name] = nn.Parameter(
+                params[name].detach().clone(), requires_grad=False
+            )
+
+    def optional_extras(self) -> set[str]:
+        """The ``pretrained.*`` copies: a learner saved before they existed loads without them
+        (``typing="names"`` then refuses to run)."""
+        return {k for k in self.extra if k.startswith(PRETRAINED)}
+
+    @property
+    def uses_type_names(self) -> bool:
+        return self.config.typing == "names"
+
+    def pretrained_weights(self) -> dict[str, Tensor]:
+        """The meta-learned encoder tensors as they were before meta-training."""
+        weights = {
+            k[len(PRETRAINED) :]: v for k, v in self.extra.items() if k.startswith(PRETRAINED)
+        }
+        if not weights:
+            raise ValueError(
+                "typing='names' encodes with the pretrained encoder, whose tensors this learner "
+                "does not keep (it was saved before they were); meta-train it again, or use "
+                "typing='prototypes' or 'finetune'."
+            )
+        return weights
+
+    def embed_texts(self, batch: Mapping[str, Tensor]) -> Tensor:
+        """Unit mean-pooled states of ``input_ids`` / ``attention_mask`` under the pretrained
+        encoder (`pretrained_weights`)."""
+        if len(batch["input_ids"]) == 0:
+            return torch.zeros(0, self.model.hidden_size, device=batch["input_ids"].device)
+        with model_mode(self.model, False):
+            hidden = layered_hidden(self.model, self.pretrained_weights(), batch)
+        return NT.mean_pooled(hidden, batch["attention_mask"])
+
+    def embed_spans(
+        self, batch: Mapping[str, Tensor], starts: Tensor, spans: list[list[tuple[int, int]]]
+    ) -> Tensor:
+        """`embed_texts` of each word span's sub-tokens alone (`name_typer.span_token_batch`)."""
+        pieces = NT.span_token_batch(batch["input_ids"], batch["attention_mask"], starts, spans)
+        return self.embed_texts(pieces)
+
+    def name_head(self, support: Mapping[str, Tensor], n_types: int) -> dict[str, Tensor]:
+        """The typing head of ``typing="names"``: ``NAME_SCALE *`` the unit prototypes
+        (`name_typer.name_prototypes`) as weights, zero bias."""
+        if NT.NAME_IDS not in support:
+            raise ValueError(
+                "typing='names' needs the entity type names: MetaLearner.adapt and "
+                "query_logits pass them; a support batch of your own needs "
+                f"{NT.NAME_IDS!r} and {NT.NAME_MASK!r} from name_typer.encode_type_names."
+            )
+        names = self.embed_texts(
+            {"input_ids": support[NT.NAME_IDS], "attention_mask": support[NT.NAME_MASK]}
+        )
+        if len(names) != n_types:
+            raise ValueError(f"{len(names)} type names for an episode of {n_types} types.")
+        spans, types = gold_word_spans(support["labels"])
+        reps = self.embed_spans(support, support["labels"] != S.IGNORE_INDEX, spans)
+        types_t = torch.tensor(types, dtype=torch.long, device=names.device)
+        protos = NT.name_prototypes(names, reps, types_t, float(self.config.names_support_weight))
+        return {TYPING[0]: NT.NAME_SCALE * protos, TYPING[1]: protos.new_zeros(n_types)}
 
     def may_use_second_order(self) -> bool:
         return False  # only the heads are differentiated twice; SDPA attention is fine
@@ -340,6 +436,8 @@ class DecomposedNER(MetaAlgorithm):
         if self.config.typing == "finetune":
             head, config, none = self.typer_start(fast, feats, support)
             fast.update(finetune_typer(self, support, head, config, none, head_names=TYPING))
+        elif self.config.typing == "names":
+            fast.update(self.name_head(support, n_way - 1))
         return fast
 
     def typer_start(
@@ -397,11 +495,15 @@ class DecomposedNER(MetaAlgorithm):
             feats = self.features(batch)
             starts = word_starts(batch)
             found = self.detect(fast, feats, starts)
-            if self.config.typing == "finetune" and any(found):
-                feats = layered_hidden(self.model, fast, batch)  # the typer's encoder
+            if self.config.typing == "names":
+                reps = self.embed_spans(batch, starts, found)
+            else:
+                if self.config.typing == "finetune" and any(found):
+                    feats = layered_hidden(self.model, fast, batch)  # the typer's encoder
+                reps = span_reps(feats, starts, found)
         out = torch.full((*feats.shape[:2], n_way), -20.0, device=feats.device)
         out[..., 0] = 0.0
-        types = iter(self.type_spans(fast, span_reps(feats, starts, found), n_way - 1))
+        types = iter(self.type_spans(fast, reps, n_way - 1))
         for r, row in enumerate(found):
             positions = starts[r].nonzero().flatten()
             for a, b in row:
@@ -418,6 +520,10 @@ class DecomposedNER(MetaAlgorithm):
         """Typing alone, given the gold spans: (predicted, gold) IO tag ids of every gold
         mention of ``batch`` (IO ``labels``); a dropped span is predicted 0."""
         batch = self.to_device(batch)
+        if self.config.typing == "names":
+            spans, types = gold_word_spans(batch["labels"])
+            reps = self.embed_spans(batch, batch["labels"] != S.IGNORE_INDEX, spans)
+            return self.type_spans(fast, reps, n_way - 1), [t + 1 for t in types]
         with model_mode(self.model, False):
             if self.config.typing == "finetune":
                 feats = layered_hidden(self.model, fast, batch)
