@@ -4,15 +4,19 @@
     python recipes/ner_decomposed.py --data data --smoke      # CI size, seconds
     python recipes/ner_decomposed.py --data data --polish     # add Polish names (bigbench extra)
     python recipes/ner_decomposed.py --data data --typing prototypes   # Proto-MAML span typing
+    python recipes/ner_decomposed.py --data data --typing finetune     # the fine-tuned typer
 
 The learner (`metanlp.meta.decomposed`, Ma et al. 2022): a B/I/O "any entity" detector
 meta-learned with MAML (its head adapts on each support set), decoded by a Viterbi pass with
 transition scores counted from the training episodes, and span typing by Proto-MAML over
-mean-of-words span prototypes with a learned temperature; at test time (``--typing finetune``,
-the default) the spans are typed by a typer fine-tuned on the support's gold spans from the
-prototype head (`metanlp.meta.span_typer`, settings chosen on validation types). Meta-training: 3-way 1~2-shot
-relaxed episodes of the six frequent WNUT-16 types (``--polish`` adds the Polish name types
-as a second source). Test: 3-way 1~2-shot, 3-way 5~10-shot and 4-way 1~2-shot episodes of the
+mean-of-words span prototypes with a learned temperature. At test time (``--typing names``,
+the default) the spans are typed by the types' names in the pretrained encoder's sentence space,
+nudged by the support spans (`metanlp.meta.name_typer`), touching spans joined, the detector
+adapted 50 steps with a small push toward entities: the settings chosen on validation types
+(``benchmarks/bench_ner.py``'s ``CHOSEN_OPTIONS``); ``--typing finetune`` fine-tunes a typer on
+the support's gold spans instead (`metanlp.meta.span_typer`). Meta-training: 1~2-shot relaxed
+episodes holding all six frequent WNUT-16 types at once (a type left out of an episode would be
+tagged O there; ``--polish`` adds 3-way episodes of the Polish name types as a second source). Test: 3-way 1~2-shot, 3-way 5~10-shot and 4-way 1~2-shot episodes of the
 four rare types, the split of ``benchmarks/accuracy_setup.py``; entity micro-F1 (seqeval,
 strict IOB2) against the same start without meta-training, frozen prototypes and NNShot.
 """
@@ -32,6 +36,8 @@ from common import (
 )
 from report import write_report
 
+from metanlp.corpora.wnut16 import TYPE_DESCRIPTIONS
+
 TRAIN_TYPES = ["person", "geo-loc", "other", "company", "facility", "product"]
 TEST_TYPES = ["musicartist", "sportsteam", "tvshow", "movie"]
 POLISH = "bigbench/polish_sequence_labeling"
@@ -40,10 +46,13 @@ POLISH_NAMES = ["nam_adj", "nam_eve", "nam_fac", "nam_liv", "nam_loc", "nam_num"
 SETTINGS = {"3-way 1~2-shot": (3, 1), "3-way 5~10-shot": (3, 5), "4-way 1~2-shot": (4, 1)}
 ALGORITHM = {"inner_steps": 5, "inner_lr": 0.1, "typing_inner_steps": 3, "typing_inner_lr": 0.1,
              "temperature": 10.0, "entity_weight": 5.0, "first_order": False}  # fmt: skip
-# Test-time settings chosen on validation types (benchmarks/bench_ner.py's CHOSEN_OPTIONS; the
-# typer's own: `metanlp.meta.span_typer.TYPER_DEFAULTS`).
-TYPER = {"typing": "finetune", "decoding": "constrained", "detection_bias": 0.5,
-         "eval_inner_steps": 50}  # fmt: skip
+# Test-time settings chosen on validation types (benchmarks/bench_ner.py's CHOSEN_OPTIONS).
+NAMES = {"typing": "names", "type_descriptions": TYPE_DESCRIPTIONS, "names_support_weight": 0.25,
+         "decoding": "constrained", "detection_bias": 0.5, "eval_inner_steps": 50,
+         "join_adjacent": True}  # fmt: skip
+TYPER = {**NAMES, "typing": "finetune", "type_descriptions": None}
+"""The fine-tuned typer (its own settings: `metanlp.meta.span_typer.TYPER_DEFAULTS`) with the
+same detection."""
 
 SIZES = {
     "smoke": Size(max_steps=2, meta_batch_size=1, val_episodes=1, test_episodes=2, max_length=48,
@@ -58,8 +67,9 @@ SIZES = {
 def _options(parser) -> None:
     parser.add_argument("--polish", action="store_true",
                         help="also meta-train on Polish name types (bigbench extra)")  # fmt: skip
-    parser.add_argument("--typing", choices=["finetune", "prototypes"], default="finetune",
-                        help="test-time span typing: the fine-tuned typer or the prototype head")  # fmt: skip
+    parser.add_argument("--typing", choices=["names", "finetune", "prototypes"], default="names",
+                        help="test-time span typing: by the types' names, the fine-tuned typer "
+                        "or the prototype head")  # fmt: skip
 
 
 def algorithm_options(typing: str) -> dict:
@@ -67,18 +77,18 @@ def algorithm_options(typing: str) -> dict:
     types, see benchmarks/README.md)."""
     if typing == "prototypes":
         return dict(ALGORITHM)
-    return {**ALGORITHM, **TYPER}
+    return {**ALGORITHM, **(NAMES if typing == "names" else TYPER)}
 
 
 def config_for(args):
     """The `MetaTrainerConfig` of the recipe (also used by ``benchmarks/bench_ner.py``)."""
     episodes = {"kind": "ner", "n_way": 3, "k_shot": 1, "q_query": 1, "mode": "relaxed",
                 "scheme": "io"}  # fmt: skip
-    train = [{**episodes, "dataset": "wnut16", "types": TRAIN_TYPES}]
+    train = [{**episodes, "dataset": "wnut16", "types": TRAIN_TYPES, "n_way": len(TRAIN_TYPES)}]
     if getattr(args, "polish", False):
         train = [{**train[0], "weight": 2.0},
                  {**episodes, "dataset": POLISH, "types": POLISH_NAMES, "weight": 1.0}]  # fmt: skip
-    options = algorithm_options(getattr(args, "typing", "finetune"))
+    options = algorithm_options(getattr(args, "typing", "names"))
     size = getattr(args, "size", None)
     if options.get("typing") == "finetune" and getattr(size, "inner_steps", None) is not None:
         # a size that shortens the inner loops (smoke) shortens the typer's fine-tuning too

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 
 from benchmarks import bench_ner, ner_validation
@@ -56,12 +57,21 @@ def test_recipe_uses_the_settings_chosen_on_validation():
         spec.loader.exec_module(recipe)
     finally:
         sys.path.remove(str(REPO_ROOT / "recipes"))
-    assert recipe.algorithm_options("finetune") == {**recipe.ALGORITHM, **bench_ner.CHOSEN_OPTIONS}
+    assert recipe.algorithm_options("names") == {**recipe.ALGORITHM, **bench_ner.CHOSEN_OPTIONS}
+    args = argparse.Namespace(size=recipe.SIZES["smoke"], seed=0, data="data", out="out",
+                              no_progress=True, polish=False, typing="names", device="cpu")  # fmt: skip
+    (train,) = recipe.config_for(args).data.train  # episodes holding every training type
+    assert (
+        train["n_way"]
+        == len(NER_TRAIN_TYPES)
+        == len(train["types"])
+        == bench_ner.ALL_TYPES["n_way"]
+    )
     assert recipe.algorithm_options("prototypes") == recipe.ALGORITHM
 
 
 def test_the_chosen_settings_are_the_validated_variant():
-    """`CHOSEN` is exactly the validation variant `CHOSEN_FROM` (typer defaults spelled out)."""
+    """`CHOSEN` is exactly the validation variant `CHOSEN_FROM`."""
     from metanlp.meta.decomposed import DecomposedConfig
 
     (options,) = bench_ner.CHOSEN.values()

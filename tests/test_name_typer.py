@@ -196,9 +196,30 @@ def test_copies_are_saved_and_a_learner_saved_without_them_still_loads(learner, 
     ("options", "match"),
     [({"typing": "names", "names_support_weight": -1.0}, "names_support_weight"),
      ({"typing": "names", "type_descriptions": {"a": " "}}, "type_descriptions"),
-     ({"typing": "names", "o_handling": "prototypes"}, "o_handling")],
-    ids=["negative-weight", "empty-description", "o-prototypes"],
+     ({"typing": "names", "o_handling": "prototypes"}, "o_handling"),
+     ({"join_adjacent": 1}, "join_adjacent")],
+    ids=["negative-weight", "empty-description", "o-prototypes", "join-not-bool"],
 )  # fmt: skip
 def test_config_errors_name_the_option(options, match):
     with pytest.raises(ValueError, match=match):
         DecomposedConfig(**options)
+
+
+def test_joined_detection_types_a_run_of_b_tags_once(learner):
+    """A detector that says ``B`` on every word finds one-word spans; joined, each row is one
+    span, typed once (every word of it gets that type)."""
+    algo = with_options(learner, decoding="argmax", join_adjacent=True).algorithm
+    tagger = learner.adapt(WORDS, TAGS)
+    h = learner.model.hidden_size
+    fast = {**tagger.fast, "detector.weight": torch.zeros(3, h),
+            "detector.bias": torch.tensor([0.0, 10.0, 0.0])}  # fmt: skip
+    batch, _ = encoded(learner, QUERY, QUERY_TAGS)
+    starts = batch["labels"] != -100
+    feats = algo.features(batch)
+    assert algo.detect(fast, feats, starts) == [[(0, 3)], [(0, 5)]]
+    split = with_options(learner, decoding="argmax").algorithm.detect(fast, feats, starts)
+    assert split == [[(i, i + 1) for i in range(3)], [(i, i + 1) for i in range(5)]]
+    ids = algo.predict_logits(fast, {k: v for k, v in batch.items() if k != "labels"}, 3)
+    for r, n in enumerate([3, 5]):
+        tags = ids[r][starts[r]].argmax(-1)
+        assert len(tags) == n and len(set(tags.tolist())) == 1 and tags[0] > 0

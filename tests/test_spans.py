@@ -15,6 +15,7 @@ from metanlp.meta.spans import (
     estimate_transitions,
     io_spans,
     io_to_bio,
+    join_adjacent,
     path_score,
     span_means,
     tags_to_bio,
@@ -41,6 +42,16 @@ SPAN_CASES = [
 )
 def test_bio_spans_hand_worked(tags, spans):
     assert bio_spans(tags) == spans
+
+
+@pytest.mark.parametrize(
+    "spans,joined",
+    [([], []), ([(0, 1), (1, 2), (2, 3)], [(0, 3)]), ([(0, 1), (2, 4), (5, 7)], [(0, 1), (2, 4), (5, 7)]),
+     ([(4, 5), (1, 3), (3, 4)], [(1, 5)])],
+    ids=["none", "a-run", "apart", "unsorted"],
+)  # fmt: skip
+def test_touching_spans_are_joined(spans, joined):
+    assert join_adjacent(spans) == joined
 
 
 def test_tag_strings_to_bio():

@@ -112,6 +112,9 @@ class DecomposedConfig(MetaConfig):
         type_descriptions (`dict`, *optional*): ``typing="names"``: the words to encode for a
             type name (e.g. ``{"sportsteam": "sports team"}``); other names are split at ``-``,
             ``_`` and camelCase.
+        join_adjacent (`bool`, defaults to False): Merge decoded spans that touch (``B B`` over
+            one name) into one before typing, so the name is typed once, whole; in IO tags two
+            touching mentions of one type read as one anyway.
 
     Example:
         ```python
@@ -140,6 +143,7 @@ class DecomposedConfig(MetaConfig):
     typing_none_class: bool = False
     names_support_weight: float = 0.25
     type_descriptions: dict | None = None
+    join_adjacent: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -171,6 +175,10 @@ class DecomposedConfig(MetaConfig):
             )  # fmt: skip
         if self.typing not in TYPINGS:
             raise ValueError(f"DecomposedConfig: typing={self.typing!r}; use one of {TYPINGS}.")
+        if not isinstance(self.join_adjacent, bool):
+            raise ValueError(
+                f"DecomposedConfig: join_adjacent={self.join_adjacent!r} must be a bool."
+            )
         if not isinstance(self.typing_none_class, bool):
             raise ValueError(
                 f"DecomposedConfig: typing_none_class={self.typing_none_class!r} must be a bool."
@@ -478,7 +486,8 @@ class DecomposedNER(MetaAlgorithm):
             emissions = emissions - emissions.new_tensor([self.config.detection_bias, 0.0, 0.0])
             path = (emissions.argmax(-1).tolist() if self.config.decoding == "argmax"
                     else S.viterbi(emissions.cpu() - prior, start, trans))  # fmt: skip
-            found.append(S.bio_spans(path))
+            spans = S.bio_spans(path)
+            found.append(S.join_adjacent(spans) if self.config.join_adjacent else spans)
         return found
 
     @torch.no_grad()

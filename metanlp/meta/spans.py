@@ -206,6 +206,24 @@ def bio_spans(tags: Sequence[int]) -> list[tuple[int, int]]:
     return spans
 
 
+def join_adjacent(spans: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Merge mentions that touch (one ends where the next begins) into one.
+
+    Example:
+        ```python
+        >>> join_adjacent([(1, 3), (3, 4), (5, 7)])
+        [(1, 4), (5, 7)]
+        ```
+    """
+    joined: list[tuple[int, int]] = []
+    for a, b in sorted(spans):
+        if joined and joined[-1][1] == a:
+            joined[-1] = (joined[-1][0], b)
+        else:
+            joined.append((a, b))
+    return joined
+
+
 def io_spans(ids: Sequence[int]) -> list[tuple[int, int, int]]:
     """Mentions ``(tag id, start, end)`` of an IO id sequence: maximal runs of one non-zero id.
 
