@@ -6,13 +6,14 @@ plain fine-tuning and the NER recipe's Proto-MAML, on the same fixed episodes.
 
 Types: the split of `benchmarks.accuracy_setup` (six frequent types meta-train, four rare ones
 are only tested); relaxed Few-NERD episodes, 3-way 1~2-shot (the accuracy benchmark's own
-episode file) and 3-way 5~10-shot. Every meta-trained method sees the same training stream
-(3-way 1~2-shot on the frequent types) for ``--steps`` meta-steps. Scores per episode: entity
-micro-F1 (seqeval, strict IOB2), span-detection F1 (every type mapped to one) and typing
-accuracy (exactly detected gold mentions given the right type), plus the decomposed learner's
-typing of every gold span, with 95% intervals and paired differences against the decomposed
-learner and against `CHOSEN` (the fine-tuned typer and detection settings picked on validation
-types by `benchmarks.ner_validation`). Results: ``benchmarks/results/ner{,_quick}.*``.
+episode file), 3-way 5~10-shot and (``--ways 4``) 4-way 1~2-shot. Meta-trained methods see
+3-way 1~2-shot episodes of the frequent types for ``--steps`` meta-steps; the chosen decomposed
+learner (and a ProtoNet for comparison) sees episodes holding all six (`ALL_TYPES`). Scores per
+episode: entity micro-F1 (seqeval, strict IOB2), span-detection F1 (every type mapped to one)
+and typing accuracy (exactly detected gold mentions given the right type), plus the decomposed
+learner's typing of every gold span, with 95% intervals and paired differences against
+`CHOSEN` (typing by the types' names and detection settings picked on validation types by
+`benchmarks.ner_validation`). Results: ``benchmarks/results/ner{,_quick}.*``.
 """
 
 from __future__ import annotations

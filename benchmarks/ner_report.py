@@ -67,8 +67,8 @@ def write_ner_results(record: Mapping[str, Any], out: Path, stem: str) -> None:
              provenance_markdown(record["provenance"]), "",
              *[f"- Merged with: `{m['provenance']['command']}` ({m['provenance']['date']})"
                for m in record.get("merged_from", [])[1:]], "",
-             f"Meta-trained learners: {record['steps']} meta-steps x 2 episodes (3-way 1~2-shot, "
-             "frequent types). Mean ± 95% CI half-width over the episodes, in %. Typing accuracy "
+             f"Meta-trained learners: {record['steps']} meta-steps x 2 episodes (1~2-shot, "
+             "frequent types: 3-way, or all of them where the method says so). Mean ± 95% CI half-width over the episodes, in %. Typing accuracy "
              "counts the gold mentions a method found exactly (its n is the episodes where it "
              "found any).", *([record["note"]] if record.get("note") else []), ""]  # fmt: skip
     for setting, results in record["settings"].items():
