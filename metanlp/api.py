@@ -28,7 +28,7 @@ import torch
 from metanlp.episodes.tags import word_start_mask
 from metanlp.files import recover_folder
 from metanlp.meta.finetune import FineTuneConfig, finetune_fast_weights
-from metanlp.meta.name_typer import encode_type_names
+from metanlp.meta.name_typer import with_type_names
 from metanlp.meta.policy import AdaptDecision, AdaptPolicy, choose_adaptation
 from metanlp.models import model_inputs
 from metanlp.predictors import (
@@ -256,7 +256,7 @@ class MetaLearner:
                 "classes or a learner built with a larger max_ways."
             )
         if self.config.task == "token":
-            batch = self._with_type_names(batch, check.tag_names[1:])
+            batch = with_type_names(self.algorithm, batch, check.tag_names[1:])
         fast, decision = self._adapt(batch, n_labels, steps, finetune, policy)
         if self.config.task == "token":
             result = FewShotTagger(self, fast, check.tag_names, check.iob2_output)
@@ -270,7 +270,7 @@ class MetaLearner:
         n = int(episode.num_labels)
         support = episode.support
         if self.config.task == "token":
-            support = self._with_type_names(support, episode.label_names)
+            support = with_type_names(self.algorithm, support, episode.label_names)
         fast, decision = self._adapt(support, n, self.eval_steps, None, None)
         self.last_decision, self.last_fast = decision, fast
         query = model_inputs(episode.query, self.device)
@@ -290,16 +290,6 @@ class MetaLearner:
     def policy(self) -> AdaptPolicy | None:
         """The adaptation policy `adapt` and `query_logits` use by default (``None``: off)."""
         return AdaptPolicy.coerce(self.config.policy)
-
-    def _with_type_names(self, support: Mapping[str, Any], types: Sequence[str]) -> dict:
-        """``support`` plus the encoded entity type names when the algorithm reads them
-        (``DecomposedConfig(typing="names")``), spelled by its ``type_descriptions``."""
-        if not self.algorithm.uses_type_names:
-            return dict(support)
-        names = encode_type_names(
-            self.tokenizer, list(types), getattr(self.algorithm.config, "type_descriptions", None)
-        )
-        return {**support, **names}
 
     def _adapt(
         self, support: Mapping[str, Any], n: int, steps: int | None, finetune: Any, policy: Any

@@ -112,7 +112,7 @@ def test_ner_decomposed_smoke(data_dir, tmp_path):
     learner = MetaLearner.from_pretrained(out / "meta" / "learner", device="cpu")
     assert learner.config.algorithm == "decomposed" and learner.config.meta_trained
     # the recipe's default typing, chosen on validation
-    assert learner.algorithm.config.typing == "finetune"
+    assert learner.algorithm.config.typing == "names"
     tagger = learner.adapt([["Ann", "sang", "Hello"]], [["B-musicartist", "O", "B-song"]])
     assert [len(t) for t in tagger.predict([["Bob", "sang", "Yesterday", "today"]])] == [4]
 

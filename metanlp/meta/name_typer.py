@@ -56,6 +56,18 @@ def encode_type_names(
     return {NAME_IDS: enc["input_ids"], NAME_MASK: enc["attention_mask"]}
 
 
+def with_type_names(algorithm: Any, support: Mapping[str, Tensor], types: Sequence[str]) -> dict:
+    """``support`` plus the encoded type names (on the algorithm's model's tokenizer and device)
+    when the algorithm reads them (``algorithm.uses_type_names``), spelt by its config's
+    ``type_descriptions``; else ``support`` as it is."""
+    if not getattr(algorithm, "uses_type_names", False):
+        return dict(support)
+    descriptions = getattr(algorithm.config, "type_descriptions", None)
+    names = encode_type_names(algorithm.model.tokenizer, list(types), descriptions)
+    device = support["input_ids"].device
+    return {**support, **{k: v.to(device) for k, v in names.items()}}
+
+
 def span_token_batch(
     input_ids: Tensor, attention_mask: Tensor, starts: Tensor, spans: Sequence[Sequence[tuple]]
 ) -> dict[str, Tensor]:

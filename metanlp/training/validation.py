@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from metanlp.episodes.types import Episode
+from metanlp.meta.name_typer import with_type_names
 from metanlp.metrics.functional import accuracy, mean_ci
 from metanlp.training.contract import TrainableAlgorithm
 
@@ -37,8 +38,11 @@ def score_episode(
     """
     # The head size: N for classification, the episode's tags (O included) for NER.
     n_labels = episode.num_labels
+    support = episode.support
+    if getattr(episode, "kind", None) == "ner":  # a learner typing spans by name reads the names
+        support = with_type_names(algorithm, support, episode.label_names)
     with autocast():
-        fast = algorithm.adapt(episode.support, n_labels)
+        fast = algorithm.adapt(support, n_labels)
         with torch.no_grad():
             logits = algorithm.predict_logits(fast, episode.query, n_labels)
     labels = episode.query["labels"]
