@@ -182,9 +182,9 @@ ABLATIONS = {  # fixed with the choice, before any test run: which part of the c
         **CHOSEN_OPTIONS,
         "typing": "prototypes",
         "type_descriptions": None,
-    },  # fmt: skip
+    },
 }
-ON_ALL_TYPES = set(CHOSEN) | {k for k in ABLATIONS if "3-way" not in k}
+ON_ALL_TYPES = {*CHOSEN, *ABLATIONS} - {"chosen, meta-trained on 3-way episodes"}
 """The methods scored on the learner meta-trained on `ALL_TYPES` episodes."""
 
 

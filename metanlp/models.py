@@ -300,6 +300,12 @@ MODEL_INPUT_KEYS = ("input_ids", "attention_mask", "token_type_ids")
 """The keys of an episode batch the encoder takes (``labels`` and the rest are left out)."""
 
 
+def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """``(B, H)``: the mean of the attended states of ``hidden`` ``(B, T, H)``."""
+    mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * mask).sum(1) / mask.sum(1).clamp_min(1.0)
+
+
 def model_inputs(
     batch: dict[str, torch.Tensor], device: torch.device | str | None = None
 ) -> dict[str, torch.Tensor]:
@@ -437,8 +443,7 @@ class FewShotModel(nn.Module):
             return hidden
         if self.pooling == "cls":
             return hidden[:, 0]
-        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
-        return (hidden * mask).sum(1) / mask.sum(1).clamp_min(1.0)
+        return mean_pool(hidden, attention_mask)
 
     def forward(
         self,

@@ -97,7 +97,7 @@ class DecomposedConfig(MetaConfig):
         o_prototypes (`int`, defaults to 4): ``O`` prototypes (``"prototypes"``).
         typing (`str`, defaults to ``"prototypes"``): Stage 2 at evaluation: ``"prototypes"``
             (the Proto-MAML head over the meta-learned encoder's span states) or ``"finetune"``
-            (a typer fine-tuned on the support's gold spans, `metanlp.meta.span_typer`).
+            (a typer fine-tuned on the support's gold spans, `metanlp.meta.span_typer`)
             or ``"names"`` (the span's text against the types' names in the pretrained encoder's
             sentence space, `metanlp.meta.name_typer`; the learner passes the names).
             Meta-training always trains the prototype typing.

@@ -33,7 +33,7 @@ from transformers.masking_utils import create_bidirectional_mask
 
 from metanlp.meta.inner import InnerLoopResult, LRSchedule, _lr_for, inner_loop
 from metanlp.meta.params import layer_index
-from metanlp.models import HEAD_PARAMETER_NAMES, FewShotModel
+from metanlp.models import HEAD_PARAMETER_NAMES, FewShotModel, mean_pool
 
 CHECKPOINTING = ("none", "layers", "steps")
 PREFIX_CACHE = ("auto", "on", "off")
@@ -298,9 +298,9 @@ def layered_forward(
             hidden = hidden[:, 0]
         else:
             mask = batch.get("attention_mask")
-            m = (torch.ones_like(batch["input_ids"]) if mask is None else mask).unsqueeze(-1)
-            m = m.to(hidden.dtype)
-            hidden = (hidden * m).sum(1) / m.sum(1).clamp_min(1.0)
+            hidden = mean_pool(
+                hidden, torch.ones_like(batch["input_ids"]) if mask is None else mask
+            )
     logits = functional_call(model.head, _own(fast, "head."), (hidden,))
     return logits[..., :n_way]
 

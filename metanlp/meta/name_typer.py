@@ -28,6 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from metanlp.models import mean_pool
+
 NAME_IDS = "type_names_input_ids"
 NAME_MASK = "type_names_attention_mask"
 """Support-batch keys of the encoded type names (`encode_type_names`), one row per type."""
@@ -100,8 +102,7 @@ def span_token_batch(
 
 def mean_pooled(hidden: Tensor, mask: Tensor) -> Tensor:
     """Unit-length mean of the attended states ``(B, H)`` (the sentence-transformer pooling)."""
-    m = mask.unsqueeze(-1).to(hidden.dtype)
-    return F.normalize((hidden * m).sum(1) / m.sum(1).clamp_min(1.0), dim=-1)
+    return F.normalize(mean_pool(hidden, mask), dim=-1)
 
 
 def name_prototypes(names: Tensor, spans: Tensor, types: Tensor, weight: float) -> Tensor:
