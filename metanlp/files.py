@@ -13,7 +13,8 @@ A process killed at any point leaves either the old or the new folder complete o
 the two renames of step 3 the old one is only under its ``.old-`` name, and
 :func:`recover_folder` (run before every write and every load) renames it back. It also deletes
 the ``.tmp-`` and ``.old-`` leftovers of writers that are no longer running (the process id is in
-the name, so the folder of a writer still at work is never touched).
+the name, so the folder of a writer still at work is never touched). Only names of exactly that
+shape (hidden, process id, 8 hex digits) are leftovers: a user's ``<name>.old-v1/`` is theirs.
 
 The readers (:func:`read_json`, :func:`read_safetensors`, :func:`check_tensors`) raise
 :class:`CorruptFileError` naming the file, what is wrong with it and what to do, instead of the
@@ -33,8 +34,11 @@ from typing import Any
 
 import torch
 
-_LEFTOVER = re.compile(r"^\.?(?P<name>.+?)\.(?P<kind>tmp|old)-(?P<rest>.+)$")
-_PID_TOKEN = re.compile(r"^(?P<pid>\d+)-[0-9a-f]+$")
+_TOKEN_BYTES = 4
+_LEFTOVER = re.compile(
+    rf"^\.(?P<name>.+)\.(?P<kind>tmp|old)-(?P<pid>[1-9][0-9]*)-[0-9a-f]{{{2 * _TOKEN_BYTES}}}$"
+)
+"""The exact names :func:`write_folder` gives its temporary and moved-aside folders."""
 
 
 class CorruptFileError(ValueError):
@@ -68,7 +72,7 @@ def write_folder(target: str | os.PathLike, write: Callable[[Path], None]) -> Pa
     parent = target.parent
     parent.mkdir(parents=True, exist_ok=True)
     recover_folder(target)
-    token = f"{os.getpid()}-{secrets.token_hex(4)}"
+    token = f"{os.getpid()}-{secrets.token_hex(_TOKEN_BYTES)}"
     tmp = parent / f".{target.name}.tmp-{token}"
     old = parent / f".{target.name}.old-{token}"
     tmp.mkdir()
@@ -129,30 +133,20 @@ def recover_folders(parent: str | os.PathLike, name: re.Pattern[str]) -> None:
         recover_folder(parent / target)
 
 
-def _leftovers(parent: Path, name: str) -> list[tuple[Path, str, int | None]]:
-    """``(path, "tmp" | "old", writer pid or None)`` of the leftovers of ``parent / name``.
-
-    Also finds the names earlier metanlp versions used (``name.tmp-<random>``,
-    ``.name.old-<pid>``), whose temporary folders carry no process id.
-    """
+def _leftovers(parent: Path, name: str) -> list[tuple[Path, str, int]]:
+    """``(path, "tmp" | "old", writer pid)`` of the leftovers of ``parent / name``: only entries
+    named exactly as :func:`write_folder` names them (``.<name>.tmp-<pid>-<8 hex digits>``,
+    ``.<name>.old-<pid>-<8 hex digits>``). Anything else, however similar its name (a user's
+    ``<name>.old-v1/`` or ``<name>.tmp-experiment``), is not ours and is never touched."""
     found = []
     for entry in os.listdir(parent):
         match = _LEFTOVER.match(entry)
-        if not match or match["name"] != name:
-            continue
-        rest = match["rest"]
-        pid_token = _PID_TOKEN.match(rest)
-        pid = int(pid_token["pid"]) if pid_token else (int(rest) if rest.isdigit() else None)
-        path = parent / entry
-        if pid_token is None and match["kind"] == "tmp" and not path.is_dir():
-            continue  # earlier versions' temporaries were folders: this is someone's file
-        found.append((path, match["kind"], pid))
+        if match and match["name"] == name:
+            found.append((parent / entry, match["kind"], int(match["pid"])))
     return found
 
 
-def _alive(pid: int | None) -> bool:
-    if pid is None:
-        return False
+def _alive(pid: int) -> bool:
     if pid == os.getpid():
         return True
     if os.name == "nt":  # os.kill(pid, 0) would terminate the process on Windows

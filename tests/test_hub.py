@@ -3,6 +3,8 @@ server standing in for the Hub (no network): the repo, the files and the card th
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 import torch
 import yaml
@@ -119,8 +121,43 @@ def test_push_errors_are_clear(saved_learner, tmp_path):
     _, folder = saved_learner
     with pytest.raises(RuntimeError, match="HF_HUB_OFFLINE"):
         push_folder(folder, "alice/x", endpoint="http://127.0.0.1:9")
-    with pytest.raises(FileNotFoundError, match="README.md"):
+    with pytest.raises(FileNotFoundError, match="metanlp_config.json"):
         push_folder(tmp_path, "alice/x")
+
+
+def test_push_uploads_the_learner_files_alone_and_follows_no_link(
+    saved_learner, tmp_path, monkeypatch
+):
+    """A push sends the learner's own files only: not a file the user added, not what a link
+    points at (a link in a learner file's place is refused), and never a folder that is not a
+    learner, such as a home folder with a README.md and .ssh/."""
+    from huggingface_hub import constants
+
+    _, folder = saved_learner
+    secret = tmp_path / "secret"
+    secret.write_text("s3cr3t-ZQ9-token")
+    home = tmp_path / "home"
+    (home / ".ssh").mkdir(parents=True)
+    (home / ".ssh" / "id_rsa").write_text("PRIVATE KEY")
+    (home / "README.md").write_text("# my home")
+    learner = tmp_path / "learner"
+    shutil.copytree(folder, learner)
+    (learner / "notes.txt").symlink_to(secret)
+    (learner / "encoder").mkdir(exist_ok=True)
+    (learner / "encoder" / "secret.safetensors").symlink_to(secret)
+    (learner / "run.log").write_text("not the learner's")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    with FakeHub() as hub:
+        with pytest.raises(ValueError, match=r"secret\.safetensors is a symbolic link"):
+            push_folder(learner, "alice/x", token="t", endpoint=hub.url)
+        (learner / "encoder" / "secret.safetensors").unlink()
+        push_folder(learner, "alice/x", token="t", endpoint=hub.url)
+        with pytest.raises(FileNotFoundError, match="not a metanlp learner folder"):
+            push_folder(home, "alice/home", token="t", endpoint=hub.url)
+    sent = hub.repos["alice/x"]["files"]
+    assert set(sent) == {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()}
+    assert b"s3cr3t-ZQ9" not in b"".join(sent.values())
+    assert "alice/home" not in hub.repos
 
 
 LOAD_FROM_HUB = """

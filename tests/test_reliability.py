@@ -82,6 +82,37 @@ def test_save_refuses_to_replace_what_is_not_a_learner(saved, tmp_path):
     assert _names(tmp_path) == ["empty", "file.txt", "mine"]  # no .old-* / .tmp-* left
 
 
+def test_a_folder_is_a_learner_only_if_it_holds_learner_files_alone(saved, tmp_path, monkeypatch):
+    """A project folder with any ``metanlp_config.json`` is not a learner to replace, and a
+    learner the user put files into is only replaced with overwrite=True; saving to the current
+    folder is refused with one line instead of EBUSY."""
+    learner, folder = saved
+    project = tmp_path / "project"
+    (project / "src").mkdir(parents=True)
+    (project / "src" / "main.py").write_text("print('mine')")
+    (project / "metanlp_config.json").write_text("{}")
+    with pytest.raises(FileExistsError, match=r"\['src'\].*overwrite=True"):
+        learner.save_pretrained(project)
+    assert (project / "src" / "main.py").read_text() == "print('mine')"
+
+    mine = Path(shutil.copytree(folder, tmp_path / "learner"))
+    (mine / "notes.txt").write_text("keep me")
+    (mine / "encoder").mkdir()
+    (mine / "encoder" / "train.log").write_text("keep me too")
+    with pytest.raises(FileExistsError, match=r"2 other entries.*encoder/train\.log.*notes\.txt"):
+        learner.save_pretrained(mine)
+    assert (mine / "notes.txt").read_text() == "keep me"
+    learner.save_pretrained(mine, overwrite=True)
+    assert not (mine / "notes.txt").exists()
+    learner.save_pretrained(mine)  # a learner alone is replaced as before
+
+    monkeypatch.chdir(mine)
+    for here in (".", mine, tmp_path):
+        with pytest.raises(ValueError, match="current folder"):
+            learner.save_pretrained(here, overwrite=True)
+    assert (mine / "metanlp_config.json").is_file()
+
+
 # ---- 2 and 3. incomplete or corrupt learners fail, naming the file ----------------------------
 def _edit_tensors(path: Path, edit) -> None:
     tensors = load_file(str(path))
@@ -280,24 +311,58 @@ def test_dead_writers_leftovers_are_cleaned_and_live_ones_kept(tmp_path):
     dead = _dead_pid()
     live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
-        moved_aside = tmp_path / f".best.old-{dead}-0a1b"
+        moved_aside = tmp_path / f".best.old-{dead}-0a1b2c3d"
         moved_aside.mkdir()
         (moved_aside / "w.json").write_text("old")
-        (tmp_path / f".best.tmp-{dead}-2c3d").mkdir()
-        (tmp_path / "best.tmp-k3j_x8a").mkdir()  # an earlier version's temporary folder
-        (tmp_path / f".best.tmp-{live.pid}-4e5f").mkdir()  # a writer still at work
-        (tmp_path / "best.tmp-notes").write_text("a user's file")
+        (tmp_path / f".best.tmp-{dead}-2c3d4e5f").mkdir()
+        (tmp_path / f".best.tmp-{live.pid}-4e5f6a7b").mkdir()  # a writer still at work
+        for name in USERS_LOOKALIKES:
+            (tmp_path / name).mkdir()
+            (tmp_path / name / "mine.txt").write_text("a user's file")
         recover_folder(tmp_path / "best")
         assert (tmp_path / "best" / "w.json").read_text() == "old"
-        assert _names(tmp_path) == [f".best.tmp-{live.pid}-4e5f", "best", "best.tmp-notes"]
+        assert _names(tmp_path) == sorted(
+            [f".best.tmp-{live.pid}-4e5f6a7b", "best", *USERS_LOOKALIKES]
+        )
         write_folder(tmp_path / "best", lambda d: (d / "w.json").write_text("new"))
         assert (tmp_path / "best" / "w.json").read_text() == "new"
-        assert _names(tmp_path) == [f".best.tmp-{live.pid}-4e5f", "best", "best.tmp-notes"]
+        assert _names(tmp_path) == sorted(
+            [f".best.tmp-{live.pid}-4e5f6a7b", "best", *USERS_LOOKALIKES]
+        )
     finally:
         live.kill()
         live.wait()
     recover_folder(tmp_path / "best")
-    assert _names(tmp_path) == ["best", "best.tmp-notes"]
+    assert _names(tmp_path) == sorted(["best", *USERS_LOOKALIKES])
+    for name in USERS_LOOKALIKES:
+        assert (tmp_path / name / "mine.txt").read_text() == "a user's file"
+
+
+# Names like our writer's leftovers that it never makes: a user's versions and notes.
+USERS_LOOKALIKES = [
+    "best.old-v1", "best.tmp-experiment", "best.old-2024.tar", "best.tmp-k3j_x8a",
+    ".best.old-99999999", ".best.tmp-123-xyz", ".best.old-123-0a1b",
+    ".best.tmp-0-0a1b2c3d", "best.old-123-0a1b2c3d",
+]  # fmt: skip
+
+
+def test_look_alikes_of_leftovers_are_never_moved_or_deleted(saved, tmp_path):
+    """A user's ``learner.old-v1/`` beside a learner is theirs: loading and saving the learner
+    leave every look-alike in place, and with no learner present none is renamed to it."""
+    learner, folder = saved
+    for name in ["learner.old-v1", "learner.tmp-experiment", "learner.old-2024.tar"]:
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "mine.txt").write_text("keep me")
+    with pytest.raises(FileNotFoundError):
+        MetaLearner.from_pretrained(tmp_path / "learner", device="cpu")
+    shutil.copytree(folder, tmp_path / "learner")
+    MetaLearner.from_pretrained(tmp_path / "learner", device="cpu")
+    learner.save_pretrained(tmp_path / "learner")
+    assert _names(tmp_path) == [
+        "learner", "learner.old-2024.tar", "learner.old-v1", "learner.tmp-experiment"
+    ]  # fmt: skip
+    for name in ["learner.old-v1", "learner.tmp-experiment", "learner.old-2024.tar"]:
+        assert (tmp_path / name / "mine.txt").read_text() == "keep me"
 
 
 def test_failed_write_keeps_the_previous_folder(tmp_path):
@@ -390,8 +455,8 @@ def test_resume_after_a_kill_logs_each_step_once(finished_run, tmp_path):
     with open(run / "metrics.jsonl", "a") as handle:  # killed while logging step 3
         handle.write('{"step": 3, "split": "tra')
     dead = _dead_pid()
-    os.replace(run / "best", run / f".best.old-{dead}-0a1b")  # killed between best/'s renames
-    (run / f".checkpoint-3.tmp-{dead}-2c3d").mkdir()  # killed while writing a checkpoint
+    os.replace(run / "best", run / f".best.old-{dead}-0a1b2c3d")  # killed between best/'s renames
+    (run / f".checkpoint-3.tmp-{dead}-2c3d4e5f").mkdir()  # killed while writing a checkpoint
 
     trainer = _resumed_trainer(data, run, report_to=["tensorboard"])
     trainer.train(resume_from_checkpoint=True)
