@@ -38,6 +38,7 @@ from metanlp.predictors import (
     check_text_inputs,
     encode_ner,
     encode_texts,
+    support_temperature,
 )
 from metanlp.serialization import (
     LearnerConfig,
@@ -204,6 +205,7 @@ class MetaLearner:
         entity_types: Sequence[str] | None = None,
         finetune: bool | int | Mapping[str, Any] | FineTuneConfig | None = None,
         policy: bool | Mapping[str, Any] | AdaptPolicy | None = None,
+        calibrate: bool = False,
     ) -> FewShotClassifier | FewShotTagger:
         """Adapt to a new task from a few labelled examples; the learner itself is not changed.
 
@@ -227,6 +229,10 @@ class MetaLearner:
                 off. Defaults to the learner's ``config.policy`` (set for the general learner).
                 An explicit ``finetune`` takes precedence. The result's ``decision`` says what
                 was chosen.
+            calibrate (`bool`, defaults to ``False``): Text classification: fit the result's
+                ``temperature`` (which scales `predict_proba`, never `predict`) on held-out
+                support examples by 2-fold cross-validation (2 more adaptations; needs 2
+                examples per class). Probabilities are otherwise uncalibrated softmax outputs.
 
         Returns:
             `FewShotClassifier` (``predict``, ``predict_proba``) or `FewShotTagger` (``predict``);
@@ -240,6 +246,11 @@ class MetaLearner:
             ['pos']
             ```
         """
+        if calibrate and self.config.task == "token":
+            raise ValueError(
+                "calibrate=True cross-validates a text-classification support set; for NER, "
+                "calibrate on tagged sentences you did not adapt on: tagger.calibrate(words, tags)."
+            )
         if self.config.task == "token":
             check = check_ner_inputs(inputs, labels, entity_types)
             batch, _ = encode_ner(self.tokenizer, inputs, check.tag_ids, self.config.max_length)
@@ -262,6 +273,10 @@ class MetaLearner:
             result = FewShotTagger(self, fast, check.tag_names, check.iob2_output)
         else:
             result = FewShotClassifier(self, fast, check.label_names)
+            if calibrate:
+                result.temperature = support_temperature(
+                    self, inputs, check, lambda b, n: self._adapt(b, n, steps, finetune, policy)[0]
+                )
         result.decision = decision
         return result
 

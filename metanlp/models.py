@@ -8,7 +8,9 @@ path goes through the same code path.
 from __future__ import annotations
 
 import contextlib
+import copy
 import importlib.resources
+import inspect
 import logging
 import os
 import re
@@ -18,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError, safe_open
 from torch import nn
 from transformers import (
     CONFIG_MAPPING,
@@ -177,6 +180,7 @@ def load_encoder(
             f"The config.json of {path!r} cannot be read ({type(err).__name__}: {err}); save or "
             "download the model again."
         ) from None
+    attn_implementation = supported_attn_implementation(config, attn_implementation)
     kwargs = {"attn_implementation": attn_implementation, "dtype": dtype}
     if config.model_type in ("bert", "roberta", "xlm-roberta", "camembert", "electra"):
         if config.model_type != "electra":
@@ -292,14 +296,10 @@ def _load_weights(
             model, info = AutoModel.from_pretrained(
                 path, config=config, output_loading_info=True, trust_remote_code=False, **kwargs
             )
-    except (RuntimeError, OSError, ValueError) as err:
+    except (RuntimeError, OSError, ValueError, SafetensorError) as err:
         tf_logger.removeFilter(held)
         _replay(tf_logger, held.records, keep_report=True)
-        raise CorruptFileError(
-            f"Could not load the encoder weights of {path!r} ({type(err).__name__}: {err}). "
-            "If it is a folder, its weight files are truncated or do not fit its config.json: "
-            "save or download it again."
-        ) from err
+        raise _load_error(path, config, err) from err
     except BaseException:
         tf_logger.removeFilter(held)
         _replay(tf_logger, held.records, keep_report=True)
@@ -320,6 +320,54 @@ def _load_weights(
             "save or download it again."
         )
     return model
+
+
+class EncoderLoadError(ValueError):
+    """Raised when Transformers cannot build an encoder whose files read fine (an unsupported
+    architecture or option, a missing dependency): not a damaged file."""
+
+
+def _load_error(path: str, config: object, err: BaseException) -> ValueError:
+    """A damaged or mismatched weight file becomes a `CorruptFileError` naming it; any other
+    failure an `EncoderLoadError` that says the files are not at fault."""
+    folder = Path(path).expanduser()
+    for file in sorted(folder.glob("*.safetensors")) if folder.is_dir() else ():
+        try:
+            with safe_open(str(file), framework="pt") as handle:
+                handle.keys()
+        except Exception as bad:  # safetensors raises its own SafetensorError
+            return CorruptFileError(
+                f"{file} is truncated or corrupt ({type(bad).__name__}: {bad}); save or "
+                "download the encoder again."
+            )
+    if "size mismatch" in str(err) or "shape" in str(err).lower():
+        return CorruptFileError(
+            f"The encoder weights of {path!r} do not fit its config.json ({type(err).__name__}: "
+            f"{err}); save or download it again."
+        )
+    model_type = getattr(config, "model_type", "?")
+    return EncoderLoadError(
+        f"Transformers could not build the {model_type!r} encoder of {path!r} "
+        f"({type(err).__name__}: {err}). Its weight files read fine, so they are not at fault: "
+        "check that this Transformers version supports the architecture and options (see "
+        "docs/api.md, 'Supported encoders'), or pick another encoder."
+    )
+
+
+def supported_attn_implementation(config: object, wanted: str) -> str:
+    """``wanted``, or ``"eager"`` when the architecture has no SDPA kernel (e.g. DeBERTa-v2)."""
+    if wanted != "sdpa":
+        return wanted
+    from transformers.models.auto.modeling_auto import MODEL_MAPPING
+
+    try:
+        model_cls = MODEL_MAPPING[type(config)]
+    except KeyError:  # an architecture Transformers does not map: let from_pretrained say so
+        return wanted
+    if getattr(model_cls, "_supports_sdpa", False):
+        return wanted
+    logger.info("%s has no SDPA attention; using eager attention.", model_cls.__name__)
+    return "eager"
 
 
 def _replay(target: logging.Logger, records: list[logging.LogRecord], *, keep_report: bool) -> None:
@@ -385,6 +433,45 @@ def model_inputs(
 _LORA_PEFT_TYPES = ("LORA", "ADALORA")
 
 
+def find_layer_stack(encoder: nn.Module) -> tuple[str, nn.ModuleList]:
+    """The transformer blocks of any Hugging Face encoder: ``(name, modules)``.
+
+    The first `nn.ModuleList` (in module order) with ``config.num_hidden_layers`` entries:
+    ``encoder.layer`` (BERT, RoBERTa, XLM-R, ELECTRA, DeBERTa-v2), ``transformer.layer``
+    (DistilBERT), ``layers`` (ModernBERT), under any PEFT wrapper.
+
+    Raises:
+        ValueError: no such list (an encoder that is not a stack of blocks).
+    """
+    config = getattr(encoder, "config", None)
+    wanted = getattr(config, "num_hidden_layers", None)
+    lists = [(n, m) for n, m in encoder.named_modules() if isinstance(m, nn.ModuleList) and len(m)]
+    for name, modules in lists:
+        if wanted is None or len(modules) == wanted:
+            return name, modules
+    raise ValueError(
+        f"{type(encoder).__name__} has no list of {wanted} transformer blocks (its ModuleLists: "
+        f"{[(n, len(m)) for n, m in lists][:5]}); metanlp needs an encoder built as a stack of "
+        "blocks (BERT, RoBERTa, XLM-R, ELECTRA, DistilBERT, DeBERTa-v2, ModernBERT, ...)."
+    )
+
+
+def lora_targets_for(peft_config: object, encoder: PreTrainedModel) -> object:
+    """A LoRA config without ``target_modules`` gets PEFT's default for the model type
+    (``query``/``value`` for BERT-family, ``query_proj``/``value_proj`` for DeBERTa-v2), or
+    ``"all-linear"`` where PEFT has none (DistilBERT, ModernBERT)."""
+    if str(getattr(peft_config, "peft_type", "")).split(".")[-1] not in _LORA_PEFT_TYPES:
+        return peft_config
+    if getattr(peft_config, "target_modules", None) is not None:
+        return peft_config
+    from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as DEFAULTS
+
+    resolved = copy.copy(peft_config)
+    model_type = getattr(encoder.config, "model_type", None)
+    resolved.target_modules = set(DEFAULTS.get(model_type) or ()) or "all-linear"
+    return resolved
+
+
 class FewShotModel(nn.Module):
     """A BERT-family encoder with a linear head for N-way episodes.
 
@@ -444,9 +531,12 @@ class FewShotModel(nn.Module):
             raise ValueError(f"max_ways={max_ways!r} must be an int >= 2 (the largest episode N).")
         peft_names: tuple[str, ...] = ()
         self.peft_type: str | None = None
+        # Encoders without token types (DistilBERT, ModernBERT) take no token_type_ids.
+        self.takes_token_types = "token_type_ids" in inspect.signature(encoder.forward).parameters
         if peft_config is not None:
             from peft import get_peft_model
 
+            peft_config = lora_targets_for(peft_config, encoder)
             encoder = get_peft_model(encoder, peft_config)
             peft_names = tuple(
                 f"encoder.{n}" for n, p in encoder.named_parameters() if p.requires_grad
@@ -458,6 +548,9 @@ class FewShotModel(nn.Module):
         self.tokenizer = tokenizer
         dtype = next(encoder.parameters()).dtype
         self.head = nn.Linear(self.hidden_size, max_ways, dtype=dtype)
+        stack, _ = find_layer_stack(self.encoder)
+        self.layer_stack_name = f"encoder.{stack}"  # the blocks, as a named_parameters prefix
+        self._layer_re = re.compile(rf"^{re.escape(self.layer_stack_name)}\.(\d+)\.")
 
     @classmethod
     def from_pretrained(
@@ -483,7 +576,18 @@ class FewShotModel(nn.Module):
 
     @property
     def num_layers(self) -> int:
-        return int(self.base_encoder.config.num_hidden_layers)
+        """The number of transformer blocks (found by `find_layer_stack`)."""
+        return len(self.layers)
+
+    @property
+    def layers(self) -> nn.ModuleList:
+        """The transformer blocks of the encoder (`find_layer_stack`)."""
+        return self.get_submodule(self.layer_stack_name)
+
+    def layer_of(self, name: str) -> int | None:
+        """The block a parameter name lives in (``encoder.encoder.layer.3.…`` -> 3), else None."""
+        match = self._layer_re.match(name)
+        return int(match.group(1)) if match else None
 
     @property
     def is_lora(self) -> bool:
@@ -499,7 +603,7 @@ class FewShotModel(nn.Module):
         """Pooled features ``(B, hidden)`` for ``task="sequence"``, per-token ``(B, T, hidden)`` for ``"token"``."""
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
-        if token_type_ids is not None:
+        if token_type_ids is not None and self.takes_token_types:
             encoder_kwargs["token_type_ids"] = token_type_ids
         hidden = self.encoder(
             input_ids=input_ids, attention_mask=attention_mask, **encoder_kwargs

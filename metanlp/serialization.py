@@ -25,6 +25,7 @@ import fnmatch
 import json
 import os
 import re
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -219,14 +220,20 @@ def save_learner(
     return write_folder(folder, write)
 
 
-def check_save_target(folder: Path, overwrite: bool) -> None:
-    """Refuse to replace anything but nothing, an empty folder or a folder holding a learner
-    alone (only the files `save_learner` writes), unless ``overwrite``; never the current
-    folder or one that holds it."""
+def check_save_target(
+    folder: Path,
+    overwrite: bool,
+    *,
+    ours: Callable[[Path], bool] | None = None,
+    what: str = "metanlp learner",
+) -> None:
+    """Refuse to replace anything but nothing, an empty folder or a learner holding only its
+    own files (or what ``ours`` recognises, called ``what`` in the message), unless
+    ``overwrite``; never the current folder or one that holds it."""
     here = Path.cwd().resolve()
     if folder.resolve() == here or folder.resolve() in here.parents:
         raise ValueError(
-            f"Cannot save a learner to {str(folder)!r}: it is the current folder (or holds it), "
+            f"Cannot save a {what} to {str(folder)!r}: it is the current folder (or holds it), "
             "which a save would replace. Save into a subfolder, e.g. 'learner'."
         )
     if overwrite or not os.path.lexists(folder):
@@ -236,7 +243,7 @@ def check_save_target(folder: Path, overwrite: bool) -> None:
             f"{folder} is a {'link' if folder.is_symlink() else 'file'}, not a folder; saving "
             "there would replace it. Pick another path, or pass overwrite=True to replace it."
         )
-    if is_learner_folder(folder):
+    if ours is None and is_learner_folder(folder):
         foreign = foreign_entries(folder)
         if not foreign:
             return
@@ -245,10 +252,12 @@ def check_save_target(folder: Path, overwrite: bool) -> None:
             "saving there would delete them. Move them out, save elsewhere, or pass "
             "overwrite=True to replace the whole folder."
         )
+    if ours is not None and ours(folder):
+        return
     entries = sorted(p.name for p in folder.iterdir())
     if entries:
         raise FileExistsError(
-            f"{folder} holds {len(entries)} entries that are not a metanlp learner (e.g. "
+            f"{folder} holds {len(entries)} entries that are not a {what} (e.g. "
             f"{entries[:3]}); saving there would delete them. Pick another or an empty folder, "
             "or pass overwrite=True to replace it."
         )

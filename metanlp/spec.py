@@ -25,10 +25,12 @@ ADAPT_OPTION_DEFAULTS: dict[str, Any] = {
     "lora_r": 8,
     "lora_alpha": 16,
     "lora_dropout": 0.0,
-    "lora_targets": ["query", "value"],
+    "lora_targets": None,
     "top_layers": 2,
 }
-"""Keys accepted in ``adapt_options`` and their defaults (LoRA shape; ``top_layers`` for ``top``)."""
+"""Keys accepted in ``adapt_options`` and their defaults (LoRA shape; ``top_layers`` for ``top``).
+``lora_targets=None``: PEFT's default modules for the encoder's model type (``query``/``value``
+for BERT-family), else every linear layer (`metanlp.models.lora_targets_for`)."""
 
 
 def check_choice(owner: str, key: str, value: Any, choices: tuple) -> None:
@@ -123,7 +125,7 @@ def peft_config(spec: LearnerSpec) -> Any:
             r=int(opts["lora_r"]),
             lora_alpha=int(opts["lora_alpha"]),
             lora_dropout=float(opts["lora_dropout"]),
-            target_modules=list(opts["lora_targets"]),
+            target_modules=None if opts["lora_targets"] is None else list(opts["lora_targets"]),
         )
     if spec.adapt == "adapter":
         from peft import IA3Config

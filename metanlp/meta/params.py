@@ -6,7 +6,6 @@ adapted tensors and nothing else: frozen weights stay in the module and are neve
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Sequence
 
 from torch import nn
@@ -16,20 +15,12 @@ from metanlp.spec import PARAMETER_SETS
 
 ParamSelection = str | Sequence[str]
 
-_LAYER_RE = re.compile(r"\.layer\.(\d+)\.")
-
 _NO_BOTTLENECK = (
     "PEFT {version} offers no bottleneck (Houlsby/Pfeiffer) adapters for BERT, so params='adapter' "
     "selects the tensors of whichever other PEFT method wraps the encoder. Build the model with "
     "FewShotModel(..., peft_config=IA3Config(...)) (or LoHaConfig, LoKrConfig, VeraConfig, ...), "
     "or use params='lora' with a LoraConfig, or params='top' / 'head' / 'all'."
 )
-
-
-def layer_index(name: str) -> int | None:
-    """Encoder layer number in a parameter name (``encoder.encoder.layer.3.…`` -> 3), else None."""
-    match = _LAYER_RE.search(name)
-    return int(match.group(1)) if match else None
 
 
 def select_parameters(
@@ -86,7 +77,7 @@ def select_parameters(
                 f"top_layers={top_layers!r} must be an int in 1..{n_layers} (the encoder's layers)."
             )
         first = n_layers - top_layers
-        picked = [n for n in names if (i := layer_index(n)) is not None and i >= first]
+        picked = [n for n in names if (i := model.layer_of(n)) is not None and i >= first]
         return [n for n in names if n in set(picked) or n in head]
     peft_names = set(model.peft_parameter_names)
     if which == "lora":
@@ -94,7 +85,7 @@ def select_parameters(
             raise ValueError(
                 f"params='lora' needs an encoder wrapped with a PEFT LoraConfig, but this model has "
                 f"peft_type={model.peft_type!r}. Build it with FewShotModel(..., peft_config="
-                "LoraConfig(r=8, target_modules=['query', 'value'])) or choose another params value."
+                "LoraConfig(r=8)) or choose another params value."
             )
     else:  # adapter
         if model.peft_type is None:
