@@ -159,7 +159,7 @@ def push_folder(
     from huggingface_hub import CommitOperationAdd, HfApi, constants
 
     folder = Path(folder)
-    files = learner_files(folder)
+    files = pushed_files(folder)
     if constants.is_offline_mode():
         raise RuntimeError(
             "Pushing needs the network but HF_HUB_OFFLINE is set; unset HF_HUB_OFFLINE to push."
@@ -174,6 +174,30 @@ def push_folder(
     ]
     info = api.create_commit(repo_id, operations=operations, commit_message=commit_message)
     return str(info.commit_url)
+
+
+def pushed_files(folder: str | os.PathLike) -> dict[str, bytes]:
+    """What a push uploads from `folder`: a saved predictor's own files (its JSON, fast weights
+    and card) with its learner's files under ``learner/``, or a learner's own files
+    (`learner_files`). Nothing else, and no symbolic link."""
+    from metanlp.predictors import LEARNER_DIR, PREDICTOR_FILE_PATTERNS, is_predictor_folder
+
+    folder = Path(folder)
+    if folder.is_symlink() or not is_predictor_folder(folder):
+        return learner_files(folder)
+    files: dict[str, bytes] = {}
+    for name in PREDICTOR_FILE_PATTERNS:
+        path = folder / name
+        if path.is_symlink():
+            raise ValueError(
+                f"{path} is a symbolic link; metanlp never uploads what a link points at. "
+                "Save the predictor again."
+            )
+        if path.is_file():
+            files[name] = path.read_bytes()
+    for rel, data in learner_files(folder / LEARNER_DIR).items():
+        files[f"{LEARNER_DIR}/{rel}"] = data
+    return dict(sorted(files.items()))
 
 
 def learner_files(folder: str | os.PathLike) -> dict[str, bytes]:
