@@ -55,7 +55,9 @@ UNTRAINED_DEFAULTS: dict[str, Any] = {
     "algorithm_config": {"inner_steps": 5, "inner_lr": 1e-3, "first_order": True},
 }
 """How a plain encoder adapts when no meta-training has happened: a head initialised from the
-support prototypes, then a few SGD steps on the head and the top layer (Proto-MAML's inner loop)."""
+support prototypes, then a few SGD steps on the head and the top layer (Proto-MAML's inner loop).
+Its ``algorithm_config`` is Proto-MAML's: another ``algorithm`` starts from its own config's
+defaults (ProtoNet, for one, has no inner loop to take ``inner_steps``)."""
 
 
 class MetaLearner:
@@ -101,7 +103,8 @@ class MetaLearner:
             device (`str` or `torch.device`, *optional*): Defaults to CUDA when available.
             **overrides: For a plain encoder, `LearnerConfig` fields (``algorithm``, ``adapt``,
                 ``algorithm_config``, ``pooling``, ``max_length``, ``finetune``, ...); the
-                defaults are `UNTRAINED_DEFAULTS`. A saved learner takes only ``finetune``
+                defaults are `UNTRAINED_DEFAULTS` (its ``algorithm_config`` only for its own
+                ``algorithm``; another one starts from that algorithm's defaults). A saved learner takes only ``finetune``
                 (test-time fine-tuning after adaptation, see `metanlp.meta.finetune`) and
                 ``policy`` (choosing it per task, see `metanlp.meta.policy`).
 
@@ -138,6 +141,8 @@ class MetaLearner:
                 f"LearnerConfig fields: {sorted(known)}."
             )
         options = {**UNTRAINED_DEFAULTS, **overrides}
+        if overrides.get("algorithm", options["algorithm"]) != UNTRAINED_DEFAULTS["algorithm"]:
+            options["algorithm_config"] = overrides.get("algorithm_config", {})
         config = LearnerConfig(base_model=canonical_base_model(name_or_path), task=task, **options)
         model = build_model(config, name_or_path).to(device)
         return cls(build_algorithm(config, model).to(device), config)
