@@ -23,7 +23,7 @@ from metanlp.training import MetaTrainer
 from metanlp.training import state_io as ckpt
 from metanlp.training.config import MetaTrainerConfig, OptimizerConfig
 from metanlp.training.logs import plot_learning_curve, read_jsonl
-from metanlp.training.utils import build_scheduler, lr_factor
+from metanlp.training.utils import build_scheduler
 
 
 @pytest.fixture(autouse=True)
@@ -100,9 +100,18 @@ def test_lr_schedule_warmup_then_decay_to_zero():
         lrs.append(sched.get_last_lr()[0])
         opt.step()
         sched.step()
-    assert lrs[:3] == pytest.approx([1 / 3, 2 / 3, 1.0])
+    # transformers' warm-up starts at 0; cosine decay reaches 0 at max_steps.
+    assert lrs[:3] == pytest.approx([0.0, 0.5, 1.0])
     assert lrs[3] == pytest.approx(0.5 * (1 + math.cos(math.pi / 4)))
-    assert lr_factor(6, schedule="linear", warmup_steps=2, max_steps=6) == 0.0
+    assert sched.get_last_lr()[0] == pytest.approx(0.0)
+    opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    constant = build_scheduler(
+        opt, OptimizerConfig(lr=1.0, schedule="constant", warmup_steps=2), max_steps=6
+    )
+    for _ in range(4):
+        opt.step()
+        constant.step()
+    assert constant.get_last_lr()[0] == 1.0  # warm-up then constant (not transformers' "constant")
 
 
 def test_state_round_trip_without_pickle(tmp_path):

@@ -13,7 +13,6 @@ from metanlp.metrics.functional import (
     entity_scores,
     macro_f1,
     mean_ci,
-    t_quantile,
     to_iob2,
 )
 
@@ -27,7 +26,6 @@ __all__ = [
     "macro_f1",
     "mean_ci",
     "metric_path",
-    "t_quantile",
     "to_iob2",
 ]
 
