@@ -335,6 +335,14 @@ def test_early_stopping_keeps_best(data_dir, tmp_path):
         assert torch.equal(value, best[name]), name
 
 
+def test_progress_bar_shows_validation_scores(data_dir, tmp_path, capfd):
+    config = tiny_config(data_dir, tmp_path / "bar", max_steps=2, eval_every=1, progress_bar=True)
+    state = MetaTrainer(config).train()
+    bar = capfd.readouterr().err.split("\r")[-1]  # the meta-train bar's last refresh
+    best = f"best_accuracy={100 * state.best_metric:.1f} %"
+    assert "meta-train" in bar and "val_accuracy=" in bar and best in bar, bar
+
+
 def test_learning_curve_draws_the_logged_keys(tmp_path):
     records = [
         {"step": 1, "split": "train", "query_loss": 1.1},

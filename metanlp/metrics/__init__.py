@@ -11,6 +11,7 @@ from pathlib import Path
 from metanlp.metrics.functional import (
     accuracy,
     entity_scores,
+    format_score,
     macro_f1,
     mean_ci,
     to_iob2,
@@ -22,6 +23,7 @@ __all__ = [
     "METRIC_MODULES",
     "accuracy",
     "entity_scores",
+    "format_score",
     "load_metric",
     "macro_f1",
     "mean_ci",

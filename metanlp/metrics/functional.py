@@ -119,6 +119,27 @@ def mean_ci(values: Sequence[float], confidence: float = 0.95) -> dict[str, floa
     return {"mean": float(mean), "ci": float(half), "std": float(std), "n": n}
 
 
+PERCENT_METRICS = ("accuracy", "macro_f1", "f1", "precision", "recall")
+"""Scores in [0, 1] that the result tables show in %."""
+
+
+def format_score(metric: str, value: float | None) -> str:
+    """A score rounded in the result tables' units: ``"33.3 %"`` for the `PERCENT_METRICS`
+    (and their ``_ci95`` half-widths), four significant digits for anything else (a loss).
+
+    Example:
+        ```python
+        >>> format_score("accuracy", 1 / 3), format_score("loss", 1.234567)
+        ('33.3 %', '1.235')
+        ```
+    """
+    if value is None or value != value:
+        return "n/a"
+    if metric.removesuffix("_ci95") in PERCENT_METRICS:
+        return f"{100 * value:.1f} %"
+    return f"{value:.4g}"
+
+
 def _check_pairs(predictions: Sequence, references: Sequence) -> None:
     if len(predictions) != len(references):
         raise ValueError(
