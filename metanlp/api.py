@@ -60,6 +60,21 @@ Its ``algorithm_config`` is Proto-MAML's: another ``algorithm`` starts from its 
 defaults (ProtoNet, for one, has no inner loop to take ``inner_steps``)."""
 
 
+CARD_HYPERPARAMETERS = (
+    "algorithm",
+    "algorithm_config",
+    "adapt",
+    "adapt_options",
+    "pooling",
+    "max_ways",
+    "head_init",
+    "max_length",
+    "finetune",
+    "policy",
+)
+"""The `LearnerConfig` settings the model card lists under "Hyperparameters"."""
+
+
 class MetaLearner:
     """A (meta-trained) few-shot learner: an encoder, a head and the algorithm that adapts them.
 
@@ -323,8 +338,15 @@ class MetaLearner:
     def model_card(
         self, results: Sequence[Mapping[str, Any]] | None = None, repo_id: str | None = None
     ) -> str:
-        """The README.md text: metadata (base model, datasets, method, N/K) and a results table."""
+        """The README.md text (`metanlp.hub.model_card`): metadata (license, language, base model,
+        datasets, method, N/K, a model-index from the results), the results table, the
+        hyperparameters and the library versions."""
         from metanlp.hub import model_card
+
+        settings = self.config.to_dict()
+        hyperparameters = {
+            key: settings[key] for key in CARD_HYPERPARAMETERS if settings.get(key) is not None
+        }
 
         return model_card(
             base_model=self.config.base_model,
@@ -337,6 +359,7 @@ class MetaLearner:
             episode_set=_episode_set(results if results is not None else self.results),
             repo_id=repo_id,
             meta_trained=self.config.meta_trained,
+            hyperparameters=hyperparameters,
         )
 
     def save_pretrained(

@@ -195,6 +195,9 @@ def save_learner(
         if model.peft_type is not None:
             with transformers_bars_off():
                 model.encoder.save_pretrained(str(tmp / ADAPTER_DIR))
+            # PEFT writes its template card ("[More Information Needed]", the local base path)
+            # into our temporary folder; the learner's card is README.md at the top.
+            (tmp / ADAPTER_DIR / "README.md").unlink(missing_ok=True)
             _patch_adapter_base(tmp / ADAPTER_DIR, config.base_model)
         # Un-meta-trained encoder tensors equal the base model's: the id is enough.
         if (full and config.meta_trained) or local_base:

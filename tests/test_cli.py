@@ -241,7 +241,9 @@ def test_end_to_end(data_dir, tmp_path, capsys, monkeypatch):
         assert main(["push", "--model", str(learner), "--repo-id", "bob/tiny", "--private",
                      "--token", "t", "--endpoint", hub.url]) == 0  # fmt: skip
     assert hub.repos["bob/tiny"]["private"] is True
-    assert hub.repos["bob/tiny"]["files"]["README.md"] == (learner / "README.md").read_bytes()
+    card = hub.repos["bob/tiny"]["files"]["README.md"].decode()
+    local_card = (learner / "README.md").read_text()
+    assert card == local_card.replace("<this repo id or folder>", "bob/tiny") != local_card
 
 
 # -- failures: one line naming the file and the fix, never a traceback ------------------------------
