@@ -30,7 +30,8 @@ from metanlp.files import recover_folder
 from metanlp.meta.finetune import FineTuneConfig, finetune_fast_weights
 from metanlp.meta.name_typer import with_type_names
 from metanlp.meta.policy import AdaptDecision, AdaptPolicy, choose_adaptation
-from metanlp.models import model_inputs
+from metanlp.meta.registry import algorithm_from_spec
+from metanlp.models import build_model, model_inputs
 from metanlp.predictors import (
     FewShotClassifier,
     FewShotTagger,
@@ -46,7 +47,6 @@ from metanlp.serialization import (
     load_learner_parts,
     save_learner,
 )
-from metanlp.spec import build_algorithm, build_model
 
 UNTRAINED_DEFAULTS: dict[str, Any] = {
     "algorithm": "protomaml",
@@ -160,7 +160,7 @@ class MetaLearner:
             options["algorithm_config"] = overrides.get("algorithm_config", {})
         config = LearnerConfig(base_model=canonical_base_model(name_or_path), task=task, **options)
         model = build_model(config, name_or_path).to(device)
-        return cls(build_algorithm(config, model).to(device), config)
+        return cls(algorithm_from_spec(config, model).to(device), config)
 
     @classmethod
     def from_trainer(

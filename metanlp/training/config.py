@@ -185,6 +185,9 @@ class MetaTrainerConfig(LearnerSpec):
             self.optimizer = _build(OptimizerConfig, self.optimizer, "optimizer")
         super().__post_init__()
         owner = "MetaTrainerConfig"
+        from metanlp.meta.registry import check_registered  # imports torch: not at --help
+
+        check_registered(owner, self.algorithm)
         check_choice(owner, "attn_implementation", self.attn_implementation, ATTN_CHOICES)
         check_choice(owner, "mixed_precision", self.mixed_precision, MIXED_PRECISION_CHOICES)
         for key in (
