@@ -30,7 +30,8 @@ from metanlp.files import recover_folder
 from metanlp.meta.finetune import FineTuneConfig, finetune_fast_weights
 from metanlp.meta.name_typer import with_type_names
 from metanlp.meta.policy import AdaptDecision, AdaptPolicy, choose_adaptation
-from metanlp.models import model_inputs
+from metanlp.meta.registry import algorithm_from_spec
+from metanlp.models import build_model, model_inputs
 from metanlp.predictors import (
     FewShotClassifier,
     FewShotTagger,
@@ -47,7 +48,6 @@ from metanlp.serialization import (
     load_learner_parts,
     save_learner,
 )
-from metanlp.spec import build_algorithm, build_model
 
 UNTRAINED_DEFAULTS: dict[str, Any] = {
     "algorithm": "protomaml",
@@ -56,7 +56,24 @@ UNTRAINED_DEFAULTS: dict[str, Any] = {
     "algorithm_config": {"inner_steps": 5, "inner_lr": 1e-3, "first_order": True},
 }
 """How a plain encoder adapts when no meta-training has happened: a head initialised from the
-support prototypes, then a few SGD steps on the head and the top layer (Proto-MAML's inner loop)."""
+support prototypes, then a few SGD steps on the head and the top layer (Proto-MAML's inner loop).
+Its ``algorithm_config`` is Proto-MAML's: another ``algorithm`` starts from its own config's
+defaults (ProtoNet, for one, has no inner loop to take ``inner_steps``)."""
+
+
+CARD_HYPERPARAMETERS = (
+    "algorithm",
+    "algorithm_config",
+    "adapt",
+    "adapt_options",
+    "pooling",
+    "max_ways",
+    "head_init",
+    "max_length",
+    "finetune",
+    "policy",
+)
+"""The `LearnerConfig` settings the model card lists under "Hyperparameters"."""
 
 
 class MetaLearner:
@@ -102,7 +119,8 @@ class MetaLearner:
             device (`str` or `torch.device`, *optional*): Defaults to CUDA when available.
             **overrides: For a plain encoder, `LearnerConfig` fields (``algorithm``, ``adapt``,
                 ``algorithm_config``, ``pooling``, ``max_length``, ``finetune``, ...); the
-                defaults are `UNTRAINED_DEFAULTS`. A saved learner takes only ``finetune``
+                defaults are `UNTRAINED_DEFAULTS` (its ``algorithm_config`` only for its own
+                ``algorithm``; another one starts from that algorithm's defaults). A saved learner takes only ``finetune``
                 (test-time fine-tuning after adaptation, see `metanlp.meta.finetune`) and
                 ``policy`` (choosing it per task, see `metanlp.meta.policy`).
 
@@ -139,9 +157,11 @@ class MetaLearner:
                 f"LearnerConfig fields: {sorted(known)}."
             )
         options = {**UNTRAINED_DEFAULTS, **overrides}
+        if overrides.get("algorithm", options["algorithm"]) != UNTRAINED_DEFAULTS["algorithm"]:
+            options["algorithm_config"] = overrides.get("algorithm_config", {})
         config = LearnerConfig(base_model=canonical_base_model(name_or_path), task=task, **options)
         model = build_model(config, name_or_path).to(device)
-        return cls(build_algorithm(config, model).to(device), config)
+        return cls(algorithm_from_spec(config, model).to(device), config)
 
     @classmethod
     def from_trainer(
@@ -333,8 +353,15 @@ class MetaLearner:
     def model_card(
         self, results: Sequence[Mapping[str, Any]] | None = None, repo_id: str | None = None
     ) -> str:
-        """The README.md text: metadata (base model, datasets, method, N/K) and a results table."""
+        """The README.md text (`metanlp.hub.model_card`): metadata (license, language, base model,
+        datasets, method, N/K, a model-index from the results), the results table, the
+        hyperparameters and the library versions."""
         from metanlp.hub import model_card
+
+        settings = self.config.to_dict()
+        hyperparameters = {
+            key: settings[key] for key in CARD_HYPERPARAMETERS if settings.get(key) is not None
+        }
 
         return model_card(
             base_model=self.config.base_model,
@@ -347,6 +374,7 @@ class MetaLearner:
             episode_set=_episode_set(results if results is not None else self.results),
             repo_id=repo_id,
             meta_trained=self.config.meta_trained,
+            hyperparameters=hyperparameters,
         )
 
     def save_pretrained(

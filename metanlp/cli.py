@@ -6,15 +6,19 @@
     metanlp adapt-predict --model DIR --support s.jsonl --inputs q.jsonl
     metanlp push --model DIR --repo-id user/name
 
-Run ``metanlp <command> --help`` for every option.
+Run ``metanlp <command> --help`` for every option. Options take Hugging Face spellings too
+(``--learning_rate`` = ``--learning-rate`` = ``--optimizer.lr``); an unknown one gets the closest
+real one suggested. This module imports nothing heavy: ``--help`` never loads torch.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 import json
 import os
+import re
 import sys
 import types
 import typing
@@ -23,6 +27,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from metanlp import __version__
 
 BASELINES = ("finetune", "prototypes")
 
@@ -47,13 +53,45 @@ FINETUNE_AFTER_HELP = (
 )
 
 
+class _Parser(argparse.ArgumentParser):
+    """No abbreviated options (``--lr`` must not silently mean ``--lr-scheduler-type``: an unknown
+    option gets the closest real one suggested instead); the closest allowed value is added to
+    "invalid choice" errors."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str) -> typing.NoReturn:
+        if "invalid choice: " in message:
+            bad, _, allowed = message.partition("invalid choice: ")[2].partition(" (choose from")
+            near = difflib.get_close_matches(bad.strip("'"), re.findall(r"'([^']*)'", allowed), n=1)
+            if near:
+                message += f"; did you mean {near[0]!r}?"
+        super().error(message)
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    libs = []
+    for lib in ("torch", "transformers", "peft"):
+        try:
+            libs.append(f"{lib} {version(lib)}")
+        except PackageNotFoundError:
+            libs.append(f"{lib} not installed")
+    return f"metanlp {__version__} ({', '.join(libs)})"
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="metanlp",
         description="Few-shot text classification and NER by meta-learning on Transformers.",
         formatter_class=_Formatter,
     )
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    p.add_argument("--version", action="version", version=_version(),
+                   help="show metanlp's version (and torch's, transformers', peft's) and exit")  # fmt: skip
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
     fmt = _Formatter
 
     t = sub.add_parser("train", help="meta-train from a YAML config", formatter_class=fmt,
@@ -155,37 +193,71 @@ def _field(rows: list[Any], key: str, path: str) -> list[Any]:
     return [r[key] for r in rows]
 
 
-def _config_override_fields() -> dict[str, tuple[Any, str]]:
-    """Every `MetaTrainerConfig` setting a ``--key`` option may override -> (its type hint, its
-    help from the config docstrings); nested sections' keys are dotted (``optimizer.lr``)."""
+class _Override(typing.NamedTuple):
+    hint: Any  # the config field's type hint
+    help: str  # its description in the config docstring
+    default: Any  # its dataclass default (dataclasses.MISSING where it has none)
+
+
+def _config_override_fields() -> dict[str, _Override]:
+    """Every `MetaTrainerConfig` setting a ``--key`` option may override; nested sections' keys
+    are dotted (``optimizer.lr``)."""
     from metanlp.training.config import MetaTrainerConfig, field_help
 
-    def walk(cls: type, prefix: str) -> dict[str, tuple[Any, str]]:
+    def walk(cls: type, prefix: str) -> dict[str, _Override]:
         helps, out = field_help(cls), {}
-        for name, hint in typing.get_type_hints(cls).items():
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            hint = hints[f.name]
             if dataclasses.is_dataclass(hint):
-                out.update(walk(hint, f"{prefix}{name}."))
-            else:
-                out[prefix + name] = (hint, helps.get(name, "see docs/training.md"))
+                out.update(walk(hint, f"{prefix}{f.name}."))
+                continue
+            default = f.default
+            if f.default_factory is not dataclasses.MISSING:
+                default = f.default_factory()
+            text = helps.get(f.name, "see docs/training.md")
+            out[prefix + f.name] = _Override(hint, text, default)
         return out
 
     return walk(MetaTrainerConfig, "")
 
 
+def _flag(key: str) -> str:
+    return f"--{key.replace('_', '-')}"
+
+
 def _add_config_overrides(parser: argparse.ArgumentParser) -> None:
-    """One ``--key VALUE`` option per config setting, its help taken from the config's docstring
-    (`metanlp.training.config.field_help`): the options cannot drift from the config."""
+    """One ``--key VALUE`` option per config setting (``--key`` / ``--no-key`` for a boolean), its
+    help taken from the config's docstring (`metanlp.training.config.field_help`) and its default
+    from the dataclass: the options cannot drift from the config. A Hugging Face spelling
+    (`HF_SPELLINGS`) of a setting is a second name of its option."""
+    from metanlp.training.config import HF_SPELLINGS
+
+    aliases: dict[str, list[str]] = {}
+    for hf_name, key in HF_SPELLINGS.items():
+        aliases.setdefault(key, []).append(_flag(hf_name))
     group = parser.add_argument_group(
-        "config overrides", "replace one setting of the YAML file; VALUE is read as YAML "
-        "(3, 0.1, true, null, [a, b], {inner_steps: 3}) except for text settings",
+        "config overrides", "replace one setting of the YAML file (whose values replace the "
+        "defaults shown); VALUE is read as YAML (3, 0.1, true, null, [a, b], {inner_steps: 3}) "
+        "except for text settings",
     )  # fmt: skip
-    for key, (_, text) in _config_override_fields().items():
-        text = text.replace("``", "").replace("`", "")
-        group.add_argument(f"--{key.replace('_', '-')}", dest=key, metavar="VALUE", help=text)
+    for key, field_ in _config_override_fields().items():
+        text = field_.help.replace("``", "").replace("`", "").replace("%", "%%")
+        if field_.default is not dataclasses.MISSING:
+            shown = (
+                field_.default if isinstance(field_.default, str) else json.dumps(field_.default)
+            )
+            text += f" (default: {shown})".replace("%", "%%")
+        names = [_flag(key), *aliases.get(key, [])]
+        if field_.hint is bool:
+            group.add_argument(*names, dest=key, action=argparse.BooleanOptionalAction,
+                               default=None, help=text)  # fmt: skip
+        else:
+            group.add_argument(*names, dest=key, metavar="VALUE", help=text)
 
 
-def _parse_override(key: str, value: str, hint: Any) -> Any:
-    if hint is str:
+def _parse_override(key: str, value: Any, hint: Any) -> Any:
+    if hint is str or hint is bool:  # a boolean comes parsed from --key / --no-key
         return value
     if typing.get_origin(hint) in (typing.Union, types.UnionType) and str in typing.get_args(hint):
         return None if value == "null" else value  # optional text (data.data_dir)
@@ -193,28 +265,39 @@ def _parse_override(key: str, value: str, hint: Any) -> Any:
         return yaml.safe_load(value)
     except yaml.YAMLError:
         raise ValueError(
-            f"--{key.replace('_', '-')} {value!r} is not a YAML value (a number, true/false, "
+            f"{_flag(key)} {value!r} is not a YAML value (a number, true/false, "
             "null, a [list] or a {mapping}); quote text."
         ) from None
+
+
+def _train_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The config settings given as ``train`` options (dotted keys for nested sections)."""
+    return {
+        key: _parse_override(key, value, field_.hint)
+        for key, field_ in _config_override_fields().items()
+        if (value := getattr(args, key)) is not None
+    }
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     from metanlp.api import MetaLearner
     from metanlp.training import MetaTrainer, MetaTrainerConfig
 
-    overrides = {
-        key: _parse_override(key, value, hint)
-        for key, (hint, _) in _config_override_fields().items()
-        if (value := getattr(args, key)) is not None
-    }
-    config = MetaTrainerConfig.from_yaml(args.config, **overrides)
+    config = MetaTrainerConfig.from_yaml(args.config, **_train_overrides(args))
     trainer = MetaTrainer(config)
     state = trainer.train(resume_from_checkpoint=True if args.resume else None)
     folder = MetaLearner.from_trainer(trainer).save_pretrained(Path(config.output_dir) / "learner")
-    print(
-        f"best {config.metric_for_best}: {state.best_metric} (step {state.best_step}); learner saved to {folder}"
-    )
+    print(_final_line(config.metric_for_best, state.best_metric, state.best_step, folder))
     return 0
+
+
+def _final_line(metric: str, best: float | None, step: int | None, folder: Any) -> str:
+    """``best accuracy: 33.3 % (step 2); learner saved to <folder>``, in the tables' units."""
+    from metanlp.metrics.functional import format_score
+
+    if best is None:
+        return f"no meta-validation (data.val is not set); learner saved to {folder}"
+    return f"best {metric}: {format_score(metric, best)} (step {step}); learner saved to {folder}"
 
 
 def cmd_make_episodes(args: argparse.Namespace) -> int:
@@ -263,6 +346,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from metanlp.evaluation import comparison_table, evaluate_file
     from metanlp.models import FewShotModel
 
+    if args.n_episodes is not None and args.n_episodes < 1:
+        raise ValueError(f"--n-episodes {args.n_episodes}: evaluate at least 1 episode.")
     specs, _ = load_episode_specs(args.episodes)
     task = "token" if specs[0].kind == "ner" else "sequence"
     methods: dict[str, Any] = {}
@@ -356,6 +441,17 @@ TRACEBACK_ENV = "METANLP_TRACEBACK"
 """Set to 1 to get the full traceback of a failing command instead of its one-line message."""
 
 
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The parsed command line (``sys.argv[1:]`` by default), Hugging Face spellings accepted;
+    an unknown option exits with usage and the closest real option."""
+    parser = _parser()
+    args, unknown = parser.parse_known_args(_hf_spellings(sys.argv[1:] if argv is None else argv))
+    if unknown:
+        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        sub.choices[args.command].error(_unknown_message(sub.choices[args.command], unknown))
+    return args
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``metanlp`` command; returns the exit status.
 
@@ -363,7 +459,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for bad input (configs, files, arguments: the message says what to fix) or 1 for anything
     else; ``METANLP_TRACEBACK=1`` shows the traceback instead.
     """
-    args = _parser().parse_args(argv)
+    args = parse_args(argv)
     try:
         return COMMANDS[args.command](args)
     except Exception as err:
@@ -371,6 +467,36 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"metanlp {args.command}: error: {_one_line(err)}", file=sys.stderr)
         return 2 if isinstance(err, _INPUT_ERRORS) else 1
+
+
+def _hf_spellings(argv: Sequence[str]) -> list[str]:
+    """``--learning_rate`` -> ``--learning-rate``: options accept underscores as Hugging Face
+    scripts write them (values and everything after ``--`` are left alone)."""
+    out = list(argv)
+    for i, token in enumerate(out):
+        if token == "--":
+            break
+        if token.startswith("--"):
+            name, eq, value = token.partition("=")
+            out[i] = name.replace("_", "-") + eq + value
+    return out
+
+
+def _unknown_message(parser: argparse.ArgumentParser, unknown: list[str]) -> str:
+    """argparse's "unrecognized arguments" with the closest real option (`difflib`), matched on
+    the whole flag and on its last dotted part (``--lr`` -> ``--optimizer.lr``)."""
+    flags = [t.partition("=")[0] for t in unknown if t.startswith("-")]
+    message = f"unrecognized arguments: {' '.join(unknown)}"
+    if not flags:
+        if unknown[0].lower() in ("true", "false", "yes", "no", "on", "off"):
+            message += "; a boolean option is a flag: --key (on) or --no-key (off), with no value"
+        return message
+    names = {}
+    for option in parser._option_string_actions:
+        names.setdefault(option, option)
+        names.setdefault("--" + option.rsplit(".", 1)[-1].lstrip("-"), option)
+    near = difflib.get_close_matches(flags[0], list(names), n=1, cutoff=0.6)
+    return message + (f"; did you mean {names[near[0]]}?" if near else "")
 
 
 # Configuration, input-file and network errors, whose messages already say what to fix.

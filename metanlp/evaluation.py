@@ -191,7 +191,8 @@ def evaluate_file(
         if n_episodes is not None
         else (
             f" (default on {'GPU' if n == GPU_EPISODES else 'CPU'}; "
-            f"{GPU_EPISODES} on a GPU, pass n_episodes to change)"
+            f"{GPU_EPISODES} on a GPU; pass n_episodes, or --n-episodes to `metanlp evaluate`, "
+            "to change)"
         )
     )
     message = (

@@ -37,7 +37,7 @@ from transformers.models.auto.tokenization_auto import (
 )
 
 from metanlp.files import CorruptFileError
-from metanlp.spec import HEAD_INITS, POOLINGS, TASKS, check_choice
+from metanlp.spec import HEAD_INITS, POOLINGS, TASKS, LearnerSpec, adapt_settings, check_choice
 
 logger = logging.getLogger(__name__)
 
@@ -634,3 +634,51 @@ class FewShotModel(nn.Module):
                 f"max_ways >= {n_way} (FewShotModel(..., max_ways={max(n_way, 2)}))."
             )
         return logits[..., :n_way]
+
+
+# ---- building the model a learner spec describes -------------------------------------------------
+def spec_peft_config(spec: LearnerSpec) -> Any:
+    """The PEFT config the encoder is wrapped with: LoRA for ``adapt="lora"``, (IA)^3 for
+    ``adapt="adapter"``, else ``None``."""
+    if spec.adapt == "lora":
+        from peft import LoraConfig
+
+        opts = adapt_settings(spec)
+        return LoraConfig(
+            r=int(opts["lora_r"]),
+            lora_alpha=int(opts["lora_alpha"]),
+            lora_dropout=float(opts["lora_dropout"]),
+            target_modules=None if opts["lora_targets"] is None else list(opts["lora_targets"]),
+        )
+    if spec.adapt == "adapter":
+        from peft import IA3Config
+
+        # PEFT knows the (IA)^3 target modules of BERT-family encoders by model type.
+        return IA3Config()
+    return None
+
+
+def build_model(
+    spec: LearnerSpec,
+    name_or_path: str | os.PathLike | None = None,
+    *,
+    attn_implementation: str = "sdpa",
+) -> FewShotModel:
+    """A freshly initialised `FewShotModel` of the spec (`metanlp.spec.LearnerSpec`) on the
+    encoder ``name_or_path`` (``None``: the packaged MiniLM), wrapped with `spec_peft_config`."""
+    loaded = load_encoder(name_or_path, attn_implementation=attn_implementation)
+    return model_from_encoder(spec, loaded, spec_peft_config(spec))
+
+
+def model_from_encoder(spec: LearnerSpec, loaded: LoadedEncoder, peft: Any) -> FewShotModel:
+    """The spec's `FewShotModel` around a `LoadedEncoder`, wrapped with the PEFT config ``peft``
+    (``None``: none); a saved learner passes the config read from its ``adapter/``."""
+    return FewShotModel(
+        loaded.model,
+        task=spec.task,
+        pooling=spec.pooling,
+        max_ways=spec.max_ways,
+        head_init=spec.head_init,
+        peft_config=peft,
+        tokenizer=loaded.tokenizer,
+    )

@@ -41,6 +41,7 @@ from metanlp.files import (
     recover_folder,
     write_folder,
 )
+from metanlp.meta.registry import algorithm_from_spec, check_registered
 from metanlp.models import (
     DEFAULT_MODEL,
     DEFAULT_MODEL_HUB_ID,
@@ -48,9 +49,10 @@ from metanlp.models import (
     FewShotModel,
     default_model_path,
     load_encoder,
+    model_from_encoder,
     transformers_bars_off,
 )
-from metanlp.spec import LearnerSpec, build_algorithm, model_from_encoder
+from metanlp.spec import LearnerSpec
 
 CONFIG_NAME = "metanlp_config.json"
 HEAD_NAME = "head.safetensors"
@@ -126,6 +128,7 @@ class LearnerConfig(LearnerSpec):
         from metanlp.meta.policy import AdaptPolicy
 
         super().__post_init__()
+        check_registered(type(self).__name__, self.algorithm)
         ft = FineTuneConfig.coerce(self.finetune)
         self.finetune = None if ft is None else ft.to_dict()
         policy = AdaptPolicy.coerce(self.policy)
@@ -202,6 +205,9 @@ def save_learner(
         if model.peft_type is not None:
             with transformers_bars_off():
                 model.encoder.save_pretrained(str(tmp / ADAPTER_DIR))
+            # PEFT writes its template card ("[More Information Needed]", the local base path)
+            # into our temporary folder; the learner's card is README.md at the top.
+            (tmp / ADAPTER_DIR / "README.md").unlink(missing_ok=True)
             _patch_adapter_base(tmp / ADAPTER_DIR, config.base_model)
         # Un-meta-trained encoder tensors equal the base model's: the id is enough.
         if (full and config.meta_trained) or local_base:
@@ -347,7 +353,7 @@ def load_learner_parts(folder: str | os.PathLike, device: str | torch.device = "
         model.head.weight.copy_(head["head.weight"])
         model.head.bias.copy_(head["head.bias"])
     model.to(device)
-    algorithm = build_algorithm(config, model)
+    algorithm = algorithm_from_spec(config, model)
     extras = {k: v.shape for k, v in algorithm.state_dict().items()}
     lrs_file = folder / INNER_LRS_NAME
     if extras or lrs_file.exists():

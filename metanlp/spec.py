@@ -2,15 +2,16 @@
 
 A meta-training run (`metanlp.training.MetaTrainerConfig`) and a saved learner
 (`metanlp.serialization.LearnerConfig`) both extend it, so the two cannot drift apart: the same
-choices, the same LoRA defaults, the same ``adapt`` -> ``params`` rule, and one builder of each
-object (`build_model`, `build_algorithm`).
+choices, the same LoRA defaults, the same ``adapt`` -> ``params`` rule. What a spec builds is built
+beside its kind: the model by `metanlp.models.build_model`, the algorithm by
+`metanlp.meta.registry.algorithm_from_spec`.
 
-This module imports nothing heavy at the top (the trainer config is read before torch is needed).
+This module imports no other metanlp module at the top, and nothing heavy (the trainer config is
+read before torch is needed); validating ``algorithm`` looks the name up in the registry.
 """
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -93,14 +94,10 @@ class LearnerSpec:
                 f"Unknown key(s) {unknown} in {owner}.adapt_options; allowed keys: "
                 f"{sorted(ADAPT_OPTION_DEFAULTS)} (max_ways and head_init are top-level keys)."
             )
-        import metanlp.meta  # noqa: F401  (registers the built-in algorithms)
-        from metanlp.meta.registry import list_algorithms
-
-        if self.algorithm not in list_algorithms():
-            raise ValueError(
-                f"{owner}.algorithm={self.algorithm!r} is not registered; choose one of "
-                f"{list_algorithms()}."
-            )
+        if not isinstance(self.algorithm, str):
+            raise ValueError(f"{owner}.algorithm={self.algorithm!r} must be an algorithm name.")
+        # Whether the name is registered is checked by the configs that extend the spec
+        # (`metanlp.meta.registry.check_registered`), so that this module imports no other.
 
     def spec_fields(self) -> dict[str, Any]:
         """The `LearnerSpec` fields of this object (to copy them into another spec's subclass)."""
@@ -112,74 +109,3 @@ class LearnerSpec:
 def adapt_settings(spec: LearnerSpec) -> dict[str, Any]:
     """``spec.adapt_options`` with the defaults filled in."""
     return {**ADAPT_OPTION_DEFAULTS, **spec.adapt_options}
-
-
-def peft_config(spec: LearnerSpec) -> Any:
-    """The PEFT config the encoder is wrapped with: LoRA for ``adapt="lora"``, (IA)^3 for
-    ``adapt="adapter"``, else ``None``."""
-    if spec.adapt == "lora":
-        from peft import LoraConfig
-
-        opts = adapt_settings(spec)
-        return LoraConfig(
-            r=int(opts["lora_r"]),
-            lora_alpha=int(opts["lora_alpha"]),
-            lora_dropout=float(opts["lora_dropout"]),
-            target_modules=None if opts["lora_targets"] is None else list(opts["lora_targets"]),
-        )
-    if spec.adapt == "adapter":
-        from peft import IA3Config
-
-        # PEFT knows the (IA)^3 target modules of BERT-family encoders by model type.
-        return IA3Config()
-    return None
-
-
-def algorithm_options(spec: LearnerSpec) -> dict[str, Any]:
-    """The algorithm's config: ``adapt`` becomes ``params`` (mapped by the algorithm's config
-    class, see `MetaConfig.params_for_adapt`) unless ``algorithm_config`` sets it."""
-    import metanlp.meta  # noqa: F401  (registers the built-in algorithms)
-    from metanlp.meta.registry import get_algorithm
-
-    config_cls, _ = get_algorithm(spec.algorithm)
-    options = {"params": config_cls.params_for_adapt(spec.adapt), **spec.algorithm_config}
-    if options["params"] == "top" and "top_layers" not in options:
-        options["top_layers"] = int(adapt_settings(spec)["top_layers"])
-    return options
-
-
-def build_model(
-    spec: LearnerSpec,
-    name_or_path: str | os.PathLike | None = None,
-    *,
-    attn_implementation: str = "sdpa",
-) -> Any:
-    """A freshly initialised `FewShotModel` of the spec on the encoder ``name_or_path``
-    (``None``: the packaged MiniLM), wrapped with the spec's PEFT config."""
-    from metanlp.models import load_encoder
-
-    loaded = load_encoder(name_or_path, attn_implementation=attn_implementation)
-    return model_from_encoder(spec, loaded, peft_config(spec))
-
-
-def model_from_encoder(spec: LearnerSpec, loaded: Any, peft: Any) -> Any:
-    """The spec's `FewShotModel` around a `LoadedEncoder`, wrapped with the PEFT config ``peft``
-    (``None``: none); a saved learner passes the config read from its ``adapter/``."""
-    from metanlp.models import FewShotModel
-
-    return FewShotModel(
-        loaded.model,
-        task=spec.task,
-        pooling=spec.pooling,
-        max_ways=spec.max_ways,
-        head_init=spec.head_init,
-        peft_config=peft,
-        tokenizer=loaded.tokenizer,
-    )
-
-
-def build_algorithm(spec: LearnerSpec, model: Any) -> Any:
-    """The registered algorithm ``spec.algorithm`` over ``model`` with `algorithm_options`."""
-    from metanlp.meta.registry import build_algorithm as build
-
-    return build(spec.algorithm, model, algorithm_options(spec))

@@ -14,6 +14,17 @@ from text_examples import IOB2_TAGS, LABELS, QUERY, TEXTS, WORDS
 from metanlp.api import MetaLearner
 
 
+@pytest.mark.parametrize("algorithm", ["protonet", "maml"])
+def test_plain_encoder_with_another_algorithm_takes_its_defaults(algorithm):
+    """Proto-MAML's untrained inner-loop settings are not forced on another algorithm (ProtoNet
+    rejected ``inner_steps=5``); the learner adapts and predicts."""
+    learner = MetaLearner.from_pretrained(algorithm=algorithm, max_length=32)
+    assert learner.config.algorithm == algorithm
+    assert learner.config.algorithm_config == {}
+    clf = learner.adapt(TEXTS, LABELS, steps=None if algorithm == "protonet" else 1)
+    assert set(clf.predict(QUERY)) <= set(LABELS)
+
+
 def _state(model) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 

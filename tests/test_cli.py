@@ -13,7 +13,7 @@ import pytest
 import yaml
 from hub_server import FakeHub
 
-from metanlp.cli import COMMANDS, _parser, main
+from metanlp.cli import COMMANDS, _final_line, _parser, _train_overrides, main, parse_args
 
 
 def test_entry_point_help():
@@ -22,6 +22,93 @@ def test_entry_point_help():
     out = subprocess.run([*cmd, "--help"], capture_output=True, text=True, check=True).stdout
     for name in COMMANDS:
         assert name in out
+
+
+HEAVY = ("torch", "transformers", "datasets", "accelerate", "peft", "sklearn", "scipy")
+
+
+def test_help_and_version_import_nothing_heavy():
+    """``--help`` of every command and ``--version`` are fast because they import no ML library
+    (checked on ``sys.modules`` in a fresh interpreter, not with a timer)."""
+    code = (
+        "import sys\n"
+        "from metanlp.cli import COMMANDS, main\n"
+        "for argv in [['--help'], ['--version'], *[[c, '--help'] for c in COMMANDS]]:\n"
+        "    try:\n"
+        "        main(argv)\n"
+        "    except SystemExit as e:\n"
+        "        assert e.code == 0, argv\n"
+        f"print(sorted(m for m in {HEAVY!r} if m in sys.modules))\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert run.stdout.splitlines()[-1] == "[]"
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0
+    import metanlp
+
+    assert capsys.readouterr().out.startswith(f"metanlp {metanlp.__version__} (torch ")
+
+
+def test_help_shows_config_defaults_and_boolean_flags(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    shown = " ".join(capsys.readouterr().out.split())
+    assert "--optimizer.lr VALUE, --learning-rate VALUE Peak outer learning rate" in shown
+    assert "(default: 0.001)" in shown and "(default: cosine)" in shown
+    assert "--keep-best, --no-keep-best" in shown and "(default: true)" in shown
+
+
+def test_hugging_face_spellings_and_boolean_flags():
+    from metanlp.training.config import MetaTrainerConfig
+
+    args = parse_args(["train", "--config", "default", "--learning_rate", "0.01", "--max_steps",
+                       "3", "--no-keep-best", "--lr-scheduler-type", "linear", "--progress-bar"])  # fmt: skip
+    overrides = _train_overrides(args)
+    assert overrides == {"optimizer.lr": 0.01, "max_steps": 3, "keep_best": False,
+                         "optimizer.schedule": "linear", "progress_bar": True}  # fmt: skip
+    config = MetaTrainerConfig.from_yaml("default", **overrides)
+    assert (config.optimizer.lr, config.max_steps, config.keep_best) == (0.01, 3, False)
+    assert parse_args(["train", "--config", "default", "--learning-rate", "0.01"]) == parse_args(
+        ["train", "--config", "default", "--optimizer.lr", "0.01"]
+    )
+
+
+@pytest.mark.parametrize(
+    "argv,expected",
+    [
+        (["train", "--config", "default", "--lr", "0.1"], "did you mean --optimizer.lr?"),
+        (["train", "--config", "default", "--max_step", "3"], "did you mean --max-steps?"),
+        (["train", "--config", "default", "--keep-best", "false"], "--no-key (off)"),
+        (["evaluate", "--episodes", "e", "--dataset", "d", "--n-episode", "3"],
+         "did you mean --n-episodes?"),
+        (["evalute"], "did you mean 'evaluate'?"),
+        (["make-episodes", "--dataset", "d", "--out", "o", "--mode", "strictt"],
+         "did you mean 'strict'?"),
+    ],
+    ids=["dotted-tail", "underscore-typo", "boolean-value", "evaluate-flag", "command", "choice"],
+)  # fmt: skip
+def test_unknown_options_get_the_closest_real_one(argv, expected, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: metanlp") and expected in err, err
+
+
+def test_evaluate_names_the_n_episodes_flag(tmp_path, capsys):
+    argv = ["evaluate", "--episodes", str(tmp_path / "e.json"), "--dataset", "bbc_news"]
+    assert main([*argv, "--n-episodes", "0"]) == 2
+    assert "--n-episodes 0: evaluate at least 1 episode" in capsys.readouterr().err
+
+
+def test_final_line_in_the_tables_units():
+    line = _final_line("accuracy", 1 / 3, 2, "runs/x/learner")
+    assert line == "best accuracy: 33.3 % (step 2); learner saved to runs/x/learner"
+    assert _final_line("loss", 0.123456, 4, "d").startswith("best loss: 0.1235 (step 4)")
 
 
 @pytest.mark.parametrize("command", sorted(COMMANDS))
@@ -44,10 +131,12 @@ def test_every_option_is_explained(command, capsys):
     "config,expected",
     [
         ({"adapt": "lorra"}, ["adapt='lorra'", "lora", "top", "head", "all"]),
-        ({"optimizer": {"schedul": "cosine"}}, ["schedul", "allowed keys", "schedule"]),
+        ({"optimizer": {"schedul": "cosine"}}, ["did you mean 'schedule'?", "allowed keys"]),
         ({"mixed_precision": "fp8"}, ["mixed_precision", "bf16", "fp16"]),
+        ({"max_step": 3}, ["'max_step': did you mean 'max_steps'?"]),
+        ({"learning_rate": 0.1}, ["'learning_rate' is 'optimizer.lr' here"]),
     ],
-    ids=["bad-value", "unknown-nested-key", "bad-precision"],
+    ids=["bad-value", "unknown-nested-key", "bad-precision", "typo-key", "hf-key"],
 )
 def test_bad_config_names_key_and_allowed_values(tmp_path, capsys, config, expected):
     path = tmp_path / "cfg.yaml"
@@ -95,6 +184,9 @@ def test_end_to_end(data_dir, tmp_path, capsys, monkeypatch):
     )
     assert main(["train", "--config", str(cfg), "--output-dir", str(tmp_path / "run")]) == 0
     learner = tmp_path / "run" / "learner"
+    assert capsys.readouterr().out.endswith(
+        f"no meta-validation (data.val is not set); learner saved to {learner}\n"
+    )
     assert (learner / "adapter" / "adapter_model.safetensors").is_file()
     card = (learner / "README.md").read_text()
     assert "maml" in card and "bbc_news" in card
@@ -149,7 +241,9 @@ def test_end_to_end(data_dir, tmp_path, capsys, monkeypatch):
         assert main(["push", "--model", str(learner), "--repo-id", "bob/tiny", "--private",
                      "--token", "t", "--endpoint", hub.url]) == 0  # fmt: skip
     assert hub.repos["bob/tiny"]["private"] is True
-    assert hub.repos["bob/tiny"]["files"]["README.md"] == (learner / "README.md").read_bytes()
+    card = hub.repos["bob/tiny"]["files"]["README.md"].decode()
+    local_card = (learner / "README.md").read_text()
+    assert card == local_card.replace("<this repo id or folder>", "bob/tiny") != local_card
 
 
 # -- failures: one line naming the file and the fix, never a traceback ------------------------------

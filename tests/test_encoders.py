@@ -28,7 +28,7 @@ from transformers import (
 
 from metanlp.api import MetaLearner
 from metanlp.models import default_model_path
-from metanlp.spec import build_algorithm
+from metanlp.meta.registry import algorithm_from_spec
 
 SIZE = {"vocab_size": 30522, "hidden_size": 32, "num_attention_heads": 2,
         "intermediate_size": 48, "num_hidden_layers": 2}  # fmt: skip
@@ -104,7 +104,7 @@ def test_meta_training_step(encoder_folder):
         folder, adapt="lora", algorithm="maml", device="cpu",
         algorithm_config={"inner_steps": 1, "inner_lr": 1e-2, "first_order": False},
     )  # fmt: skip
-    algo = build_algorithm(learner.config, learner.model)
+    algo = algorithm_from_spec(learner.config, learner.model)
     metrics = algo.meta_backward(minilm_episode(learner.tokenizer, n_way=2))
     assert metrics["query_loss"] > 0
     grads = {n: p.grad for n, p in algo.model.named_parameters() if p.grad is not None}

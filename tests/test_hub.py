@@ -10,7 +10,7 @@ import torch
 import yaml
 from hub_server import FakeHub
 
-from metanlp.hub import model_card, push_folder
+from metanlp.hub import REPO_PLACEHOLDER, model_card, push_folder
 
 RESULTS = [
     {
@@ -57,6 +57,25 @@ def test_model_card_metadata_and_results_table(tmp_path):
     assert meta["metanlp"]["meta_training_data"] == ["bbc_news", "SetFit/bbc-news"]
     assert "| maml | 600 | 81.23 ± 2.11 | 80.00 ± 2.00 |" in card
     assert "| finetune | 600 | 61.00 ± 3.00 | 58.00 ± 3.10 |" in card
+    # Hub-grade metadata: the base model's license and language, a model-index from the
+    # learner's own (first) results, hyperparameters and library versions.
+    assert (meta["license"], meta["language"]) == ("apache-2.0", "en")
+    from huggingface_hub import ModelCard
+
+    data = ModelCard(card).data
+    assert [(r.metric_type, r.metric_value) for r in data.eval_results] == [
+        ("accuracy", 81.23),
+        ("macro_f1", 80.0),
+    ]
+    assert {r.task_type for r in data.eval_results} == {"text-classification"}
+    assert data.eval_results[0].dataset_name == "bbc_5w5s.json"
+    assert data.model_name == REPO_PLACEHOLDER and f'from_pretrained("{REPO_PLACEHOLDER}")' in card
+    import transformers
+
+    assert f"- transformers {transformers.__version__}" in card
+    tuned = model_card(base_model="x/y", method="maml", task="sequence",
+                       hyperparameters={"algorithm": "maml", "adapt_options": {"lora_r": 8}})  # fmt: skip
+    assert '- adapt_options: `{"lora_r": 8}`' in tuned and "model-index" not in tuned
     local = model_card(base_model=str(tmp_path), method="protonet", task="token")
     assert "base_model" not in _metadata(local)  # a machine path is not a Hub id
     assert _metadata(local)["pipeline_tag"] == "token-classification"
@@ -100,7 +119,9 @@ def test_push_to_hub_sends_every_file_and_the_card(saved_learner, monkeypatch):
     assert meta["base_model"] == "sentence-transformers/all-MiniLM-L6-v2"
     assert meta["metanlp"]["method"] == "protomaml" and meta["metanlp"]["meta_trained"] is False
     assert 'MetaLearner.from_pretrained("alice/bbc-learner")' in card
+    assert REPO_PLACEHOLDER not in card and meta["model-index"][0]["name"] == "alice/bbc-learner"
     assert "| maml | 600 | 81.23 ± 2.11 | 80.00 ± 2.00 |" in card
+    assert "algorithm: `protomaml`" in card
 
 
 def test_push_existing_folder_to_an_existing_repo(saved_learner, monkeypatch):
@@ -115,6 +136,29 @@ def test_push_existing_folder_to_an_existing_repo(saved_learner, monkeypatch):
     assert set(hub.repos["alice/x"]["files"]) == {
         p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()
     }
+    # A folder saved without a repo id gets it filled in at push (`metanlp push`).
+    assert REPO_PLACEHOLDER in (folder / "README.md").read_text()
+    card = hub.repos["alice/x"]["files"]["README.md"].decode()
+    assert 'from_pretrained("alice/x")' in card and REPO_PLACEHOLDER not in card
+
+
+def test_lora_learner_uploads_no_peft_template_card_or_local_path(tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    from metanlp.api import MetaLearner
+    from metanlp.models import default_model_path
+
+    learner = MetaLearner.from_pretrained(None, adapt="lora", adapt_options={"lora_r": 2})
+    folder = learner.save_pretrained(tmp_path / "lora")
+    assert (folder / "adapter" / "adapter_model.safetensors").is_file()
+    assert not (folder / "adapter" / "README.md").exists()
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    with FakeHub() as hub:
+        push_folder(folder, "alice/lora", token="t", endpoint=hub.url)
+    files = hub.repos["alice/lora"]["files"]
+    assert "adapter/README.md" not in files
+    local_path = str(default_model_path().resolve()).encode()
+    assert [name for name, data in files.items() if local_path in data] == []
 
 
 def test_push_errors_are_clear(saved_learner, tmp_path):

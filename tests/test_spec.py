@@ -10,16 +10,10 @@ import torch
 
 import metanlp.meta  # noqa: F401  (registers the algorithms)
 from metanlp.cli import _config_override_fields, _parser
-from metanlp.meta.registry import list_algorithms
+from metanlp.meta.registry import algorithm_from_spec, algorithm_options, list_algorithms
+from metanlp.models import build_model
 from metanlp.serialization import LearnerConfig
-from metanlp.spec import (
-    ADAPT_OPTION_DEFAULTS,
-    PARAMETER_SETS,
-    LearnerSpec,
-    algorithm_options,
-    build_algorithm,
-    build_model,
-)
+from metanlp.spec import ADAPT_OPTION_DEFAULTS, PARAMETER_SETS, LearnerSpec
 from metanlp.training.config import (
     DataConfig,
     MetaTrainerConfig,
@@ -95,7 +89,7 @@ def test_lora_and_adapter_models_from_the_spec():
     spec = MetaTrainerConfig(adapt="adapter", algorithm="fomaml", max_ways=4)
     ia3 = build_model(spec)
     assert ia3.peft_type == "IA3" and ia3.head.out_features == 4
-    algo = build_algorithm(spec, ia3)
+    algo = algorithm_from_spec(spec, ia3)
     assert set(algo.inner_names) == set(ia3.peft_parameter_names) | {"head.weight", "head.bias"}
 
 
@@ -107,7 +101,7 @@ def test_every_algorithm_meets_the_trainer_contract(name):
         task="token" if name == "decomposed" else "sequence",
         algorithm_config={"inner_steps": 0} if name == "protonet" else {},
     )
-    algorithm = build_algorithm(spec, build_model(spec))
+    algorithm = algorithm_from_spec(spec, build_model(spec))
     assert isinstance(algorithm, TrainableAlgorithm)
     assert check_trainable(algorithm) is algorithm
 
@@ -162,7 +156,7 @@ def test_every_config_field_has_help_and_a_cli_override():
 def test_overrides_reach_nested_sections(tmp_path):
     from metanlp.cli import _parse_override
 
-    hints = {key: hint for key, (hint, _) in _config_override_fields().items()}
+    hints = {key: field_.hint for key, field_ in _config_override_fields().items()}
     overrides = {
         "optimizer.lr": _parse_override("optimizer.lr", "0.5", hints["optimizer.lr"]),
         "max_steps": _parse_override("max_steps", "7", hints["max_steps"]),

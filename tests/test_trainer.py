@@ -23,7 +23,7 @@ from metanlp.training import MetaTrainer
 from metanlp.training import state_io as ckpt
 from metanlp.training.config import MetaTrainerConfig, OptimizerConfig
 from metanlp.training.logs import plot_learning_curve, read_jsonl
-from metanlp.training.utils import build_scheduler, lr_factor
+from metanlp.training.utils import build_scheduler
 
 
 @pytest.fixture(autouse=True)
@@ -100,9 +100,18 @@ def test_lr_schedule_warmup_then_decay_to_zero():
         lrs.append(sched.get_last_lr()[0])
         opt.step()
         sched.step()
-    assert lrs[:3] == pytest.approx([1 / 3, 2 / 3, 1.0])
+    # transformers' warm-up starts at 0; cosine decay reaches 0 at max_steps.
+    assert lrs[:3] == pytest.approx([0.0, 0.5, 1.0])
     assert lrs[3] == pytest.approx(0.5 * (1 + math.cos(math.pi / 4)))
-    assert lr_factor(6, schedule="linear", warmup_steps=2, max_steps=6) == 0.0
+    assert sched.get_last_lr()[0] == pytest.approx(0.0)
+    opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    constant = build_scheduler(
+        opt, OptimizerConfig(lr=1.0, schedule="constant", warmup_steps=2), max_steps=6
+    )
+    for _ in range(4):
+        opt.step()
+        constant.step()
+    assert constant.get_last_lr()[0] == 1.0  # warm-up then constant (not transformers' "constant")
 
 
 def test_state_round_trip_without_pickle(tmp_path):
@@ -324,6 +333,14 @@ def test_early_stopping_keeps_best(data_dir, tmp_path):
     best = ckpt.load_state(tmp_path / "es" / "best", "meta_parameters")
     for name, value in meta_parameters(trainer).items():
         assert torch.equal(value, best[name]), name
+
+
+def test_progress_bar_shows_validation_scores(data_dir, tmp_path, capfd):
+    config = tiny_config(data_dir, tmp_path / "bar", max_steps=2, eval_every=1, progress_bar=True)
+    state = MetaTrainer(config).train()
+    bar = capfd.readouterr().err.split("\r")[-1]  # the meta-train bar's last refresh
+    best = f"best_accuracy={100 * state.best_metric:.1f} %"
+    assert "meta-train" in bar and "val_accuracy=" in bar and best in bar, bar
 
 
 def test_learning_curve_draws_the_logged_keys(tmp_path):

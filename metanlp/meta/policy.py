@@ -6,8 +6,8 @@ fine-tuning every weight wins). Which one a new task is cannot be known in advan
 never be read from query or test labels. `choose_adaptation` decides per task by stratified
 cross-validation on the support set:
 
-1. split the support set into ``folds`` stratified folds (every class in every fold, a fixed
-   seed, so the choice is deterministic);
+1. split the support set into ``folds`` stratified folds (`StratifiedKFold`, unshuffled: every
+   class in every fold, and the choice is deterministic);
 2. for each fold, adapt on the other folds with the algorithm's own adaptation, score the held-out
    fold (the ``steps = 0`` candidate: no fine-tuning), then fine-tune from there with each rate in
    ``lrs`` and score the held-out fold after each number of steps in ``steps`` (one trajectory per
@@ -24,11 +24,14 @@ decision is the fallback too.
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
+from sklearn.model_selection import StratifiedKFold
 from torch import Tensor
 
 from metanlp.meta.finetune import FineTuneConfig, finetune_fast_weights, with_frozen_prefix
@@ -169,20 +172,14 @@ class AdaptDecision:
 
 
 def stratified_folds(labels: Sequence[int], folds: int) -> list[list[int]] | None:
-    """Row indices of ``folds`` folds with every class in every fold; ``None`` if impossible.
-
-    Deterministic: class ``c``'s rows, in order, go round-robin to folds starting at ``c``.
-    """
-    by_class: dict[int, list[int]] = {}
-    for i, y in enumerate(labels):
-        by_class.setdefault(int(y), []).append(i)
-    if min(len(rows) for rows in by_class.values()) < folds:
+    """Held-out row indices of ``folds`` stratified folds (`sklearn.model_selection.StratifiedKFold`,
+    unshuffled, so deterministic) with every class in every fold; ``None`` if some class has
+    fewer than ``folds`` rows."""
+    counts = Counter(int(y) for y in labels)
+    if min(counts.values()) < folds:
         return None
-    out: list[list[int]] = [[] for _ in range(folds)]
-    for c, rows in sorted(by_class.items()):
-        for j, i in enumerate(rows):
-            out[(j + c) % folds].append(i)
-    return [sorted(f) for f in out]
+    split = StratifiedKFold(n_splits=folds).split(np.zeros(len(labels)), list(labels))
+    return [sorted(int(i) for i in held) for _, held in split]
 
 
 def _rows(batch: Mapping[str, Tensor], rows: list[int]) -> dict[str, Tensor]:

@@ -7,6 +7,7 @@ from typing import Any
 
 from metanlp.meta.base import MetaAlgorithm, MetaConfig
 from metanlp.models import FewShotModel
+from metanlp.spec import LearnerSpec, adapt_settings
 
 _ALGORITHMS: dict[str, tuple[type[MetaConfig], type[MetaAlgorithm]]] = {}
 
@@ -51,6 +52,22 @@ def list_algorithms() -> list[str]:
     return sorted(_ALGORITHMS)
 
 
+def check_registered(owner: str, name: str) -> None:
+    """Raise a `ValueError` naming the registered algorithms (and the closest one) when ``name``
+    is not one; ``owner`` is the config whose ``algorithm`` field it is."""
+    import difflib
+
+    import metanlp.meta  # noqa: F401  (registers the built-in algorithms)
+
+    if name not in _ALGORITHMS:
+        close = difflib.get_close_matches(str(name), list(_ALGORITHMS), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ValueError(
+            f"{owner}.algorithm={name!r} is not registered{hint}; choose one of "
+            f"{list_algorithms()}."
+        )
+
+
 def get_algorithm(name: str) -> tuple[type[MetaConfig], type[MetaAlgorithm]]:
     """``(config class, algorithm class)`` registered under ``name``."""
     try:
@@ -87,3 +104,21 @@ def build_algorithm(
     """
     _, algo_cls = get_algorithm(name)
     return algo_cls(model, build_config(name, config))
+
+
+def algorithm_options(spec: LearnerSpec) -> dict[str, Any]:
+    """The algorithm's config for a learner spec (`metanlp.spec.LearnerSpec`): ``adapt`` becomes
+    ``params`` (mapped by the algorithm's config class, see `MetaConfig.params_for_adapt`) unless
+    ``algorithm_config`` sets it."""
+    import metanlp.meta  # noqa: F401  (registers the built-in algorithms)
+
+    config_cls, _ = get_algorithm(spec.algorithm)
+    options = {"params": config_cls.params_for_adapt(spec.adapt), **spec.algorithm_config}
+    if options["params"] == "top" and "top_layers" not in options:
+        options["top_layers"] = int(adapt_settings(spec)["top_layers"])
+    return options
+
+
+def algorithm_from_spec(spec: LearnerSpec, model: FewShotModel) -> MetaAlgorithm:
+    """The registered algorithm ``spec.algorithm`` over ``model`` with `algorithm_options`."""
+    return build_algorithm(spec.algorithm, model, algorithm_options(spec))

@@ -11,9 +11,9 @@ from pathlib import Path
 from metanlp.metrics.functional import (
     accuracy,
     entity_scores,
+    format_score,
     macro_f1,
     mean_ci,
-    t_quantile,
     to_iob2,
 )
 
@@ -23,11 +23,11 @@ __all__ = [
     "METRIC_MODULES",
     "accuracy",
     "entity_scores",
+    "format_score",
     "load_metric",
     "macro_f1",
     "mean_ci",
     "metric_path",
-    "t_quantile",
     "to_iob2",
 ]
 

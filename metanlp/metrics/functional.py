@@ -9,10 +9,12 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+from scipy.stats import t as student_t
 from seqeval.metrics import f1_score as _seqeval_f1
 from seqeval.metrics import precision_score as _seqeval_precision
 from seqeval.metrics import recall_score as _seqeval_recall
 from seqeval.scheme import IOB2
+from sklearn.metrics import f1_score
 
 
 def accuracy(predictions: Sequence[int], references: Sequence[int]) -> float:
@@ -24,21 +26,22 @@ def accuracy(predictions: Sequence[int], references: Sequence[int]) -> float:
 def macro_f1(
     predictions: Sequence[int], references: Sequence[int], labels: Sequence[int] | None = None
 ) -> float:
-    """Unweighted mean of per-class F1 over `labels` (default: classes seen in either list).
+    """Unweighted mean of per-class F1 over `labels` (default: classes seen in either list):
+    `sklearn.metrics.f1_score` with ``average="macro"``.
 
-    A class that is never predicted and never present scores nothing (it is not in `labels` by
-    default); a class that is present but never predicted scores F1 = 0, as in scikit-learn.
+    A class in `labels` that is never predicted and never present scores F1 = 0
+    (``zero_division=0``), as does a class that is present but never predicted.
     """
     _check_pairs(predictions, references)
-    classes = sorted(set(references) | set(predictions)) if labels is None else list(labels)
-    scores = []
-    for c in classes:
-        tp = sum(1 for p, r in zip(predictions, references, strict=True) if p == c and r == c)
-        fp = sum(1 for p, r in zip(predictions, references, strict=True) if p == c and r != c)
-        fn = sum(1 for p, r in zip(predictions, references, strict=True) if p != c and r == c)
-        denom = 2 * tp + fp + fn
-        scores.append(0.0 if denom == 0 else 2 * tp / denom)
-    return sum(scores) / len(scores)
+    return float(
+        f1_score(
+            list(references),
+            list(predictions),
+            labels=None if labels is None else list(labels),
+            average="macro",
+            zero_division=0,
+        )
+    )
 
 
 def to_iob2(tags: Sequence[str]) -> list[str]:
@@ -99,52 +102,6 @@ def entity_scores(
     }
 
 
-def t_quantile(p: float, df: int) -> float:
-    """Quantile of Student's t distribution with integer `df` degrees of freedom (no scipy).
-
-    The CDF has a closed form for integer df (Abramowitz & Stegun 26.7.3-4); the quantile is
-    found by bisection on it, to about 1e-12.
-    """
-    if not 0.0 < p < 1.0:
-        raise ValueError(f"p must be in (0, 1), got {p}.")
-    if df < 1:
-        raise ValueError(f"df must be >= 1, got {df}.")
-    if p < 0.5:
-        return -t_quantile(1.0 - p, df)
-    lo, hi = 0.0, 1.0
-    while _t_cdf(hi, df) < p:
-        hi *= 2.0
-    for _ in range(200):
-        mid = 0.5 * (lo + hi)
-        if _t_cdf(mid, df) < p:
-            lo = mid
-        else:
-            hi = mid
-        if hi - lo < 1e-12 * max(1.0, hi):
-            break
-    return 0.5 * (lo + hi)
-
-
-def _t_cdf(t: float, df: int) -> float:
-    theta = math.atan(t / math.sqrt(df))
-    s, c2 = math.sin(theta), math.cos(theta) ** 2
-    if df % 2 == 1:
-        series, term = 0.0, 1.0
-        if df > 1:
-            series = 1.0
-            for k in range(1, (df - 1) // 2):
-                term *= c2 * (2 * k) / (2 * k + 1)
-                series += term
-        a = 2.0 / math.pi * (theta + s * math.cos(theta) * series)
-    else:
-        series, term = 1.0, 1.0
-        for k in range(1, df // 2):
-            term *= c2 * (2 * k - 1) / (2 * k)
-            series += term
-        a = s * series
-    return 0.5 + 0.5 * a
-
-
 def mean_ci(values: Sequence[float], confidence: float = 0.95) -> dict[str, float]:
     """Mean and half-width of a Student-t confidence interval over per-episode values.
 
@@ -158,8 +115,29 @@ def mean_ci(values: Sequence[float], confidence: float = 0.95) -> dict[str, floa
     if n == 1:
         return {"mean": float(mean), "ci": float("nan"), "std": float("nan"), "n": 1}
     std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
-    half = t_quantile(0.5 + confidence / 2.0, n - 1) * std / math.sqrt(n)
+    half = float(student_t.ppf(0.5 + confidence / 2.0, n - 1)) * std / math.sqrt(n)
     return {"mean": float(mean), "ci": float(half), "std": float(std), "n": n}
+
+
+PERCENT_METRICS = ("accuracy", "macro_f1", "f1", "precision", "recall")
+"""Scores in [0, 1] that the result tables show in %."""
+
+
+def format_score(metric: str, value: float | None) -> str:
+    """A score rounded in the result tables' units: ``"33.3 %"`` for the `PERCENT_METRICS`
+    (and their ``_ci95`` half-widths), four significant digits for anything else (a loss).
+
+    Example:
+        ```python
+        >>> format_score("accuracy", 1 / 3), format_score("loss", 1.234567)
+        ('33.3 %', '1.235')
+        ```
+    """
+    if value is None or value != value:
+        return "n/a"
+    if metric.removesuffix("_ci95") in PERCENT_METRICS:
+        return f"{100 * value:.1f} %"
+    return f"{value:.4g}"
 
 
 def _check_pairs(predictions: Sequence, references: Sequence) -> None:

@@ -7,9 +7,34 @@
 - `checkpoint`: ``best/`` and resumable ``checkpoint-<step>`` folders; `state_io`: the
   pickle-free state files they hold;
 - `validation`: meta-validation scores; `logs`: the JSONL log and the learning curve.
+
+Names are imported on first use, so reading a config (``metanlp.training.config``, as the CLI's
+``--help`` does) does not import torch.
 """
 
-from metanlp.training.config import DataConfig, MetaTrainerConfig, OptimizerConfig
-from metanlp.training.trainer import MetaTrainer, TrainerState
+from __future__ import annotations
 
-__all__ = ["DataConfig", "MetaTrainer", "MetaTrainerConfig", "OptimizerConfig", "TrainerState"]
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "DataConfig": "metanlp.training.config",
+    "MetaTrainerConfig": "metanlp.training.config",
+    "OptimizerConfig": "metanlp.training.config",
+    "MetaTrainer": "metanlp.training.trainer",
+    "TrainerState": "metanlp.training.trainer",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'metanlp.training' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -185,6 +185,9 @@ class MetaTrainerConfig(LearnerSpec):
             self.optimizer = _build(OptimizerConfig, self.optimizer, "optimizer")
         super().__post_init__()
         owner = "MetaTrainerConfig"
+        from metanlp.meta.registry import check_registered  # imports torch: not at --help
+
+        check_registered(owner, self.algorithm)
         check_choice(owner, "attn_implementation", self.attn_implementation, ATTN_CHOICES)
         check_choice(owner, "mixed_precision", self.mixed_precision, MIXED_PRECISION_CHOICES)
         for key in (
@@ -258,13 +261,47 @@ def resolve_config_path(path: str | os.PathLike) -> Path:
     )
 
 
+HF_SPELLINGS = {
+    "learning_rate": "optimizer.lr",
+    "weight_decay": "optimizer.weight_decay",
+    "adam_epsilon": "optimizer.eps",
+    "warmup_steps": "optimizer.warmup_steps",
+    "max_grad_norm": "optimizer.max_grad_norm",
+    "lr_scheduler_type": "optimizer.schedule",
+    "model_name_or_path": "model",
+    "eval_steps": "eval_every",
+    "save_steps": "save_every",
+    "logging_steps": "log_every",
+    "load_best_model_at_end": "keep_best",
+}
+"""`transformers.TrainingArguments` names -> the config key that means the same (the CLI accepts
+them as options; a config file naming one is told the key to use)."""
+
+
+def closest(word: str, choices: Any) -> str | None:
+    """The one of ``choices`` closest to a misspelt ``word`` (`difflib`), or ``None``."""
+    import difflib
+
+    close = difflib.get_close_matches(word, [str(c) for c in choices], n=1, cutoff=0.6)
+    return close[0] if close else None
+
+
 def _build(cls: type, data: dict[str, Any], owner: str) -> Any:
     if not isinstance(data, dict):
         raise ValueError(f"{owner} must be a mapping, got {data!r}.")
     known = {f.name for f in fields(cls)}
     unknown = sorted(set(data) - known)
     if unknown:
-        raise ValueError(f"Unknown key(s) {unknown} in {owner}; allowed keys: {sorted(known)}.")
+        hints = []
+        for key in unknown:
+            if cls is MetaTrainerConfig and str(key) in HF_SPELLINGS:
+                hints.append(f"{key!r} is {HF_SPELLINGS[str(key)]!r} here")
+            elif (near := closest(str(key), known)) is not None:
+                hints.append(f"{key!r}: did you mean {near!r}?")
+        why = f" ({'; '.join(hints)})" if hints else ""
+        raise ValueError(
+            f"Unknown key(s) {unknown} in {owner}{why}; allowed keys: {sorted(known)}."
+        )
     hints = get_type_hints(cls)
     kwargs = {}
     for key, value in data.items():

@@ -9,15 +9,16 @@ from typing import Any
 
 from torch import nn
 
-from metanlp import spec
+from metanlp.meta.registry import algorithm_from_spec
+from metanlp.models import build_model
 from metanlp.training.config import MetaTrainerConfig
 
 
 def build_algorithm(config: MetaTrainerConfig) -> Any:
-    """The spec's algorithm on a fresh `metanlp.spec.build_model` of ``config.model``."""
+    """The spec's algorithm on a fresh `metanlp.models.build_model` of ``config.model``."""
     attn = "sdpa" if config.attn_implementation == "auto" else config.attn_implementation
-    model = spec.build_model(config, config.model, attn_implementation=attn)
-    return spec.build_algorithm(config, model)
+    model = build_model(config, config.model, attn_implementation=attn)
+    return algorithm_from_spec(config, model)
 
 
 def named_meta_parameters(algorithm: Any) -> dict[str, nn.Parameter]:

@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from metanlp.episodes.types import Episode
 from metanlp.files import recover_folder
+from metanlp.metrics.functional import format_score
 from metanlp.training import state_io as ckpt
 from metanlp.training.checkpoint import CheckpointMixin
 from metanlp.training.config import MetaTrainerConfig
@@ -291,16 +292,22 @@ class MetaTrainer(CheckpointMixin):
             desc="meta-train",
             disable=not self._show_bars(),
         )
+        shown: dict[str, str] = {}  # the progress bar's latest training loss and validation score
         while self.state.step < config.max_steps and not self.state.stopped_early:
             metrics = self.meta_step()
             self.state.step += 1
             step = self.state.step
             bar.update(1)
-            bar.set_postfix(loss=f"{metrics.get('query_loss', float('nan')):.3f}")
+            shown["loss"] = f"{metrics.get('query_loss', float('nan')):.3f}"
             if step % config.log_every == 0:
                 self._log(jsonl, "train", metrics)
             if step % config.eval_every == 0 or step == config.max_steps:
-                self._validate(jsonl)
+                scores = self._validate(jsonl)
+                key = config.metric_for_best
+                if scores is not None and key in scores:
+                    shown[f"val_{key}"] = format_score(key, scores[key])
+                    shown[f"best_{key}"] = format_score(key, self.state.best_metric)
+            bar.set_postfix(shown)
             last = step == config.max_steps or self.state.stopped_early
             if last or (config.save_every and step % config.save_every == 0):
                 self.save_checkpoint()
@@ -325,9 +332,10 @@ class MetaTrainer(CheckpointMixin):
                 {f"{split}/{k}": v for k, v in metrics.items()}, step=self.state.step
             )
 
-    def _validate(self, jsonl: JsonlLogger | None) -> None:
+    def _validate(self, jsonl: JsonlLogger | None) -> dict[str, float] | None:
+        """Score meta-validation, log it and track the best step; ``None`` without validation data."""
         if self.val_sampler is None:
-            return
+            return None
         scores = self.evaluate()
         self._log(jsonl, "val", scores)
         key = self.config.metric_for_best
@@ -345,6 +353,7 @@ class MetaTrainer(CheckpointMixin):
             patience = self.config.early_stopping_patience
             if patience is not None and self.state.evals_without_improvement >= patience:
                 self.state.stopped_early = True
+        return scores
 
 
 __all__ = ["MetaTrainer", "MetaTrainerConfig", "TrainerState"]

@@ -6,13 +6,13 @@ Kept apart from `metanlp.training.trainer` so each can be tested on its own.
 from __future__ import annotations
 
 import contextlib
-import math
 from collections.abc import Iterable, Iterator
 from typing import Any
 
 import numpy as np
 import torch
 from torch.optim.lr_scheduler import LambdaLR
+from transformers import get_scheduler
 
 from metanlp.training.config import OptimizerConfig
 
@@ -39,37 +39,21 @@ def build_optimizer(
     )
 
 
-def lr_factor(step: int, *, schedule: str, warmup_steps: int, max_steps: int) -> float:
-    """Multiplier of the peak learning rate at optimiser step ``step`` (0-based)."""
-    if warmup_steps and step < warmup_steps:
-        return (step + 1) / (warmup_steps + 1)
-    if schedule == "constant":
-        return 1.0
-    decay_steps = max(1, max_steps - warmup_steps)
-    progress = min(1.0, (step - warmup_steps) / decay_steps)
-    if schedule == "linear":
-        return 1.0 - progress
-    if schedule == "cosine":
-        return 0.5 * (1.0 + math.cos(math.pi * progress))
-    raise ValueError(f"schedule={schedule!r}; use 'constant', 'linear' or 'cosine'.")
-
-
-class _Factor:
-    # A class (not a lambda) keeps the schedule's state_dict free of closures.
-    def __init__(self, schedule: str, warmup_steps: int, max_steps: int) -> None:
-        self.schedule, self.warmup_steps, self.max_steps = schedule, warmup_steps, max_steps
-
-    def __call__(self, step: int) -> float:
-        return lr_factor(
-            step, schedule=self.schedule, warmup_steps=self.warmup_steps, max_steps=self.max_steps
-        )
+# Our schedule names -> transformers' (its "constant" ignores warm-up).
+_HF_SCHEDULES = {"constant": "constant_with_warmup", "linear": "linear", "cosine": "cosine"}
 
 
 def build_scheduler(
     optimizer: torch.optim.Optimizer, config: OptimizerConfig, max_steps: int
 ) -> LambdaLR:
-    """Linear warm-up then constant / linear / cosine decay to 0 at ``max_steps``."""
-    return LambdaLR(optimizer, _Factor(config.schedule, config.warmup_steps, max_steps))
+    """`transformers.get_scheduler`: linear warm-up from 0 over ``warmup_steps``, then constant,
+    linear or cosine decay to 0 at ``max_steps``."""
+    return get_scheduler(
+        _HF_SCHEDULES[config.schedule],
+        optimizer,
+        num_warmup_steps=config.warmup_steps,
+        num_training_steps=max_steps,
+    )
 
 
 def scheduler_state(scheduler: LambdaLR) -> dict:
