@@ -297,8 +297,10 @@ def test_make_episodes_refuses_zero_episodes(data_dir, tmp_path, capsys):
 
 
 def test_push_offline_exits_with_one_line_unless_traceback_is_asked(tmp_path, capsys, monkeypatch):
-    (tmp_path / "README.md").write_text("card")
-    argv = ["push", "--model", str(tmp_path), "--repo-id", "bob/x"]
+    from metanlp.api import MetaLearner
+
+    learner = MetaLearner.from_pretrained(device="cpu").save_pretrained(tmp_path / "learner")
+    argv = ["push", "--model", str(learner), "--repo-id", "bob/x"]
     assert main(argv) == 1  # not an input error: exit 1, with the error's type
     err = _one_line_error(capsys, "push")
     assert "RuntimeError: Pushing needs the network but HF_HUB_OFFLINE is set" in err

@@ -27,8 +27,8 @@ from transformers import (
 )
 
 from metanlp.api import MetaLearner
-from metanlp.models import default_model_path
 from metanlp.meta.registry import algorithm_from_spec
+from metanlp.models import default_model_path
 
 SIZE = {"vocab_size": 30522, "hidden_size": 32, "num_attention_heads": 2,
         "intermediate_size": 48, "num_hidden_layers": 2}  # fmt: skip
