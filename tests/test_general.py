@@ -121,3 +121,17 @@ def test_frozen_logistic_regression_on_the_many_class_setting_smoke(pinned_data_
     (result,) = evaluate({"frozen LR": FrozenLogisticRegression(model)}, episodes, progress=False)
     # chance is 1/77; frozen MiniLM + logistic regression at 2 shots is far above it
     assert result["summary"]["accuracy"]["mean"] > 0.25
+
+
+def test_episode_files_record_the_corpus_fingerprint(pinned_data_dir, tmp_path):
+    import json
+
+    from metanlp.corpora import read_stamp
+    from metanlp.episodes import save_episodes
+
+    sampler = held_out_sampler(HELD_OUT_SETTINGS[2], pinned_data_dir)
+    path = save_episodes(tmp_path / "so.json", sampler.specs(2), sampler)
+    header = json.loads(path.read_text())["datasets"]["stackoverflow"]
+    assert (
+        header["corpus_fingerprint"] == read_stamp(pinned_data_dir / "stackoverflow")["fingerprint"]
+    )
