@@ -101,7 +101,13 @@ def main() -> None:
     settings = []
     for setting in HELD_OUT_SETTINGS[:1] if args.smoke else HELD_OUT_SETTINGS:
         if args.smoke:  # the many-class setting at smoke size: 2 shots, 2 test rows per intent
-            setting = dataclasses.replace(setting, shots=2, query=2, episodes=1)
+            setting = dataclasses.replace(
+                setting,
+                title=f"{setting.title} [smoke: 2-shot, 2 test rows per intent]",
+                shots=2,
+                query=2,
+                episodes=1,
+            )
         try:
             data = load_corpus(setting.corpus, args.data)
         except CorpusError as err:

@@ -172,7 +172,9 @@ def test_general_learner_smoke(pinned_data_dir, tmp_path):
     assert {m for _, m in rows} == {
         "general learner (prototypes)", "no meta-training (prototypes)", "frozen prototypes"
     }  # fmt: skip
-    assert {s for s, _ in rows} == {"BANKING77 77-way 5-shot (whole test split)"}
+    assert {s for s, _ in rows} == {
+        "BANKING77 77-way 5-shot (whole test split) [smoke: 2-shot, 2 test rows per intent]"
+    }
     learner = MetaLearner.from_pretrained(out / "meta" / "learner", device="cpu")
     assert learner.config.meta_trained and learner.policy == AdaptPolicy()
     clf = learner.adapt(["great flight", "awful delay", "lost bag", "lovely crew"],
