@@ -438,6 +438,8 @@ def _find_learner_folder(name_or_path: str | os.PathLike | None) -> Path | None:
                 "`metanlp train` (<output_dir>/learner), an encoder folder, or a Hub id."
             )
         return None
+    if looks_local(name_or_path):
+        raise FileNotFoundError(missing_folder_message(name_or_path))
     from huggingface_hub import constants, hf_hub_download, snapshot_download
     from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError
 
@@ -450,3 +452,43 @@ def _find_learner_folder(name_or_path: str | os.PathLike | None) -> Path | None:
     except (EntryNotFoundError, RepositoryNotFoundError, OSError):
         return None
     return Path(snapshot_download(str(name_or_path), allow_patterns=list(LEARNER_FILE_PATTERNS)))
+
+
+BUILT_BY = {"outputs/general_learner": "make general", "outputs/demo": "make demo"}
+"""Learner folders the project's make targets write, and the target that writes each."""
+
+
+def looks_local(name_or_path: str | os.PathLike) -> bool:
+    """Whether a name is meant as a path on this machine rather than a Hub id: it starts with
+    ``./``, ``../``, ``/`` or ``~``, has two or more separators (a Hub id has at most one), or
+    its parent folder exists here."""
+    text = os.fspath(name_or_path)
+    seps = {"/", os.sep}
+    if text.startswith(("~", *seps)) or any(
+        text.startswith(f".{s}") or text.startswith(f"..{s}") for s in seps
+    ):
+        return True
+    if max(text.count(s) for s in seps) >= 2:
+        return True
+    parent = Path(text).parent
+    return parent != Path(".") and parent.is_dir()
+
+
+def missing_folder_message(name_or_path: str | os.PathLike) -> str:
+    """The error for a local-looking learner path that does not exist: which make target
+    builds it, when it is one of the project's own outputs."""
+    text, path = os.fspath(name_or_path), Path(name_or_path).expanduser()
+    resolved = path if path.is_absolute() else Path.cwd() / path
+    where = text if str(resolved) == text else f"{text} ({resolved})"
+    message = f"The folder {where} does not exist, so there is no learner to load there. "
+    posix = path.as_posix()
+    target = next((t for prefix, t in BUILT_BY.items() if prefix in posix), None)
+    if target is not None:
+        return message + (
+            f"`{target}` builds it (run it in the metanlp checkout, then load the path from "
+            "there or give the absolute path)."
+        )
+    return message + (
+        "Check the path: a learner is a folder written by save_pretrained() or `metanlp "
+        "train` (<output_dir>/learner); pass None for the packaged default encoder, or a Hub id."
+    )
