@@ -29,7 +29,7 @@ from metanlp.episodes.tags import word_start_mask
 from metanlp.files import recover_folder
 from metanlp.meta.finetune import FineTuneConfig, finetune_fast_weights
 from metanlp.meta.name_typer import with_type_names
-from metanlp.meta.policy import AdaptDecision, AdaptPolicy, choose_adaptation
+from metanlp.meta.policy import AdaptDecision, AdaptPolicy, adapt_with_policy
 from metanlp.meta.registry import algorithm_from_spec
 from metanlp.models import build_model, model_inputs
 from metanlp.predictors import (
@@ -56,9 +56,17 @@ UNTRAINED_DEFAULTS: dict[str, Any] = {
     "algorithm_config": {"inner_steps": 5, "inner_lr": 1e-3, "first_order": True},
 }
 """How a plain encoder adapts when no meta-training has happened: a head initialised from the
-support prototypes, then a few SGD steps on the head and the top layer (Proto-MAML's inner loop).
-Its ``algorithm_config`` is Proto-MAML's: another ``algorithm`` starts from its own config's
-defaults (ProtoNet, for one, has no inner loop to take ``inner_steps``)."""
+support prototypes, then a few SGD steps on the head and the top layer (Proto-MAML's inner
+loop); for text classification chosen against simpler and stronger candidates by
+`UNTRAINED_POLICY`. Its ``algorithm_config`` is Proto-MAML's: another ``algorithm`` starts from
+its own config's defaults (ProtoNet, for one, has no inner loop to take ``inner_steps``)."""
+
+UNTRAINED_POLICY: dict[str, Any] = {}
+"""The adaptation policy of a plain encoder for text classification (`AdaptPolicy` defaults):
+each `adapt` chooses, by cross-validation on the support set, among logistic regression on the
+frozen encoder's embeddings, the prototype classifier with no adaptation at all, Proto-MAML's
+inner loop, and test-time fine-tuning from there; so what `from_pretrained()` gives is never
+the worse of these by more than the support set can tell. ``policy=None`` turns it off."""
 
 
 CARD_HYPERPARAMETERS = (
@@ -118,9 +126,11 @@ class MetaLearner:
                 classification) or ``"token"`` (NER). A saved learner knows its own task.
             device (`str` or `torch.device`, *optional*): Defaults to CUDA when available.
             **overrides: For a plain encoder, `LearnerConfig` fields (``algorithm``, ``adapt``,
-                ``algorithm_config``, ``pooling``, ``max_length``, ``finetune``, ...); the
-                defaults are `UNTRAINED_DEFAULTS` (its ``algorithm_config`` only for its own
-                ``algorithm``; another one starts from that algorithm's defaults). A saved learner takes only ``finetune``
+                ``algorithm_config``, ``pooling``, ``max_length``, ``finetune``, ``policy``,
+                ...); the defaults are `UNTRAINED_DEFAULTS` (its ``algorithm_config`` only for
+                its own ``algorithm``; another one starts from that algorithm's defaults), and
+                for text classification the adaptation policy `UNTRAINED_POLICY`
+                (``policy=None`` turns it off). A saved learner takes only ``finetune``
                 (test-time fine-tuning after adaptation, see `metanlp.meta.finetune`) and
                 ``policy`` (choosing it per task, see `metanlp.meta.policy`).
 
@@ -159,6 +169,8 @@ class MetaLearner:
         options = {**UNTRAINED_DEFAULTS, **overrides}
         if overrides.get("algorithm", options["algorithm"]) != UNTRAINED_DEFAULTS["algorithm"]:
             options["algorithm_config"] = overrides.get("algorithm_config", {})
+        if task == "sequence":
+            options.setdefault("policy", UNTRAINED_POLICY)
         config = LearnerConfig(base_model=canonical_base_model(name_or_path), task=task, **options)
         model = build_model(config, name_or_path).to(device)
         return cls(algorithm_from_spec(config, model).to(device), config)
@@ -243,12 +255,14 @@ class MetaLearner:
                 steps), a step count, a dict of `FineTuneConfig` fields or a `FineTuneConfig`;
                 ``False`` turns it off. Defaults to the learner's ``config.finetune`` (off unless
                 set). Slower, and better on tasks unlike the meta-training tasks.
-            policy (*optional*): Choose the fine-tuning (whether, how many steps, which rate)
-                by cross-validation on the support set (`metanlp.meta.policy.AdaptPolicy`):
-                ``True`` (defaults), a dict of fields or an `AdaptPolicy`; ``False`` turns it
-                off. Defaults to the learner's ``config.policy`` (set for the general learner).
-                An explicit ``finetune`` takes precedence. The result's ``decision`` says what
-                was chosen.
+            policy (*optional*): Choose how to adapt by cross-validation on the support set
+                (`metanlp.meta.policy.AdaptPolicy`): logistic regression on the frozen
+                encoder, no adaptation, the algorithm's adaptation, or fine-tuning from it
+                (how many steps, which rate). ``True`` (defaults), a dict of fields or an
+                `AdaptPolicy`; ``False`` turns it off. Defaults to the learner's
+                ``config.policy`` (set for the general learner and for a plain encoder's text
+                classification). An explicit ``finetune`` takes precedence. The result's
+                ``decision`` says what was chosen.
             calibrate (`bool`, defaults to ``False``): Text classification: fit the result's
                 ``temperature`` (which scales `predict_proba`, never `predict`) on held-out
                 support examples by 2-fold cross-validation (2 more adaptations; needs 2
@@ -280,12 +294,6 @@ class MetaLearner:
             batch = encode_texts(self.tokenizer, inputs, self.config.max_length)
             batch["labels"] = torch.tensor(check.label_ids, dtype=torch.long)
             n_labels = len(check.label_names)
-        if n_labels > self.model.max_ways:
-            raise ValueError(
-                f"The task has {n_labels} {'tags (O included)' if self.config.task == 'token' else 'classes'} "
-                f"but this learner's head has {self.model.max_ways} rows (max_ways); use fewer "
-                "classes or a learner built with a larger max_ways."
-            )
         if self.config.task == "token":
             batch = with_type_names(self.algorithm, batch, check.tag_names[1:])
         fast, decision = self._adapt(batch, n_labels, steps, finetune, policy)
@@ -329,25 +337,25 @@ class MetaLearner:
     def _adapt(
         self, support: Mapping[str, Any], n: int, steps: int | None, finetune: Any, policy: Any
     ) -> tuple[dict[str, torch.Tensor], AdaptDecision | None]:
-        """The algorithm's adaptation, then fine-tuning: as asked, as the policy chooses from
-        the support set, or as set in the config (in that order)."""
-        decision = None
-        if finetune is not None:
-            ft = FineTuneConfig.coerce(finetune)
-        else:
-            chosen = self.policy if policy is None else AdaptPolicy.coerce(policy)
+        """The algorithm's adaptation, then fine-tuning: as asked (``finetune``), as the
+        policy asked for chooses from the support set (which may also choose the frozen
+        encoder's linear probe or no adaptation at all), as the config's ``finetune`` says, or
+        as the config's policy chooses (in that order)."""
+        if finetune is None:
+            if policy is not None:
+                chosen = AdaptPolicy.coerce(policy)
+            else:  # a fine-tuning set in the config is the user's choice: it beats the policy
+                chosen = self.policy if self.finetune is None else None
             if chosen is not None:
-                decision = choose_adaptation(
+                return adapt_with_policy(
                     self.algorithm, support, n, chosen, steps=steps,
                     token_task=self.config.task == "token",
                 )  # fmt: skip
-                ft = decision.finetune
-            else:
-                ft = self.finetune
+        ft = FineTuneConfig.coerce(finetune) if finetune is not None else self.finetune
         fast = self.algorithm.adapt(support, n, steps=steps)
         if ft is not None:
             fast = finetune_fast_weights(self.algorithm, support, n, ft, fast)
-        return fast, decision
+        return fast, None
 
     # ---- saving and sharing ------------------------------------------------------------------
     def model_card(
@@ -473,6 +481,8 @@ def _find_learner_folder(name_or_path: str | os.PathLike | None) -> Path | None:
                 "`metanlp train` (<output_dir>/learner), an encoder folder, or a Hub id."
             )
         return None
+    if looks_local(name_or_path):
+        raise FileNotFoundError(missing_folder_message(name_or_path))
     from huggingface_hub import constants, hf_hub_download, snapshot_download
     from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError
 
@@ -485,3 +495,43 @@ def _find_learner_folder(name_or_path: str | os.PathLike | None) -> Path | None:
     except (EntryNotFoundError, RepositoryNotFoundError, OSError):
         return None
     return Path(snapshot_download(str(name_or_path), allow_patterns=list(LEARNER_FILE_PATTERNS)))
+
+
+BUILT_BY = {"outputs/general_learner": "make general", "outputs/demo": "make demo"}
+"""Learner folders the project's make targets write, and the target that writes each."""
+
+
+def looks_local(name_or_path: str | os.PathLike) -> bool:
+    """Whether a name is meant as a path on this machine rather than a Hub id: it starts with
+    ``./``, ``../``, ``/`` or ``~``, has two or more separators (a Hub id has at most one), or
+    its parent folder exists here."""
+    text = os.fspath(name_or_path)
+    seps = {"/", os.sep}
+    if text.startswith(("~", *seps)) or any(
+        text.startswith(f".{s}") or text.startswith(f"..{s}") for s in seps
+    ):
+        return True
+    if max(text.count(s) for s in seps) >= 2:
+        return True
+    parent = Path(text).parent
+    return parent != Path(".") and parent.is_dir()
+
+
+def missing_folder_message(name_or_path: str | os.PathLike) -> str:
+    """The error for a local-looking learner path that does not exist: which make target
+    builds it, when it is one of the project's own outputs."""
+    text, path = os.fspath(name_or_path), Path(name_or_path).expanduser()
+    resolved = path if path.is_absolute() else Path.cwd() / path
+    where = text if str(resolved) == text else f"{text} ({resolved})"
+    message = f"The folder {where} does not exist, so there is no learner to load there. "
+    posix = path.as_posix()
+    target = next((t for prefix, t in BUILT_BY.items() if prefix in posix), None)
+    if target is not None:
+        return message + (
+            f"`{target}` builds it (run it in the metanlp checkout, then load the path from "
+            "there or give the absolute path)."
+        )
+    return message + (
+        "Check the path: a learner is a folder written by save_pretrained() or `metanlp "
+        "train` (<output_dir>/learner); pass None for the packaged default encoder, or a Hub id."
+    )

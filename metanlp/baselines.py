@@ -24,6 +24,7 @@ from torch import nn
 
 from metanlp.episodes.types import Episode
 from metanlp.meta.base import model_mode
+from metanlp.meta.probe import fit_probe, probe_features, probe_logits
 from metanlp.meta.prototypes import (
     class_prototypes,
     flatten_labelled,
@@ -160,7 +161,9 @@ class FrozenLogisticRegression:
     """Logistic regression (scikit-learn, L2, ``C``) on frozen, L2-normalised sentence embeddings.
 
     The encoder is never trained; the classifier sees only the support set. Query logits are
-    the classifier's log-probabilities, so the harness scores it like any other method.
+    the classifier's log-probabilities, so the harness scores it like any other method. The
+    classifier is the linear probe of `metanlp.meta.probe` (``fit_probe`` / ``probe_logits``),
+    the same one the adaptation policy offers as its ``"frozen-lr"`` candidate.
 
     Args:
         model (`FewShotModel`): Sequence model with ``pooling="mean"`` (its head is unused).
@@ -177,16 +180,8 @@ class FrozenLogisticRegression:
         self.model, self.C, self.max_iter = model, float(C), int(max_iter)
 
     def query_logits(self, episode: Episode) -> torch.Tensor:
-        from sklearn.linear_model import LogisticRegression
-
-        support, query, _ = frozen_features(self.model, episode)
-        support, query = (
-            nn.functional.normalize(f.double(), dim=-1).cpu() for f in (support, query)
-        )
-        labels = episode.support["labels"].numpy()
-        clf = LogisticRegression(C=self.C, max_iter=self.max_iter)
-        clf.fit(support.numpy(), labels)
-        logits = torch.full((len(query), episode.num_labels), -1e9, dtype=torch.float32)
-        scores = torch.as_tensor(clf.predict_log_proba(query.numpy()), dtype=torch.float32)
-        logits[:, torch.as_tensor(clf.classes_)] = scores
-        return logits
+        n = episode.num_labels
+        features = probe_features(self.model, episode.support)
+        probe = fit_probe(features, episode.support["labels"], n, C=self.C, max_iter=self.max_iter)
+        logits = probe_logits(self.model, probe, episode.query, n)
+        return torch.log_softmax(logits.double(), dim=-1).float().cpu()

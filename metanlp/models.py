@@ -409,8 +409,31 @@ def get_attn_implementation(model: PreTrainedModel) -> str:
 # --------------------------------------------------------------------------------------------
 
 HEAD_PARAMETER_NAMES = ("head.weight", "head.bias")
+PROBE_PARAMETER_NAMES = ("probe.weight", "probe.bias")
+"""A linear probe's tensors in a fast-weight dict: logits ``= normalize(embed(x)) @ W.T + b``
+on the frozen encoder's L2-normalised embedding (`metanlp.meta.probe`)."""
 MODEL_INPUT_KEYS = ("input_ids", "attention_mask", "token_type_ids")
 """The keys of an episode batch the encoder takes (``labels`` and the rest are left out)."""
+
+
+def task_rows(tensor: torch.Tensor, n: int) -> torch.Tensor:
+    """The first ``n`` rows of a head tensor, its rows repeated in order when it has fewer.
+
+    A learner's head has ``max_ways`` rows, meta-learned (or zero) and exchangeable, since
+    every episode permutes its labels. A task's head has exactly ``n`` rows: the first ``n``
+    when they exist, else row ``i`` starts as row ``i mod max_ways`` (the rows stay
+    exchangeable; the task's own labels make them differ in adaptation). Differentiable.
+
+    Example:
+        ```python
+        >>> task_rows(torch.tensor([1.0, 2.0]), 5)
+        tensor([1., 2., 1., 2., 1.])
+        ```
+    """
+    rows = tensor.shape[0]
+    if n <= rows:
+        return tensor[:n]
+    return tensor.index_select(0, torch.arange(n, device=tensor.device) % rows)
 
 
 def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -475,11 +498,13 @@ def lora_targets_for(peft_config: object, encoder: PreTrainedModel) -> object:
 class FewShotModel(nn.Module):
     """A BERT-family encoder with a linear head for N-way episodes.
 
-    The head is ``nn.Linear(hidden, max_ways)``; logits are sliced to the episode's ``n_way``.
-    Episode labels are a fresh permutation every episode, so every head row is trained as every
-    class and the rows stay exchangeable. ``forward`` also accepts a head with fewer rows (at
-    least ``n_way``) through ``torch.func.functional_call``, which is how Proto-MAML and
-    ``head_init="zero"`` pass an episode-specific head as fast weights.
+    The head is ``nn.Linear(hidden, max_ways)``; in meta-training logits are sliced to the
+    episode's ``n_way``. Episode labels are a fresh permutation every episode, so every head
+    row is trained as every class and the rows stay exchangeable. ``forward`` also accepts a
+    head with any number of rows (at least ``n_way``) through ``torch.func.functional_call``:
+    adaptation always passes a head of exactly the task's ``n`` rows as fast weights (from
+    prototypes, zeros, or the meta-learned rows through `task_rows`), so ``max_ways`` bounds
+    the episodes of meta-training only, never the classes of a task at adapt time.
 
     Args:
         encoder (`PreTrainedModel`):
@@ -489,7 +514,9 @@ class FewShotModel(nn.Module):
         pooling (`str`, defaults to ``"cls"``):
             ``"cls"`` or ``"mean"`` (masked mean over tokens); ignored for ``task="token"``.
         max_ways (`int`, defaults to 16):
-            Rows of the head, the largest ``n_way`` an episode may have (for NER: tags incl. O).
+            Rows of the meta-learned head, the largest ``n_way`` of a meta-training episode
+            (for NER: tags incl. O). Adaptation to a task of more classes tiles the rows
+            (`task_rows`).
         head_init (`str`, defaults to ``"random"``):
             ``"random"``: the head is a meta-learned parameter like any other. ``"zero"``: the
             meta-learners start every episode from a zero head that lives only in the fast
@@ -630,8 +657,9 @@ class FewShotModel(nn.Module):
         n_way = rows if n_way is None else n_way
         if not 1 <= n_way <= rows:
             raise ValueError(
-                f"n_way={n_way} does not fit the head's {rows} rows; build the model with "
-                f"max_ways >= {n_way} (FewShotModel(..., max_ways={max(n_way, 2)}))."
+                f"n_way={n_way} does not fit the head's {rows} rows; pass a head of {n_way} "
+                "rows as fast weights (MetaAlgorithm.adapt does: `task_rows`) or build the "
+                f"model with max_ways >= {n_way}."
             )
         return logits[..., :n_way]
 

@@ -108,8 +108,10 @@ class LearnerConfig(LearnerSpec):
             `metanlp.meta.finetune.FineTuneConfig` fields; ``None`` (default) adapts with the
             algorithm's inner loop only.
         policy (`dict`, *optional*): An adaptation policy (`metanlp.meta.policy.AdaptPolicy`
-            fields): when set and no ``finetune`` is given, every `adapt` chooses the test-time
-            fine-tuning by cross-validation on the support set. The general learner sets it.
+            fields): when set and no ``finetune`` is given (here or to `adapt`), every `adapt`
+            chooses how to adapt by cross-validation on the support set (the frozen encoder's
+            logistic regression, no adaptation, the algorithm's adaptation, fine-tuning). The
+            general learner and a plain encoder's text classification set it.
         **spec: the `LearnerSpec` fields (``task``, ``pooling``, ``max_ways``, ``head_init``,
             ``adapt``, ``adapt_options``, ``algorithm``, ``algorithm_config``).
     """

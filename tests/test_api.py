@@ -205,3 +205,38 @@ def test_plain_encoder_folder_is_an_untrained_learner():
     learner = MetaLearner.from_pretrained(default_model_path())
     assert learner.config.meta_trained is False
     assert learner.config.base_model == "sentence-transformers/all-MiniLM-L6-v2"
+
+
+@pytest.mark.parametrize(
+    "name, target",
+    [
+        ("outputs/general_learner/meta/learner", "make general"),
+        ("outputs/demo/meta/learner", "make demo"),
+        ("./my_learner", None),
+        ("~/no-such-folder-metanlp/learner", None),
+        ("runs/lerner", None),  # runs/ exists: a typo of a local folder, not a Hub id
+    ],
+    ids=["general", "demo", "dot-slash", "home", "existing-parent"],
+)
+def test_missing_local_learner_says_the_folder_does_not_exist(tmp_path, monkeypatch, name, target):
+    """Issue 27 item 5: a mistyped or not-yet-built learner path names the folder (and the
+    make target that builds it), never the default model's pip install."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()
+    with pytest.raises(FileNotFoundError, match="does not exist") as err:
+        MetaLearner.from_pretrained(name)
+    message = str(err.value)
+    assert name in message and "pip install" not in message
+    if target is not None:
+        assert f"`{target}` builds it" in message
+    else:
+        assert "make " not in message and "save_pretrained()" in message
+
+
+def test_hub_like_names_are_not_taken_for_local_paths(tmp_path, monkeypatch):
+    from metanlp.api import looks_local
+
+    monkeypatch.chdir(tmp_path)
+    assert not looks_local("sentence-transformers/all-MiniLM-L6-v2")
+    assert not looks_local("bert-base-uncased")
+    assert looks_local("a/b/c") and looks_local("/abs") and looks_local("../up")

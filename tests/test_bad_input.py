@@ -178,7 +178,7 @@ API_CASES = {
     # -- loading -------------------------------------------------------------------------------
     "missing-path": (
         lambda f: MetaLearner.from_pretrained(f.tmp / "nowhere" / "learner"),
-        _raises(OSError, "nowhere", "existing folder or Hub id"),
+        _raises(FileNotFoundError, "nowhere", "does not exist", "save_pretrained()"),
     ),
     "folder-not-a-learner": (
         lambda f: MetaLearner.from_pretrained(_not_a_learner(f.tmp)),

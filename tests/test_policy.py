@@ -29,6 +29,11 @@ def learner():
     )
 
 
+@pytest.fixture(scope="module")
+def proto_maml():
+    return MetaLearner.from_pretrained(max_length=24)  # the default: Proto-MAML + the policy
+
+
 def _support(learner, texts=TEXTS, labels=LABELS):
     names = sorted(set(labels))
     batch = dict(encode_texts(learner.tokenizer, texts, learner.config.max_length))
@@ -47,29 +52,55 @@ def test_stratified_folds():
     assert stratified_folds(labels, 2) == folds  # deterministic
 
 
-def test_scores_equal_separate_runs_per_fold_and_candidate(learner):
+def _fold_accuracy(predict, held):
+    predicted = predict([TEXTS[i] for i in held])
+    return sum(p == LABELS[i] for p, i in zip(predicted, held, strict=True)) / len(held)
+
+
+def _sklearn_probe_accuracy(learner, keep, held):
+    """The frozen-LR reference: scikit-learn on the encoder's normalised mean embeddings."""
+    from sklearn.linear_model import LogisticRegression
+
+    def embed(rows):
+        batch = encode_texts(learner.tokenizer, [TEXTS[i] for i in rows], learner.config.max_length)
+        with torch.no_grad():
+            return torch.nn.functional.normalize(learner.model.embed(**batch), dim=-1).numpy()
+
+    clf = LogisticRegression(max_iter=1000).fit(embed(keep), [LABELS[i] for i in keep])
+    return float((clf.predict(embed(held)) == [LABELS[i] for i in held]).mean())
+
+
+@pytest.mark.parametrize("algorithm", ["protonet", "protomaml"])
+def test_scores_equal_separate_runs_per_fold_and_candidate(learner, proto_maml, algorithm):
+    learner = learner if algorithm == "protonet" else proto_maml
     support, names = _support(learner)
     decision = choose_adaptation(learner.algorithm, support, len(names), SMALL)
     assert decision.reason == "2-fold CV on the support set"
+    # ProtoNet's adaptation has no inner steps: "no adaptation" would repeat "steps=0".
+    expected = {"frozen-lr", *(f"steps={s} lr={r:g}" for s in (1, 3) for r in SMALL.lrs)}
+    expected |= {"steps=0 lr=0"} | ({"no-adaptation"} if algorithm == "protomaml" else set())
+    assert set(decision.scores) == expected
     folds = stratified_folds(support["labels"].tolist(), 2)
     for key, got in decision.scores.items():
-        steps, lr = int(key.split()[0][6:]), float(key.split()[1][3:])
         accuracies = []
         for held in folds:
             keep = [i for i in range(len(TEXTS)) if i not in held]
-            train = learner.adapt(
-                [TEXTS[i] for i in keep], [LABELS[i] for i in keep],
-                finetune=SMALL.finetune_config(steps, lr) if steps else False, policy=False,
-            )  # fmt: skip
-            predicted = train.predict([TEXTS[i] for i in held])
-            accuracies.append(
-                sum(p == LABELS[i] for p, i in zip(predicted, held, strict=True)) / len(held)
-            )
+            if key == "frozen-lr":
+                accuracies.append(_sklearn_probe_accuracy(learner, keep, held))
+                continue
+            texts, labels = [TEXTS[i] for i in keep], [LABELS[i] for i in keep]
+            if key == "no-adaptation":
+                clf = learner.adapt(texts, labels, steps=0, policy=False)
+            else:
+                steps, lr = int(key.split()[0][6:]), float(key.split()[1][3:])
+                finetune = SMALL.finetune_config(steps, lr) if steps else False
+                clf = learner.adapt(texts, labels, finetune=finetune, policy=False)
+            accuracies.append(_fold_accuracy(clf.predict, held))
         assert got["accuracy"] == pytest.approx(sum(accuracies) / len(folds), abs=1e-4), key
     best = max(decision.scores.values(), key=lambda s: s["accuracy"])["accuracy"]
-    chosen = "steps=0 lr=0" if decision.finetune is None else (
-        f"steps={decision.finetune.steps} lr={decision.finetune.lr:g}"
-    )  # fmt: skip
+    chosen = {"fine-tune": None, "adapt": "steps=0 lr=0"}.get(decision.choice, decision.choice)
+    if decision.finetune is not None:
+        chosen = f"steps={decision.finetune.steps} lr={decision.finetune.lr:g}"
     assert decision.scores[chosen]["accuracy"] == best
 
 

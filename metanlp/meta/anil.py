@@ -101,10 +101,10 @@ class ANIL(MetaAlgorithm):
         support = self.to_device(support)
         with model_mode(self.model, False), torch.no_grad():
             feats = self._features(support)
-        fast = {
-            n: t.detach()
-            for n, t in self.initial_fast_weights(support, n_way, training=False).items()
-        }
+        fast = self.task_head(
+            {n: t.detach() for n, t in self.initial_fast_weights(support, n_way, training=False).items()},
+            n_way,
+        )  # fmt: skip
         return self._inner(fast, feats, support["labels"], n_way, steps, "no_graph").fast
 
 

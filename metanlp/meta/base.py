@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from metanlp.meta import efficient, efficient_vmap
+from metanlp.meta import efficient, efficient_vmap, probe
 from metanlp.meta.config import MetaConfig
 from metanlp.meta.helpers import accuracy, model_mode, task_loss, use_eager_for_second_order
 from metanlp.meta.inner import (
@@ -27,7 +27,7 @@ from metanlp.meta.inner import (
     inner_loop,
 )
 from metanlp.meta.params import configure_trainable, select_parameters
-from metanlp.models import HEAD_PARAMETER_NAMES, FewShotModel, model_inputs
+from metanlp.models import HEAD_PARAMETER_NAMES, FewShotModel, model_inputs, task_rows
 
 
 class MetaAlgorithm:
@@ -291,14 +291,41 @@ class MetaAlgorithm:
         with model_mode(self.model, False):
             (support,) = efficient.maybe_cache_prefix(self, support)
             fast = self.initial_fast_weights(support, n_way, training=False)
-            fast = {n: t.detach() for n, t in fast.items()}
-            return self.run_inner(fast, support, n_way, steps=steps, mode="no_graph").fast
+            fast = self.task_head({n: t.detach() for n, t in fast.items()}, n_way)
+            fast = self.run_inner(fast, support, n_way, steps=steps, mode="no_graph").fast
+            return self.task_head(fast, n_way, complete=True)
+
+    def task_head(
+        self, fast: Mapping[str, Tensor], n_way: int, *, complete: bool = False
+    ) -> dict[str, Tensor]:
+        """``fast`` with a head of exactly ``n_way`` rows (`metanlp.models.task_rows`).
+
+        The meta-learned (or zero) ``max_ways`` rows give the task's rows: the first ``n_way``,
+        repeated in order when the task has more classes, so adaptation has no class ceiling.
+        A prototype head already has ``n_way`` rows. ``complete=True`` also adds the model's
+        own head (detached, as task rows) when ``fast`` has none (an inner set without the
+        head), so every adapted task carries its own head.
+        """
+        own = dict(self.model.named_parameters())
+        out = dict(fast)
+        for name in HEAD_PARAMETER_NAMES:
+            if name in out:
+                out[name] = task_rows(out[name], n_way)
+            elif complete:
+                out[name] = task_rows(own[name].detach(), n_way)
+        return out
 
     @torch.no_grad()
     def predict_logits(
         self, fast: Mapping[str, Tensor], batch: Mapping[str, Tensor], n_way: int
     ) -> Tensor:
-        """Logits of ``batch`` under adapted fast weights, in eval mode and without a graph."""
+        """Logits of ``batch`` under adapted fast weights, in eval mode and without a graph.
+
+        Fast weights holding a linear probe (the policy's ``"frozen-lr"`` choice,
+        `metanlp.meta.probe`) score the frozen encoder's normalised embedding with it.
+        """
+        if probe.has_probe(fast):
+            return probe.probe_logits(self.model, fast, self.to_device(batch), n_way)
         with model_mode(self.model, False):
             return self.forward_with(fast, self.to_device(batch), n_way)
 

@@ -31,7 +31,7 @@ from metanlp.meta.efficient import PREFIX_KEY, cache_frozen_prefix, frozen_prefi
 from metanlp.meta.helpers import coerce_setting, model_mode, task_loss
 from metanlp.meta.params import PARAMETER_SETS, select_parameters
 from metanlp.meta.prototypes import PROTOTYPES_KEY, prototype_head
-from metanlp.models import HEAD_PARAMETER_NAMES
+from metanlp.models import HEAD_PARAMETER_NAMES, task_rows
 
 HEAD_STARTS = ("zero", "adapted")
 
@@ -148,9 +148,13 @@ def finetune_fast_weights(
         raise ValueError(
             f"finetune_fast_weights: {missing} are neither in `start` nor the model's."
         )
+    # The model's head has max_ways rows; the task's has n_way (`task_rows`; no ceiling).
     weights = {
-        n: (start[n] if n in start else own[n]).detach().clone().requires_grad_(True) for n in names
+        n: (task_rows(t, n_way) if n in HEAD_PARAMETER_NAMES else t).detach().clone()
+        for n in names
+        for t in [start[n] if n in start else own[n]]
     }
+    weights = {n: w.requires_grad_(True) for n, w in weights.items()}
     in_model = [n for n in weights if n in own]
     support = with_frozen_prefix(algorithm, algorithm.to_device(support), in_model)
     if loss_fn is None:

@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from metanlp.models import task_rows
+
 INNER_MODES = ("second_order", "first_order", "no_graph")
 INNER_OPTIMIZERS = ("sgd", "momentum", "adam")
 
@@ -251,6 +253,10 @@ def _apply_step(
     with torch.set_grad_enabled(training):
         for name, grad in zip(names, grads, strict=True):
             rate = _lr_for(lr, step, name, detach=not training)
+            if isinstance(rate, Tensor) and rate.dim() and rate.shape != grad.shape:
+                # A per-element rate of a head (Meta-SGD) meets a task head of another
+                # number of rows: the rate's rows go with the head's (`task_rows`).
+                rate = task_rows(rate, grad.shape[0])
             new[name] = current[name] - rate * opt.direction(name, grad, step)
     if not training:
         opt.detach_()

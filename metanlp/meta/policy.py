@@ -1,24 +1,34 @@
-"""Choosing how to adapt from the support set alone: test-time fine-tuning or not, steps, rate.
+"""Choosing how to adapt from the support set alone: the frozen encoder's linear probe, no
+adaptation, the algorithm's own adaptation, or test-time fine-tuning (steps, rate).
 
 A learner meta-trained on a broad task distribution meets tasks near its training tasks (where
 its own few inner steps are best and fine-tuning only adds noise) and tasks far from them (where
-fine-tuning every weight wins). Which one a new task is cannot be known in advance, and must
-never be read from query or test labels. `choose_adaptation` decides per task by stratified
-cross-validation on the support set:
+fine-tuning every weight wins); and on some tasks the simplest baseline, logistic regression on
+the frozen encoder's embeddings, beats both. Which one a new task is cannot be known in advance,
+and must never be read from query or test labels. `choose_adaptation` decides per task by
+stratified cross-validation on the support set, among these candidates:
+
+- ``"frozen-lr"``: the linear probe (`metanlp.meta.probe`, the frozen logistic-regression
+  baseline's classifier) on the learner's frozen encoder;
+- ``"no-adaptation"``: the algorithm's starting point with 0 inner steps (Proto-MAML: the
+  prototype classifier of the frozen encoder; a zero head: chance);
+- ``"adapt"``: the algorithm's own adaptation (the ``steps = 0`` fine-tuning candidate);
+- fine-tuning from there with each rate in ``lrs`` for each number of steps in ``steps``.
 
 1. split the support set into ``folds`` stratified folds (`StratifiedKFold`, unshuffled: every
    class in every fold, and the choice is deterministic);
-2. for each fold, adapt on the other folds with the algorithm's own adaptation, score the held-out
-   fold (the ``steps = 0`` candidate: no fine-tuning), then fine-tune from there with each rate in
-   ``lrs`` and score the held-out fold after each number of steps in ``steps`` (one trajectory per
-   rate, so the step counts cost nothing extra);
+2. for each fold, fit / adapt each candidate on the other folds and score the held-out fold
+   (one fine-tuning trajectory per rate, so the step counts cost nothing extra; the frozen
+   embeddings of the probe are computed once for the whole support set);
 3. take the candidate with the best held-out accuracy averaged over folds, ties broken by the
-   lower held-out cross-entropy and then by fewer steps.
+   lower held-out cross-entropy and then by the simpler candidate (in the order above, then
+   fewer steps).
 
 With fewer than 2 support examples in some class no fold can hold it out: the policy then uses
 ``fallback`` (fine-tuning, or none) and says so in the decision. NER (token) tasks are not
 cross-validated (a sentence has many labels and folds by sentence are not stratified): the
-decision is the fallback too.
+decision is the fallback too. `adapt_with_policy` chooses and then adapts on the whole support
+set as chosen; `MetaLearner.adapt` calls it.
 """
 
 from __future__ import annotations
@@ -37,6 +47,11 @@ from torch import Tensor
 from metanlp.meta.finetune import FineTuneConfig, finetune_fast_weights, with_frozen_prefix
 from metanlp.meta.helpers import coerce_setting, task_loss
 from metanlp.meta.params import select_parameters
+from metanlp.meta.probe import fit_probe, probe_features
+
+BASELINE_CANDIDATES = ("no-adaptation", "frozen-lr")
+"""Candidates besides the algorithm's adaptation and fine-tuning (`AdaptPolicy.baselines`)."""
+CHOICES = (*BASELINE_CANDIDATES, "adapt", "fine-tune")
 
 
 @dataclass(frozen=True)
@@ -54,6 +69,18 @@ class AdaptPolicy:
             `FineTuneConfig`. Fine-tuning the top 2 layers on the cached output of the frozen
             lower ones costs about a third of fine-tuning every weight, which is what keeps the
             whole choice within a small fraction of SetFit's time.
+        baselines (`Sequence[str]`, defaults to ``("no-adaptation", "frozen-lr")``): Further
+            candidates from `BASELINE_CANDIDATES`: ``"frozen-lr"`` is logistic regression on the
+            frozen encoder's normalised embeddings (`metanlp.meta.probe`), ``"no-adaptation"``
+            the algorithm's start with 0 inner steps. With both, adapting is chosen only where
+            the support set says it beats the simplest baselines. ``()`` leaves them out.
+        probe_c (`float`, defaults to 1.0): ``C`` of the ``"frozen-lr"`` probe (scikit-learn's
+            default, as the frozen logistic-regression baseline).
+        max_cv_examples (`int`, *optional*, defaults to 200): With more support examples than
+            this, every candidate is trained on the other folds and scored on the first fold
+            only, instead of on every fold in turn (the held-out fold is then large enough to
+            judge, and at 77-way 10-shot, 770 texts, the choice costs half as much). ``None``:
+            always every fold.
         fallback_steps (`int`, defaults to 6), fallback_lr (`float`, defaults to 1e-4),
         fallback_params (`str`, defaults to ``"top"``), fallback_top_layers (`int`, *optional*,
             defaults to 4; ``None`` = ``top_layers``): The fine-tuning used when the support set
@@ -83,6 +110,9 @@ class AdaptPolicy:
     params: str = "top"
     top_layers: int = 2
     head_start: str = "zero"
+    baselines: tuple[str, ...] = BASELINE_CANDIDATES
+    probe_c: float = 1.0
+    max_cv_examples: int | None = 200
     fallback_steps: int = 6
     fallback_lr: float = 1e-4
     fallback_params: str = "top"
@@ -91,6 +121,26 @@ class AdaptPolicy:
     def __post_init__(self) -> None:
         object.__setattr__(self, "steps", tuple(sorted(set(self.steps))))
         object.__setattr__(self, "lrs", tuple(self.lrs))
+        if isinstance(self.baselines, str):
+            raise ValueError(
+                f"AdaptPolicy.baselines={self.baselines!r}: give a list of names from "
+                f"{list(BASELINE_CANDIDATES)}, e.g. ['frozen-lr']."
+            )
+        object.__setattr__(self, "baselines", tuple(self.baselines))
+        unknown = sorted(set(self.baselines) - set(BASELINE_CANDIDATES))
+        if unknown:
+            raise ValueError(
+                f"AdaptPolicy.baselines has unknown candidate(s) {unknown}; choose from "
+                f"{list(BASELINE_CANDIDATES)}."
+            )
+        c = self.probe_c
+        if isinstance(c, bool) or not isinstance(c, int | float) or not c > 0:
+            raise ValueError(f"AdaptPolicy.probe_c={c!r} must be a number > 0.")
+        cap = self.max_cv_examples
+        if cap is not None and (isinstance(cap, bool) or not isinstance(cap, int) or cap < 2):
+            raise ValueError(
+                f"AdaptPolicy.max_cv_examples={cap!r} must be None (every fold) or an int >= 2."
+            )
         if not self.steps or any(
             isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in self.steps
         ):
@@ -145,25 +195,46 @@ class AdaptDecision:
     Args:
         finetune (`FineTuneConfig` or `None`): The test-time fine-tuning to run (``None``: none).
         reason (`str`): ``"cross-validation"`` or why the fallback was used.
-        scores (`dict`): ``"steps=S lr=R"`` -> ``{"accuracy", "loss"}`` held-out means.
+        scores (`dict`): candidate -> ``{"accuracy", "loss"}`` held-out means; the keys are
+            ``"frozen-lr"``, ``"no-adaptation"`` and ``"steps=S lr=R"`` (``steps=0 lr=0``: the
+            algorithm's adaptation alone).
         seconds (`float`): Time the choice took.
+        choice (`str`, *optional*): One of `CHOICES`: ``"frozen-lr"``, ``"no-adaptation"``,
+            ``"adapt"`` or ``"fine-tune"``; defaults from ``finetune``.
     """
 
     finetune: FineTuneConfig | None
     reason: str
     scores: dict[str, dict[str, float]] = field(default_factory=dict)
     seconds: float = 0.0
+    choice: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.choice is None:
+            self.choice = "adapt" if self.finetune is None else "fine-tune"
+        if self.choice not in CHOICES:
+            raise ValueError(
+                f"AdaptDecision.choice={self.choice!r}; choose one of {list(CHOICES)}."
+            )
+        if (self.choice == "fine-tune") != (self.finetune is not None):
+            raise ValueError(
+                f"AdaptDecision: choice={self.choice!r} with finetune={self.finetune!r}; only "
+                "'fine-tune' has a fine-tuning config."
+            )
 
     def summary(self) -> str:
-        what = (
-            "no fine-tuning"
-            if self.finetune is None
-            else f"fine-tune {self.finetune.steps} steps at lr {self.finetune.lr:g}"
-        )
+        what = {
+            "frozen-lr": "logistic regression on the frozen encoder",
+            "no-adaptation": "no adaptation (0 inner steps)",
+            "adapt": "no fine-tuning",
+        }.get(str(self.choice))
+        if self.finetune is not None:
+            what = f"fine-tune {self.finetune.steps} steps at lr {self.finetune.lr:g}"
         return f"{what} ({self.reason}, {self.seconds:.1f} s)"
 
     def to_dict(self) -> dict[str, Any]:
         return {
+            "choice": self.choice,
             "finetune": None if self.finetune is None else self.finetune.to_dict(),
             "reason": self.reason,
             "scores": self.scores,
@@ -192,10 +263,16 @@ def _rows(batch: Mapping[str, Tensor], rows: list[int]) -> dict[str, Tensor]:
 
 def _score(algorithm: Any, fast: Mapping[str, Tensor], val: Mapping[str, Tensor], n: int):
     inputs = {k: v for k, v in val.items() if k != "labels"}  # the cached prefix too
-    logits = algorithm.predict_logits(fast, inputs, n)
-    labels = val["labels"].to(logits.device)
+    return _accuracy_loss(algorithm.predict_logits(fast, inputs, n), val["labels"])
+
+
+def _accuracy_loss(logits: Tensor, labels: Tensor) -> tuple[float, float]:
+    labels = labels.to(logits.device)
     accuracy = float((logits.argmax(-1) == labels).float().mean())
     return accuracy, float(task_loss(logits, labels))
+
+
+_RANK = {"no-adaptation": 0, "frozen-lr": 1}  # simpler first on ties; then adapt, fine-tune
 
 
 def choose_adaptation(
@@ -206,17 +283,20 @@ def choose_adaptation(
     *,
     steps: int | None = None,
     token_task: bool = False,
+    features: Tensor | None = None,
 ) -> AdaptDecision:
-    """Pick the test-time fine-tuning for one task by cross-validation on its support set.
+    """Pick how to adapt to one task by cross-validation on its support set.
 
     Args:
-        algorithm (`MetaAlgorithm`): Its ``adapt`` (the meta-learned adaptation) and
-            ``predict_logits`` are used; nothing of it is modified.
+        algorithm (`MetaAlgorithm`): Its ``adapt`` (the meta-learned adaptation),
+            ``predict_logits`` and model (the probe's frozen encoder) are used; nothing of it
+            is modified.
         support (`dict`): The encoded support set with ``labels``; the only data read.
         n_way (`int`): Classes of the task.
         policy (`AdaptPolicy`): Candidates and folds.
         steps (`int`, *optional*): Inner steps of the algorithm's adaptation.
         token_task (`bool`, defaults to `False`): NER; uses the fallback.
+        features (`Tensor`, *optional*): The support's `probe_features`, when already computed.
 
     Returns:
         `AdaptDecision`.
@@ -229,43 +309,98 @@ def choose_adaptation(
 
     if token_task:
         return fallback("fallback: token tasks are not cross-validated")
-    folds = stratified_folds(support["labels"].tolist(), policy.folds)
+    labels = support["labels"]
+    folds = stratified_folds(labels.tolist(), policy.folds)
     if folds is None:
         return fallback(f"fallback: a class has fewer than {policy.folds} support examples")
-    if policy.steps != (0,):
+    if "frozen-lr" in policy.baselines and features is None:
+        features = probe_features(algorithm.model, support)
+    fine_steps = [s for s in policy.steps if s > 0]
+    if fine_steps:
         # The top layers' fine-tuning runs on the frozen lower layers' output, computed once.
         tuned = select_parameters(algorithm.model, policy.params, top_layers=policy.top_layers)
         support = with_frozen_prefix(
             algorithm, algorithm.to_device(support), [*algorithm.inner_names, *tuned]
         )
-    totals: dict[tuple[int, float], list[float]] = {}
+    # On a large support set one held-out fold (half of it) judges every candidate.
+    scored = folds
+    if policy.max_cv_examples is not None and len(labels) > policy.max_cv_examples:
+        scored = folds[:1]
+    totals: dict[tuple[int, int, float], list[float]] = {}
 
-    def add(step: int, lr: float, accuracy: float, loss: float) -> None:
-        acc_loss = totals.setdefault((step, lr), [0.0, 0.0])
-        acc_loss[0] += accuracy / len(folds)
-        acc_loss[1] += loss / len(folds)
+    def add(key: tuple[int, int, float], accuracy: float, loss: float) -> None:
+        acc_loss = totals.setdefault(key, [0.0, 0.0])
+        acc_loss[0] += accuracy / len(scored)
+        acc_loss[1] += loss / len(scored)
 
-    fine_steps = [s for s in policy.steps if s > 0]
-    for held_out in folds:
-        keep = sorted(set(range(len(support["labels"]))) - set(held_out))
+    adapt_rank = len(_RANK)
+    no_adaptation = "no-adaptation" in policy.baselines and algorithm.eval_steps(steps) > 0
+    for held_out in scored:
+        keep = sorted(set(range(len(labels))) - set(held_out))
         train, val = _rows(support, keep), _rows(support, held_out)
+        if features is not None and "frozen-lr" in policy.baselines:
+            train_y = labels[torch.as_tensor(keep)]
+            probe = fit_probe(features[keep], train_y, n_way, C=policy.probe_c)
+            logits = torch.nn.functional.linear(features[held_out], *probe.values())
+            add((_RANK["frozen-lr"], 0, 0.0), *_accuracy_loss(logits, labels[held_out]))
+        if no_adaptation:
+            start = algorithm.adapt(train, n_way, steps=0)
+            add((_RANK["no-adaptation"], 0, 0.0), *_score(algorithm, start, val, n_way))
         start = algorithm.adapt(train, n_way, steps=steps)
         if 0 in policy.steps:
-            add(0, 0.0, *_score(algorithm, start, val, n_way))
+            add((adapt_rank, 0, 0.0), *_score(algorithm, start, val, n_way))
         for lr in policy.lrs if fine_steps else ():
 
             def record(step: int, weights: Mapping[str, Tensor], lr: float = lr, val=val) -> None:
                 if step in fine_steps:
-                    add(step, lr, *_score(algorithm, weights, val, n_way))
+                    key = (adapt_rank, step, lr)
+                    add(key, *_score(algorithm, weights, val, n_way))
 
             config = policy.finetune_config(max(fine_steps), lr)
             finetune_fast_weights(algorithm, train, n_way, config, start, on_step=record)
-    best = max(totals, key=lambda key: (totals[key][0], -totals[key][1], -key[0], -key[1]))
+    best = max(totals, key=lambda key: (totals[key][0], -totals[key][1], -key[0], -key[1], -key[2]))
+    names = {rank: name for name, rank in _RANK.items()}
     scores = {
-        f"steps={s} lr={lr:g}": {"accuracy": round(a, 4), "loss": round(c, 4)}
-        for (s, lr), (a, c) in sorted(totals.items())
+        names.get(rank, f"steps={s} lr={lr:g}"): {"accuracy": round(a, 4), "loss": round(c, 4)}
+        for (rank, s, lr), (a, c) in sorted(totals.items())
     }
-    step, lr = best
+    rank, step, lr = best
     ft = policy.finetune_config(step, lr) if step > 0 else None
+    choice = names.get(rank, "adapt" if ft is None else "fine-tune")
     reason = f"{len(folds)}-fold CV on the support set"
-    return AdaptDecision(ft, reason, scores, time.perf_counter() - began)
+    if len(scored) < len(folds):
+        reason = f"1 of {len(folds)} folds held out ({len(labels)} support examples)"
+    return AdaptDecision(ft, reason, scores, time.perf_counter() - began, choice)
+
+
+def adapt_with_policy(
+    algorithm: Any,
+    support: Mapping[str, Tensor],
+    n_way: int,
+    policy: AdaptPolicy,
+    *,
+    steps: int | None = None,
+    token_task: bool = False,
+) -> tuple[dict[str, Tensor], AdaptDecision]:
+    """`choose_adaptation`, then adapt on the whole support set as chosen.
+
+    Returns:
+        ``(fast weights, decision)``: for ``"frozen-lr"`` the probe's tensors
+        (``probe.weight``, ``probe.bias``, `metanlp.meta.probe`); otherwise the algorithm's
+        adaptation (0 inner steps for ``"no-adaptation"``), fine-tuned when chosen.
+    """
+    features = None
+    if not token_task and "frozen-lr" in policy.baselines:
+        features = probe_features(algorithm.model, support)
+    decision = choose_adaptation(
+        algorithm, support, n_way, policy, steps=steps, token_task=token_task, features=features
+    )
+    if decision.choice == "frozen-lr":
+        fast = fit_probe(features, support["labels"], n_way, C=policy.probe_c)
+        return fast, decision
+    if decision.choice == "no-adaptation":
+        steps = 0
+    fast = algorithm.adapt(support, n_way, steps=steps)
+    if decision.finetune is not None:
+        fast = finetune_fast_weights(algorithm, support, n_way, decision.finetune, fast)
+    return fast, decision

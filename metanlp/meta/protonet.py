@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from metanlp.meta.base import MetaAlgorithm, MetaConfig, model_mode, task_loss
+from metanlp.meta.probe import has_probe
 from metanlp.meta.prototypes import PROTOTYPES_KEY, class_prototypes, squared_euclidean_logits
 from metanlp.meta.registry import register_algorithm
 from metanlp.models import HEAD_PARAMETER_NAMES, model_inputs
@@ -138,10 +139,11 @@ class ProtoNet(MetaAlgorithm):
         """``−‖f(x) − c_n‖²`` logits ``(B, n_way)`` or ``(B, T, n_way)`` from `adapt`'s output.
 
         Fast weights without prototypes (test-time fine-tuning turns them into a linear head,
-        `metanlp.meta.finetune`) go through the model's forward like any other algorithm's.
+        `metanlp.meta.finetune`; the policy may choose a linear probe, `metanlp.meta.probe`)
+        are scored like any other algorithm's.
         """
         if PROTOTYPES_KEY not in fast:
-            if HEAD_PARAMETER_NAMES[0] in fast:
+            if HEAD_PARAMETER_NAMES[0] in fast or has_probe(fast):
                 return super().predict_logits(fast, batch, n_way)
             raise KeyError(
                 f"ProtoNet.predict_logits needs the output of ProtoNet.adapt ({{'{PROTOTYPES_KEY}': ...}}) "
