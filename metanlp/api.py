@@ -31,9 +31,17 @@ from metanlp.meta.finetune import FineTuneConfig, finetune_fast_weights
 from metanlp.meta.name_typer import with_type_names
 from metanlp.meta.policy import AdaptDecision, AdaptPolicy, choose_adaptation
 from metanlp.models import model_inputs
+from metanlp.names import (
+    NAME_TRUST,
+    NameChoice,
+    resolve_label_names,
+    with_label_names,
+    without_names,
+)
 from metanlp.predictors import (
     FewShotClassifier,
     FewShotTagger,
+    TextTask,
     check_ner_inputs,
     check_text_inputs,
     encode_ner,
@@ -76,6 +84,9 @@ class MetaLearner:
         self.algorithm, self.config, self.results = algorithm, config, results
         self.eval_steps: int | None = None  # inner steps used by `query_logits` (evaluation)
         self.last_decision: AdaptDecision | None = None  # the policy's choice in `query_logits`
+        # Class names in `query_logits` (a learner that reads them): None = the episode's
+        # label names, False = none (the same learner without names).
+        self.eval_label_names: bool | None = None
         # The fast weights of the last `query_logits` (e.g. to score stages of a NER learner).
         self.last_fast: dict[str, torch.Tensor] | None = None
         self.model.eval()
@@ -202,6 +213,7 @@ class MetaLearner:
         *,
         steps: int | None = None,
         entity_types: Sequence[str] | None = None,
+        label_names: bool | Mapping[Any, str] | Sequence[Any] | None = None,
         finetune: bool | int | Mapping[str, Any] | FineTuneConfig | None = None,
         policy: bool | Mapping[str, Any] | AdaptPolicy | None = None,
     ) -> FewShotClassifier | FewShotTagger:
@@ -216,6 +228,13 @@ class MetaLearner:
                 steps (ProtoNet has none).
             entity_types (`Sequence[str]`, *optional*): NER only; the allowed entity types, so a
                 misspelt tag is an error instead of a new type.
+            label_names (*optional*): Text classification with a learner that reads class
+                names (``ProtoNetConfig(names=True)``, `metanlp.names`). ``None`` (default): the
+                labels themselves, split into words (``card_arrival`` -> "card arrival");
+                a dict: label -> description; a list: the classes in order, which may include
+                classes without examples (with no examples at all, zero-shot: see
+                `zero_shot`); ``False``: names off. Meaningless names (``LABEL_0``, ``1``,
+                ``A``, a hash) are not used, and ``decision.names`` says why.
             finetune (*optional*): After the inner loop, fine-tune every weight (or a subset)
                 with AdamW on the support set (`metanlp.meta.finetune`): ``True`` (defaults: 10
                 steps), a step count, a dict of `FineTuneConfig` fields or a `FineTuneConfig`;
@@ -245,9 +264,8 @@ class MetaLearner:
             batch, _ = encode_ner(self.tokenizer, inputs, check.tag_ids, self.config.max_length)
             n_labels = len(check.tag_names)
         else:
-            check = check_text_inputs(inputs, labels)
-            batch = encode_texts(self.tokenizer, inputs, self.config.max_length)
-            batch["labels"] = torch.tensor(check.label_ids, dtype=torch.long)
+            check = self._text_task(inputs, labels, label_names)
+            batch = self._encode_support(inputs, check.label_ids)
             n_labels = len(check.label_names)
         if n_labels > self.model.max_ways:
             raise ValueError(
@@ -255,9 +273,20 @@ class MetaLearner:
                 f"but this learner's head has {self.model.max_ways} rows (max_ways); use fewer "
                 "classes or a learner built with a larger max_ways."
             )
+        names = None
         if self.config.task == "token":
             batch = with_type_names(self.algorithm, batch, check.tag_names[1:])
-        fast, decision = self._adapt(batch, n_labels, steps, finetune, policy)
+        elif getattr(self.algorithm, "uses_label_names", False):
+            names = resolve_label_names(check.label_names, label_names)
+            if names.used:
+                batch = with_label_names(self.algorithm, batch, names.names)
+        if not len(batch["labels"]) and not (names and names.used):
+            why = names.reason if names else "this learner does not read class names"
+            raise ValueError(
+                f"No examples, and the class names cannot be used ({why}); give examples, or "
+                "names that describe the classes (label_names={label: 'a few words'})."
+            )
+        fast, decision = self._adapt(batch, n_labels, steps, finetune, policy, names)
         if self.config.task == "token":
             result = FewShotTagger(self, fast, check.tag_names, check.iob2_output)
         else:
@@ -265,13 +294,71 @@ class MetaLearner:
         result.decision = decision
         return result
 
+    def zero_shot(self, label_names: Sequence[Any] | Mapping[Any, str]) -> FewShotClassifier:
+        """A classifier from the classes' names alone (no examples).
+
+        Args:
+            label_names: The classes (split into words: ``"sci.space"`` -> "sci space"), or a
+                dict class -> description; the classes are predicted by these keys.
+
+        Example:
+            ```python
+            >>> clf = learner.zero_shot(["business", "sport", "politics"])
+            >>> clf.predict(["The striker scored twice"])
+            ['sport']
+            ```
+        """
+        return self.adapt([], [], label_names=label_names)
+
+    def _text_task(self, texts: Any, labels: Any, label_names: Any) -> Any:
+        """`check_text_inputs`, with the classes taken from a list of ``label_names`` when given
+        (classes without examples allowed; none at all: zero-shot)."""
+        listed = label_names not in (None, True, False) and not isinstance(label_names, str)
+        if not listed:
+            return check_text_inputs(texts, labels)
+        classes = list(label_names)
+        if len(set(classes)) != len(classes) or len(classes) < 2:
+            raise ValueError(
+                f"label_names={classes!r}: give at least 2 distinct classes (each once)."
+            )
+        if isinstance(texts, Sequence) and not isinstance(texts, str) and len(texts) == 0:
+            if isinstance(labels, str) or not isinstance(labels, Sequence) or len(labels):
+                raise ValueError("No texts but labels were given; give one label per text.")
+            return TextTask(label_names=classes, label_ids=[])
+        check = check_text_inputs(texts, labels)
+        if isinstance(label_names, Mapping):
+            # A dict adds descriptions; classes it names without examples are zero-shot ones.
+            classes = [*check.label_names, *(c for c in classes if c not in check.label_names)]
+        unknown = [c for c in check.label_names if c not in classes]
+        if unknown:
+            raise ValueError(
+                f"Labels {unknown[:10]!r} are not in label_names {classes!r}; list every class."
+            )
+        index = {c: i for i, c in enumerate(classes)}
+        ids = [index[check.label_names[i]] for i in check.label_ids]
+        return TextTask(label_names=classes, label_ids=ids)
+
+    def _encode_support(self, texts: Sequence[str], label_ids: list[int]) -> dict[str, Any]:
+        if texts:
+            batch = encode_texts(self.tokenizer, texts, self.config.max_length)
+        else:  # zero-shot: no rows
+            empty = torch.zeros(0, 1, dtype=torch.long)
+            batch = {"input_ids": empty, "attention_mask": empty.clone()}
+        batch["labels"] = torch.tensor(label_ids, dtype=torch.long)
+        return batch
+
     def query_logits(self, episode: Any) -> torch.Tensor:
         """Adapt on an episode's support and return its query logits (for `metanlp.evaluation`)."""
         n = int(episode.num_labels)
         support = episode.support
+        names = None
         if self.config.task == "token":
             support = with_type_names(self.algorithm, support, episode.label_names)
-        fast, decision = self._adapt(support, n, self.eval_steps, None, None)
+        elif getattr(self.algorithm, "uses_label_names", False):
+            names = resolve_label_names(episode.label_names, self.eval_label_names)
+            if names.used:
+                support = with_label_names(self.algorithm, support, names.names)
+        fast, decision = self._adapt(support, n, self.eval_steps, None, None, names)
         self.last_decision, self.last_fast = decision, fast
         query = model_inputs(episode.query, self.device)
         word_ids = getattr(episode, "query_word_ids", None)
@@ -292,26 +379,44 @@ class MetaLearner:
         return AdaptPolicy.coerce(self.config.policy)
 
     def _adapt(
-        self, support: Mapping[str, Any], n: int, steps: int | None, finetune: Any, policy: Any
+        self,
+        support: Mapping[str, Any],
+        n: int,
+        steps: int | None,
+        finetune: Any,
+        policy: Any,
+        names: NameChoice | None = None,
     ) -> tuple[dict[str, torch.Tensor], AdaptDecision | None]:
         """The algorithm's adaptation, then fine-tuning: as asked, as the policy chooses from
-        the support set, or as set in the config (in that order)."""
+        the support set, or as set in the config (in that order). ``names``: how the class
+        names were resolved, for a learner that reads them (recorded in the decision)."""
         decision = None
-        if finetune is not None:
+        zero_shot = not len(support["labels"])
+        if finetune is not None and not zero_shot:
             ft = FineTuneConfig.coerce(finetune)
         else:
             chosen = self.policy if policy is None else AdaptPolicy.coerce(policy)
-            if chosen is not None:
+            if chosen is not None and not zero_shot:
                 decision = choose_adaptation(
                     self.algorithm, support, n, chosen, steps=steps,
-                    token_task=self.config.task == "token",
+                    token_task=self.config.task == "token", names=names,
                 )  # fmt: skip
                 ft = decision.finetune
+                if decision.names is not None and decision.names.used:
+                    support = {**support, NAME_TRUST: torch.tensor(decision.names.trust)}
             else:
-                ft = self.finetune
+                ft = None if zero_shot else self.finetune
+        if names is not None and decision is None:
+            reason = "zero-shot: the names alone" if zero_shot else "no policy: as configured"
+            decision = AdaptDecision(ft, reason, names=names)
+        if ft is not None and decision is not None and decision.names is not None:
+            if decision.names.used:  # the fine-tuned head starts from zeros: no prototypes left
+                decision.names = dataclasses.replace(
+                    decision.names, used=False, reason="fine-tuning replaces the prototypes"
+                )
         fast = self.algorithm.adapt(support, n, steps=steps)
         if ft is not None:
-            fast = finetune_fast_weights(self.algorithm, support, n, ft, fast)
+            fast = finetune_fast_weights(self.algorithm, without_names(support), n, ft, fast)
         return fast, decision
 
     # ---- saving and sharing ------------------------------------------------------------------

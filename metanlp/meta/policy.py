@@ -19,10 +19,19 @@ With fewer than 2 support examples in some class no fold can hold it out: the po
 ``fallback`` (fine-tuning, or none) and says so in the decision. NER (token) tasks are not
 cross-validated (a sentence has many labels and folds by sentence are not stratified): the
 decision is the fallback too.
+
+When the support batch carries the classes' names (`metanlp.names`, a learner with
+``ProtoNetConfig(names=True)``), the no-fine-tuning candidate is scored once per factor in
+``name_trusts`` on the learned name weight (0: names ignored), and the decision's ``names``
+records the factor chosen. Where the support set cannot be cross-validated (one shot), the names
+are used at factor 1 (the meta-learned weight) and ``names_fallback_finetune`` says whether the
+fallback fine-tuning still runs (by default not: its head starts from zeros and would discard
+the names).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -34,6 +43,7 @@ from torch import Tensor
 from metanlp.meta.finetune import FineTuneConfig, finetune_fast_weights, with_frozen_prefix
 from metanlp.meta.helpers import coerce_setting, task_loss
 from metanlp.meta.params import select_parameters
+from metanlp.names import NAME_IDS, NAME_MASK, NAME_TRUST, NameChoice
 
 
 @dataclass(frozen=True)
@@ -57,6 +67,10 @@ class AdaptPolicy:
             cannot be cross-validated (a class with one example, or NER): the top 4 layers (on
             the cached output of the lower ones) and the head, 6 AdamW steps;
             ``fallback_steps=0`` means no fine-tuning.
+        name_trusts (`Sequence[float]`, defaults to ``(0.0, 0.5, 1.0, 2.0)``): Factors on the
+            learned name weight to cross-validate when the task has usable class names.
+        names_fallback_finetune (`bool`, defaults to `False`): Whether the fallback fine-tuning
+            runs when names are used and the support set cannot be cross-validated.
 
     The defaults were chosen on validation tasks only (tweets of the ``airlines`` domain,
     BIG-bench ``language_identification`` and ``multiemo``, 12 episodes each;
@@ -84,9 +98,18 @@ class AdaptPolicy:
     fallback_lr: float = 1e-4
     fallback_params: str = "top"
     fallback_top_layers: int | None = 4
+    name_trusts: tuple[float, ...] = (0.0, 0.5, 1.0, 2.0)
+    names_fallback_finetune: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "steps", tuple(sorted(set(self.steps))))
+        object.__setattr__(self, "name_trusts", tuple(sorted(set(self.name_trusts))))
+        if any(
+            isinstance(t, bool) or not isinstance(t, int | float) or t < 0 for t in self.name_trusts
+        ):
+            raise ValueError(
+                f"AdaptPolicy.name_trusts={self.name_trusts!r}: give numbers >= 0 (0 = no names)."
+            )
         object.__setattr__(self, "lrs", tuple(self.lrs))
         if not self.steps or any(
             isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in self.steps
@@ -144,12 +167,15 @@ class AdaptDecision:
         reason (`str`): ``"cross-validation"`` or why the fallback was used.
         scores (`dict`): ``"steps=S lr=R"`` -> ``{"accuracy", "loss"}`` held-out means.
         seconds (`float`): Time the choice took.
+        names (`NameChoice`, *optional*): Whether and how much the classes' names were used
+            (`metanlp.names`); ``None`` for a learner that does not read names.
     """
 
     finetune: FineTuneConfig | None
     reason: str
     scores: dict[str, dict[str, float]] = field(default_factory=dict)
     seconds: float = 0.0
+    names: NameChoice | None = None
 
     def summary(self) -> str:
         what = (
@@ -157,7 +183,8 @@ class AdaptDecision:
             if self.finetune is None
             else f"fine-tune {self.finetune.steps} steps at lr {self.finetune.lr:g}"
         )
-        return f"{what} ({self.reason}, {self.seconds:.1f} s)"
+        names = "" if self.names is None else f"; {self.names.summary()}"
+        return f"{what} ({self.reason}, {self.seconds:.1f} s){names}"
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -165,6 +192,7 @@ class AdaptDecision:
             "reason": self.reason,
             "scores": self.scores,
             "seconds": round(self.seconds, 3),
+            "names": None if self.names is None else self.names.to_dict(),
         }
 
 
@@ -209,6 +237,7 @@ def choose_adaptation(
     *,
     steps: int | None = None,
     token_task: bool = False,
+    names: NameChoice | None = None,
 ) -> AdaptDecision:
     """Pick the test-time fine-tuning for one task by cross-validation on its support set.
 
@@ -220,15 +249,25 @@ def choose_adaptation(
         policy (`AdaptPolicy`): Candidates and folds.
         steps (`int`, *optional*): Inner steps of the algorithm's adaptation.
         token_task (`bool`, defaults to `False`): NER; uses the fallback.
+        names (`NameChoice`, *optional*): The task's usable names, encoded in ``support``
+            (`metanlp.names.with_label_names`); their trust factor is cross-validated too.
 
     Returns:
         `AdaptDecision`.
     """
     began = time.perf_counter()
+    named = {k: support[k] for k in (NAME_IDS, NAME_MASK) if k in support}
+    trusts = policy.name_trusts if names is not None and names.used and named else ()
+    support = {k: v for k, v in support.items() if k not in (NAME_IDS, NAME_MASK, NAME_TRUST)}
 
     def fallback(reason: str) -> AdaptDecision:
         ft = policy.fallback_config() if policy.fallback_steps > 0 else None
-        return AdaptDecision(ft, reason, {}, time.perf_counter() - began)
+        choice = names
+        if trusts:
+            ft = ft if policy.names_fallback_finetune else None
+            why = "fine-tuning from a zero head follows" if ft else "the meta-learned weight"
+            choice = dataclasses.replace(names, trust=1.0, reason=f"{names.reason}; {why}")
+        return AdaptDecision(ft, reason, {}, time.perf_counter() - began, choice)
 
     if token_task:
         return fallback("fallback: token tasks are not cross-validated")
@@ -241,10 +280,11 @@ def choose_adaptation(
         support = with_frozen_prefix(
             algorithm, algorithm.to_device(support), [*algorithm.inner_names, *tuned]
         )
-    totals: dict[tuple[int, float], list[float]] = {}
+    totals: dict[tuple[int, float, float], list[float]] = {}
+    no_trust = -1.0  # fine-tuning candidates: their zero head ignores the names
 
-    def add(step: int, lr: float, accuracy: float, loss: float) -> None:
-        acc_loss = totals.setdefault((step, lr), [0.0, 0.0])
+    def add(step: int, lr: float, accuracy: float, loss: float, trust: float = no_trust) -> None:
+        acc_loss = totals.setdefault((step, lr, trust), [0.0, 0.0])
         acc_loss[0] += accuracy / len(folds)
         acc_loss[1] += loss / len(folds)
 
@@ -252,8 +292,16 @@ def choose_adaptation(
     for held_out in folds:
         keep = sorted(set(range(len(support["labels"]))) - set(held_out))
         train, val = _rows(support, keep), _rows(support, held_out)
-        start = algorithm.adapt(train, n_way, steps=steps)
-        if 0 in policy.steps:
+        start = algorithm.adapt({**train, **named}, n_way, steps=steps)
+        for trust in trusts:
+            trusted = {**train, **named, NAME_TRUST: torch.tensor(float(trust))}
+            add(
+                0,
+                0.0,
+                *_score(algorithm, algorithm.adapt(trusted, n_way, steps=steps), val, n_way),
+                trust,
+            )
+        if 0 in policy.steps and not trusts:
             add(0, 0.0, *_score(algorithm, start, val, n_way))
         for lr in policy.lrs if fine_steps else ():
 
@@ -263,12 +311,29 @@ def choose_adaptation(
 
             config = policy.finetune_config(max(fine_steps), lr)
             finetune_fast_weights(algorithm, train, n_way, config, start, on_step=record)
-    best = max(totals, key=lambda key: (totals[key][0], -totals[key][1], -key[0], -key[1]))
+    best = max(
+        totals,
+        key=lambda key: (totals[key][0], -totals[key][1], -key[0], -key[1], -abs(key[2] - 1.0)),
+    )
     scores = {
-        f"steps={s} lr={lr:g}": {"accuracy": round(a, 4), "loss": round(c, 4)}
-        for (s, lr), (a, c) in sorted(totals.items())
-    }
-    step, lr = best
+        f"steps={s} lr={lr:g}" + (f" names={t:g}" if t != no_trust else ""): {
+            "accuracy": round(a, 4), "loss": round(c, 4),
+        }
+        for (s, lr, t), (a, c) in sorted(totals.items())
+    }  # fmt: skip
+    step, lr, trust = best
     ft = policy.finetune_config(step, lr) if step > 0 else None
     reason = f"{len(folds)}-fold CV on the support set"
-    return AdaptDecision(ft, reason, scores, time.perf_counter() - began)
+    choice = names
+    if trusts:
+        used = trust > 0
+        why = (
+            f"{len(folds)}-fold CV chose trust {trust:g}"
+            if trust != no_trust
+            else "fine-tuning from a zero head won the CV"
+        )
+        choice = dataclasses.replace(
+            names, used=used, trust=max(trust, 0.0), reason=f"{names.reason}; {why}",
+            scores={k: v for k, v in scores.items() if "names=" in k},
+        )  # fmt: skip
+    return AdaptDecision(ft, reason, scores, time.perf_counter() - began, choice)
