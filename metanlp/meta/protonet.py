@@ -71,6 +71,10 @@ class ProtoNetConfig(MetaConfig):
         name_scale (`float`, defaults to 10.0): The initial cosine scale.
         name_shot_sampling (`bool`, defaults to `True`): In meta-training, keep a random
             0..K support examples per class in each episode (so w(K) learns for every K).
+        name_lr_gain (`float`, defaults to 1000.0): The weight table and log-scale are stored
+            divided by this gain. The outer AdamW moves every tensor by about its learning
+            rate per step, which at an encoder's rate (3e-5) would leave them where they
+            started; stored this way, a step moves them ``gain`` times further.
     """
 
     min_inner_steps: ClassVar[int] = 0
@@ -81,6 +85,7 @@ class ProtoNetConfig(MetaConfig):
     name_weight: float = DEFAULT_WEIGHT
     name_scale: float = 10.0
     name_shot_sampling: bool = True
+    name_lr_gain: float = 1000.0
 
     @classmethod
     def params_for_adapt(cls, adapt: str) -> str:
@@ -105,7 +110,7 @@ class ProtoNetConfig(MetaConfig):
                 f"ProtoNetConfig: name_template={self.name_template!r} needs exactly one '{{}}' "
                 "where the name goes, e.g. 'this text is about {}'."
             )
-        for key in ("name_weight", "name_scale"):
+        for key in ("name_weight", "name_scale", "name_lr_gain"):
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
                 raise ValueError(f"ProtoNetConfig: {key}={value!r} must be a number > 0.")
@@ -142,10 +147,11 @@ class ProtoNet(MetaAlgorithm):
 
     def build_extra(self) -> None:
         if self.config.names:
-            start = inverse_softplus(float(self.config.name_weight))
+            gain = float(self.config.name_lr_gain)
+            start = inverse_softplus(float(self.config.name_weight)) / gain
             self.extra[NAME_WEIGHT] = nn.Parameter(torch.full((MAX_SHOTS + 1,), start))
             self.extra[NAME_LOG_SCALE] = nn.Parameter(
-                torch.tensor(math.log(self.config.name_scale))
+                torch.tensor(math.log(self.config.name_scale) / gain)
             )
 
     @property
@@ -155,7 +161,11 @@ class ProtoNet(MetaAlgorithm):
 
     def name_weights(self, counts: Tensor) -> Tensor:
         """The learned w(K_n) of classes with ``counts`` support examples, ``(N,)``."""
-        return shot_weights(self.extra[NAME_WEIGHT], counts)
+        return shot_weights(self.extra[NAME_WEIGHT] * self.config.name_lr_gain, counts)
+
+    def name_scale(self) -> Tensor:
+        """The learned cosine scale."""
+        return (self.extra[NAME_LOG_SCALE] * self.config.name_lr_gain).exp()
 
     def may_use_second_order(self) -> bool:
         return False
@@ -197,7 +207,7 @@ class ProtoNet(MetaAlgorithm):
     def logits(self, features: Tensor, protos: Tensor) -> Tensor:
         """Squared-Euclidean logits, or with ``names=True`` the learned-scale cosine."""
         if self.config.names:
-            return cosine_logits(features, protos, self.extra[NAME_LOG_SCALE].exp())
+            return cosine_logits(features, protos, self.name_scale())
         return squared_euclidean_logits(features, protos)
 
     def episode_support(self, episode: Any, support: dict[str, Tensor]) -> dict[str, Tensor]:
