@@ -321,7 +321,7 @@ def run_benchmark(args) -> dict[str, Any]:
 def pct(stat: dict[str, float] | None) -> str:
     if not stat or stat.get("mean") is None or math.isnan(stat["mean"]):
         return "—"
-    return f"{100 * stat['mean']:+.1f} ± {100 * stat['ci']:.1f}".replace("+", "", 0)
+    return f"{100 * stat['mean']:+.1f} ± {100 * stat['ci']:.1f}"
 
 
 def report(result: dict[str, Any], path: Path, title: str) -> None:
