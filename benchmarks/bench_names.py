@@ -145,16 +145,14 @@ class SetFitZeroShot:
     def model_for(self, names: list[str]) -> Any:
         key = tuple(names)
         if key not in self.models:
-            from datasets import Dataset
             from setfit import SetFitModel, Trainer, TrainingArguments, get_templated_dataset
 
             from metanlp.models import default_model_path
 
             began = time.perf_counter()
             data = get_templated_dataset(
-                Dataset.from_dict({"text": [], "label": []}),
-                candidate_labels=[describe(n) for n in names], sample_size=self.sample_size,
-            )  # fmt: skip
+                candidate_labels=[describe(n) for n in names], sample_size=self.sample_size
+            )
             model = SetFitModel.from_pretrained(str(default_model_path()))
             args = TrainingArguments(batch_size=16, num_epochs=1, seed=self.seed,
                                      save_strategy="no", report_to="none")  # fmt: skip
