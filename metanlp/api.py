@@ -34,8 +34,7 @@ from metanlp.models import model_inputs
 from metanlp.names import (
     NAME_TRUST,
     NameChoice,
-    resolve_label_names,
-    with_label_names,
+    with_resolved_names,
     without_names,
 )
 from metanlp.predictors import (
@@ -276,10 +275,10 @@ class MetaLearner:
         names = None
         if self.config.task == "token":
             batch = with_type_names(self.algorithm, batch, check.tag_names[1:])
-        elif getattr(self.algorithm, "uses_label_names", False):
-            names = resolve_label_names(check.label_names, label_names)
-            if names.used:
-                batch = with_label_names(self.algorithm, batch, names.names)
+        else:
+            batch, names = with_resolved_names(
+                self.algorithm, batch, check.label_names, label_names
+            )
         if not len(batch["labels"]) and not (names and names.used):
             why = names.reason if names else "this learner does not read class names"
             raise ValueError(
@@ -354,10 +353,10 @@ class MetaLearner:
         names = None
         if self.config.task == "token":
             support = with_type_names(self.algorithm, support, episode.label_names)
-        elif getattr(self.algorithm, "uses_label_names", False):
-            names = resolve_label_names(episode.label_names, self.eval_label_names)
-            if names.used:
-                support = with_label_names(self.algorithm, support, names.names)
+        else:
+            support, names = with_resolved_names(
+                self.algorithm, support, episode.label_names, self.eval_label_names
+            )
         fast, decision = self._adapt(support, n, self.eval_steps, None, None, names)
         self.last_decision, self.last_fast = decision, fast
         query = model_inputs(episode.query, self.device)

@@ -197,6 +197,23 @@ def with_label_names(
     return out
 
 
+def with_resolved_names(
+    algorithm: Any,
+    support: Mapping[str, Tensor],
+    classes: Sequence[Hashable],
+    label_names: bool | Mapping[Any, str] | Sequence[Any] | None = None,
+) -> tuple[dict[str, Tensor], NameChoice | None]:
+    """`resolve_label_names` then `with_label_names` when the names are usable: the support
+    batch of an episode (or a user's task) and how its names were resolved (``None`` for an
+    algorithm that does not read names)."""
+    if not getattr(algorithm, "uses_label_names", False):
+        return dict(support), None
+    choice = resolve_label_names(classes, label_names)
+    if choice.used:
+        return with_label_names(algorithm, support, choice.names), choice
+    return dict(support), choice
+
+
 def name_batch(support: Mapping[str, Tensor]) -> dict[str, Tensor] | None:
     """The encoded names of a support batch as model inputs (``None`` when it has none)."""
     if NAME_IDS not in support:

@@ -313,3 +313,47 @@ def test_names_weight_is_saved_and_loaded(learner, tmp_path):
     torch.testing.assert_close(
         loaded.algorithm.extra[NAME_WEIGHT], learner.algorithm.extra[NAME_WEIGHT]
     )
+
+
+def test_meta_training_ignores_meaningless_episode_names(tokenizer):
+    algo = tiny_names_algorithm(tokenizer)
+    episode = tiny_episode(tokenizer, k=2)
+    episode.label_names = ["0", "1", "2"]
+    support, query, n = algo.unpack(episode)
+    torch.manual_seed(0)
+    for _ in range(10):
+        kept = algo.episode_support(episode, support)
+        assert NAME_IDS not in kept and len(kept["labels"]) in (3, 6)  # never zero-shot
+    algo.meta_backward(episode)  # prototypes from the examples alone
+
+
+def test_names_are_for_text_classification(tokenizer):
+    model = FewShotModel(BertModel(BertConfig(hidden_size=16, num_hidden_layers=1,
+                         num_attention_heads=2, intermediate_size=32)), task="token")  # fmt: skip
+    with pytest.raises(ValueError, match="text classification"):
+        build_algorithm("protonet", model, ProtoNetConfig(names=True))
+
+
+def test_meta_validation_and_evaluation_use_the_episode_names(learner, data_dir):
+    from datasets import load_from_disk
+
+    from metanlp.episodes import ClassificationSampler, EpisodeCollator
+    from metanlp.training.validation import score_episode
+
+    data = load_from_disk(str(data_dir / "bbc_news"))
+    sampler = ClassificationSampler(
+        data, n_way=3, k_shot=1, q_query=2, seed=0,
+        collator=EpisodeCollator(learner.tokenizer, 64),
+    )  # fmt: skip
+    episode = sampler.episode(0)
+    scored = score_episode(learner.algorithm, episode)
+    logits = learner.query_logits(episode)
+    assert learner.last_decision.names.used
+    loss = float(F.cross_entropy(logits, episode.query["labels"]))
+    assert scored["loss"] == pytest.approx(loss, rel=1e-5)
+    learner.eval_label_names = False
+    try:
+        off = float(F.cross_entropy(learner.query_logits(episode), episode.query["labels"]))
+    finally:
+        learner.eval_label_names = None
+    assert off != pytest.approx(loss, rel=1e-3)

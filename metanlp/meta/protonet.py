@@ -37,11 +37,11 @@ from metanlp.names import (
     MAX_SHOTS,
     NAME_TRUST,
     cosine_logits,
-    describe_label,
     encode_label_names,
     inverse_softplus,
     name_batch,
     name_prototypes,
+    resolve_label_names,
     shot_weights,
 )
 
@@ -146,6 +146,11 @@ class ProtoNet(MetaAlgorithm):
         return names
 
     def build_extra(self) -> None:
+        if self.config.names and self.model.task != "sequence":
+            raise ValueError(
+                "ProtoNetConfig(names=True) is for text classification (task='sequence'); "
+                "NER learners type spans by name with DecomposedConfig(typing='names')."
+            )
         if self.config.names:
             gain = float(self.config.name_lr_gain)
             start = inverse_softplus(float(self.config.name_weight)) / gain
@@ -223,12 +228,14 @@ class ProtoNet(MetaAlgorithm):
         tokenizer = getattr(self.model, "tokenizer", None)
         if tokenizer is None:
             raise ValueError("ProtoNet(names=True) needs model.tokenizer to encode class names.")
-        texts = [describe_label(n) for n in label_names]
-        encoded = encode_label_names(tokenizer, texts, self.config.name_template)
+        choice = resolve_label_names(label_names, None)  # meaningless names: none (w = 0)
+        encoded = {}
+        if choice.used:
+            encoded = encode_label_names(tokenizer, choice.names, self.config.name_template)
         if self.config.name_shot_sampling:
             labels = support["labels"]
             k = int(torch.bincount(labels).min())
-            keep_k = int(torch.randint(0, k + 1, ()))
+            keep_k = int(torch.randint(0 if choice.used else 1, k + 1, ()))
             rank = torch.zeros_like(labels)
             for c in labels.unique():
                 rows = (labels == c).nonzero().flatten()
