@@ -143,7 +143,8 @@ class SetFitZeroShot:
         self.train_seconds: dict[str, float] = {}
 
     def model_for(self, names: list[str]) -> Any:
-        key = tuple(names)
+        """The model of these names in sorted order (episodes order their classes at random)."""
+        key = tuple(sorted(names))
         if key not in self.models:
             from setfit import SetFitModel, Trainer, TrainingArguments, get_templated_dataset
 
@@ -151,19 +152,21 @@ class SetFitZeroShot:
 
             began = time.perf_counter()
             data = get_templated_dataset(
-                candidate_labels=[describe(n) for n in names], sample_size=self.sample_size
+                candidate_labels=[describe(n) for n in key], sample_size=self.sample_size
             )
             model = SetFitModel.from_pretrained(str(default_model_path()))
             args = TrainingArguments(batch_size=16, num_epochs=1, seed=self.seed,
                                      save_strategy="no", report_to="none")  # fmt: skip
             Trainer(model=model, args=args, train_dataset=data).train()
             self.models[key] = model
-            self.train_seconds[" / ".join(names)] = time.perf_counter() - began
+            self.train_seconds[" / ".join(key)] = time.perf_counter() - began
         return self.models[key]
 
     def query_logits(self, episode: Any) -> torch.Tensor:
-        model = self.model_for(list(episode.label_names))
-        proba = torch.as_tensor(model.predict_proba(list(episode.query_inputs))).double()
+        names = list(episode.label_names)
+        model = self.model_for(names)
+        order = [sorted(names).index(n) for n in names]
+        proba = torch.as_tensor(model.predict_proba(list(episode.query_inputs))).double()[:, order]
         return proba.clamp_min(1e-12).log().float()
 
 
