@@ -68,6 +68,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--validate", action="store_true", help="choose template/weight on tweets")
     p.add_argument("--setfit", action="store_true", help="SetFit's templated zero-shot")
     p.add_argument("--out", default=None, help="results stem (default names / names_validation)")
+    p.add_argument("--results-dir", default=str(RESULTS), help="where the results files go")
     p.add_argument("--seed", type=int, default=1234)
     return p.parse_args(argv)
 
@@ -375,10 +376,11 @@ def main(argv: list[str] | None = None) -> None:
     result["provenance"] = provenance(argv)
     result["arguments"] = vars(args)
     result["seconds"] = round(time.perf_counter() - began, 1)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"{stem}.json").write_text(json.dumps(result, indent=1, default=str) + "\n")
-    report(result, RESULTS / f"{stem}.md", title)
-    print(f"wrote {RESULTS / stem}.json/.md ({result['seconds']:.0f} s)")
+    folder = Path(args.results_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{stem}.json").write_text(json.dumps(result, indent=1, default=str) + "\n")
+    report(result, folder / f"{stem}.md", title)
+    print(f"wrote {folder / stem}.json/.md ({result['seconds']:.0f} s)")
 
 
 if __name__ == "__main__":

@@ -357,3 +357,20 @@ def test_meta_validation_and_evaluation_use_the_episode_names(learner, data_dir)
     finally:
         learner.eval_label_names = None
     assert off != pytest.approx(loss, rel=1e-3)
+
+
+def test_the_names_benchmark_runs_and_pairs_its_methods(tmp_path, data_dir, single_thread):
+    import json
+
+    from benchmarks import bench_names
+
+    bench_names.main(["--data", str(data_dir), "--corpora", "coachella", "--shots", "0", "2",
+                      "--episodes", "2", "--query", "2", "--max-length", "32",
+                      "--results-dir", str(tmp_path), "--out", "smoke"])  # fmt: skip
+    record = json.loads((tmp_path / "smoke.json").read_text())
+    zero, two = record["settings"]["coachella_3w0s"], record["settings"]["coachella_3w2s"]
+    assert set(zero["accuracy"]) == {"names_zero_shot", "frozen_name_similarity"}
+    assert set(two["accuracy"]) == {"names", "no_names", "permuted", "meaningless", "frozen_lr"}
+    assert "names - no_names" in two["paired"] and (tmp_path / "smoke.md").is_file()
+    # The meaningless control was detected as such in every episode.
+    assert all(not d["names"]["used"] for d in two["decisions"]["meaningless"])
