@@ -32,9 +32,15 @@ from metanlp.meta.name_typer import with_type_names
 from metanlp.meta.policy import AdaptDecision, AdaptPolicy, adapt_with_policy
 from metanlp.meta.registry import algorithm_from_spec
 from metanlp.models import build_model, model_inputs
+from metanlp.names import (
+    NameChoice,
+    with_resolved_names,
+    without_names,
+)
 from metanlp.predictors import (
     FewShotClassifier,
     FewShotTagger,
+    TextTask,
     check_ner_inputs,
     check_text_inputs,
     encode_ner,
@@ -102,6 +108,9 @@ class MetaLearner:
         self.algorithm, self.config, self.results = algorithm, config, results
         self.eval_steps: int | None = None  # inner steps used by `query_logits` (evaluation)
         self.last_decision: AdaptDecision | None = None  # the policy's choice in `query_logits`
+        # Class names in `query_logits` (a learner that reads them): None = the episode's
+        # label names, False = none (the same learner without names).
+        self.eval_label_names: bool | None = None
         # The fast weights of the last `query_logits` (e.g. to score stages of a NER learner).
         self.last_fast: dict[str, torch.Tensor] | None = None
         self.model.eval()
@@ -235,6 +244,7 @@ class MetaLearner:
         *,
         steps: int | None = None,
         entity_types: Sequence[str] | None = None,
+        label_names: bool | Mapping[Any, str] | Sequence[Any] | None = None,
         finetune: bool | int | Mapping[str, Any] | FineTuneConfig | None = None,
         policy: bool | Mapping[str, Any] | AdaptPolicy | None = None,
         calibrate: bool = False,
@@ -250,6 +260,13 @@ class MetaLearner:
                 steps (ProtoNet has none).
             entity_types (`Sequence[str]`, *optional*): NER only; the allowed entity types, so a
                 misspelt tag is an error instead of a new type.
+            label_names (*optional*): Text classification with a learner that reads class
+                names (``ProtoNetConfig(names=True)``, `metanlp.names`). ``None`` (default): the
+                labels themselves, split into words (``card_arrival`` -> "card arrival");
+                a dict: label -> description; a list: the classes in order, which may include
+                classes without examples (with no examples at all, zero-shot: see
+                `zero_shot`); ``False``: names off. Meaningless names (``LABEL_0``, ``1``,
+                ``A``, a hash) are not used, and ``decision.names`` says why.
             finetune (*optional*): After the inner loop, fine-tune every weight (or a subset)
                 with AdamW on the support set (`metanlp.meta.finetune`): ``True`` (defaults: 10
                 steps), a step count, a dict of `FineTuneConfig` fields or a `FineTuneConfig`;
@@ -290,13 +307,23 @@ class MetaLearner:
             batch, _ = encode_ner(self.tokenizer, inputs, check.tag_ids, self.config.max_length)
             n_labels = len(check.tag_names)
         else:
-            check = check_text_inputs(inputs, labels)
-            batch = encode_texts(self.tokenizer, inputs, self.config.max_length)
-            batch["labels"] = torch.tensor(check.label_ids, dtype=torch.long)
+            check = self._text_task(inputs, labels, label_names)
+            batch = self._encode_support(inputs, check.label_ids)
             n_labels = len(check.label_names)
+        names = None
         if self.config.task == "token":
             batch = with_type_names(self.algorithm, batch, check.tag_names[1:])
-        fast, decision = self._adapt(batch, n_labels, steps, finetune, policy)
+        else:
+            batch, names = with_resolved_names(
+                self.algorithm, batch, check.label_names, label_names
+            )
+        if not len(batch["labels"]) and not (names and names.used):
+            why = names.reason if names else "this learner does not read class names"
+            raise ValueError(
+                f"No examples, and the class names cannot be used ({why}); give examples, or "
+                "names that describe the classes (label_names={label: 'a few words'})."
+            )
+        fast, decision = self._adapt(batch, n_labels, steps, finetune, policy, names)
         if self.config.task == "token":
             result = FewShotTagger(self, fast, check.tag_names, check.iob2_output)
         else:
@@ -308,13 +335,71 @@ class MetaLearner:
         result.decision = decision
         return result
 
+    def zero_shot(self, label_names: Sequence[Any] | Mapping[Any, str]) -> FewShotClassifier:
+        """A classifier from the classes' names alone (no examples).
+
+        Args:
+            label_names: The classes (split into words: ``"sci.space"`` -> "sci space"), or a
+                dict class -> description; the classes are predicted by these keys.
+
+        Example:
+            ```python
+            >>> clf = learner.zero_shot(["business", "sport", "politics"])
+            >>> clf.predict(["The striker scored twice"])
+            ['sport']
+            ```
+        """
+        return self.adapt([], [], label_names=label_names)
+
+    def _text_task(self, texts: Any, labels: Any, label_names: Any) -> Any:
+        """`check_text_inputs`, with the classes taken from a list of ``label_names`` when given
+        (classes without examples allowed; none at all: zero-shot)."""
+        listed = label_names not in (None, True, False) and not isinstance(label_names, str)
+        if not listed:
+            return check_text_inputs(texts, labels)
+        classes = list(label_names)
+        if len(set(classes)) != len(classes) or len(classes) < 2:
+            raise ValueError(
+                f"label_names={classes!r}: give at least 2 distinct classes (each once)."
+            )
+        if isinstance(texts, Sequence) and not isinstance(texts, str) and len(texts) == 0:
+            if isinstance(labels, str) or not isinstance(labels, Sequence) or len(labels):
+                raise ValueError("No texts but labels were given; give one label per text.")
+            return TextTask(label_names=classes, label_ids=[])
+        check = check_text_inputs(texts, labels)
+        if isinstance(label_names, Mapping):
+            # A dict adds descriptions; classes it names without examples are zero-shot ones.
+            classes = [*check.label_names, *(c for c in classes if c not in check.label_names)]
+        unknown = [c for c in check.label_names if c not in classes]
+        if unknown:
+            raise ValueError(
+                f"Labels {unknown[:10]!r} are not in label_names {classes!r}; list every class."
+            )
+        index = {c: i for i, c in enumerate(classes)}
+        ids = [index[check.label_names[i]] for i in check.label_ids]
+        return TextTask(label_names=classes, label_ids=ids)
+
+    def _encode_support(self, texts: Sequence[str], label_ids: list[int]) -> dict[str, Any]:
+        if texts:
+            batch = encode_texts(self.tokenizer, texts, self.config.max_length)
+        else:  # zero-shot: no rows
+            empty = torch.zeros(0, 1, dtype=torch.long)
+            batch = {"input_ids": empty, "attention_mask": empty.clone()}
+        batch["labels"] = torch.tensor(label_ids, dtype=torch.long)
+        return batch
+
     def query_logits(self, episode: Any) -> torch.Tensor:
         """Adapt on an episode's support and return its query logits (for `metanlp.evaluation`)."""
         n = int(episode.num_labels)
         support = episode.support
+        names = None
         if self.config.task == "token":
             support = with_type_names(self.algorithm, support, episode.label_names)
-        fast, decision = self._adapt(support, n, self.eval_steps, None, None)
+        else:
+            support, names = with_resolved_names(
+                self.algorithm, support, episode.label_names, self.eval_label_names
+            )
+        fast, decision = self._adapt(support, n, self.eval_steps, None, None, names)
         self.last_decision, self.last_fast = decision, fast
         query = model_inputs(episode.query, self.device)
         word_ids = getattr(episode, "query_word_ids", None)
@@ -335,13 +420,22 @@ class MetaLearner:
         return AdaptPolicy.coerce(self.config.policy)
 
     def _adapt(
-        self, support: Mapping[str, Any], n: int, steps: int | None, finetune: Any, policy: Any
+        self,
+        support: Mapping[str, Any],
+        n: int,
+        steps: int | None,
+        finetune: Any,
+        policy: Any,
+        names: NameChoice | None = None,
     ) -> tuple[dict[str, torch.Tensor], AdaptDecision | None]:
         """The algorithm's adaptation, then fine-tuning: as asked (``finetune``), as the
         policy asked for chooses from the support set (which may also choose the frozen
         encoder's linear probe or no adaptation at all), as the config's ``finetune`` says, or
-        as the config's policy chooses (in that order)."""
-        if finetune is None:
+        as the config's policy chooses (in that order). ``names``: how the class names were
+        resolved, for a learner that reads them (recorded in the decision). With no examples
+        (zero-shot) the names alone make the classifier: no policy, no fine-tuning."""
+        zero_shot = not len(support["labels"])
+        if finetune is None and not zero_shot:
             if policy is not None:
                 chosen = AdaptPolicy.coerce(policy)
             else:  # a fine-tuning set in the config is the user's choice: it beats the policy
@@ -349,13 +443,22 @@ class MetaLearner:
             if chosen is not None:
                 return adapt_with_policy(
                     self.algorithm, support, n, chosen, steps=steps,
-                    token_task=self.config.task == "token",
+                    token_task=self.config.task == "token", names=names,
                 )  # fmt: skip
         ft = FineTuneConfig.coerce(finetune) if finetune is not None else self.finetune
+        ft = None if zero_shot else ft
+        decision = None
+        if names is not None:
+            reason = "zero-shot: the names alone" if zero_shot else "no policy: as configured"
+            if ft is not None and names.used:  # the fine-tuned head starts from zeros
+                names = dataclasses.replace(
+                    names, used=False, reason="fine-tuning replaces the prototypes"
+                )
+            decision = AdaptDecision(ft, reason, names=names)
         fast = self.algorithm.adapt(support, n, steps=steps)
         if ft is not None:
-            fast = finetune_fast_weights(self.algorithm, support, n, ft, fast)
-        return fast, None
+            fast = finetune_fast_weights(self.algorithm, without_names(support), n, ft, fast)
+        return fast, decision
 
     # ---- saving and sharing ------------------------------------------------------------------
     def model_card(

