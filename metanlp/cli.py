@@ -366,6 +366,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         return COMMANDS[args.command](args)
+    except KeyboardInterrupt as err:  # ctrl-C: `train` has written a checkpoint and says so
+        print(f"metanlp {args.command}: {' '.join(str(err).split()) or 'interrupted'}",
+              file=sys.stderr)  # fmt: skip
+        return 130
     except Exception as err:
         if os.environ.get(TRACEBACK_ENV, "") not in ("", "0"):
             raise

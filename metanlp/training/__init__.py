@@ -10,6 +10,13 @@
 """
 
 from metanlp.training.config import DataConfig, MetaTrainerConfig, OptimizerConfig
-from metanlp.training.trainer import MetaTrainer, TrainerState
+from metanlp.training.trainer import MetaTrainer, TrainerState, TrainingInterrupted
 
-__all__ = ["DataConfig", "MetaTrainer", "MetaTrainerConfig", "OptimizerConfig", "TrainerState"]
+__all__ = [
+    "DataConfig",
+    "MetaTrainer",
+    "MetaTrainerConfig",
+    "OptimizerConfig",
+    "TrainerState",
+    "TrainingInterrupted",
+]

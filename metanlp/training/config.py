@@ -134,11 +134,19 @@ class MetaTrainerConfig(LearnerSpec):
         eval_every (`int`, defaults to 25): Meta-validate every this many steps (and at the end).
         keep_best (`bool`, defaults to True): Save the best meta-validation weights to ``best/``
             and load them back at the end.
-        metric_for_best (`str`, defaults to ``"accuracy"``): Validation metric to maximise.
+        metric_for_best (`str`, defaults to ``"accuracy"``): Validation metric that picks the
+            best weights and drives early stopping.
+        greater_is_better (`bool`, *optional*): Whether a larger ``metric_for_best`` is better;
+            by default False for a metric named ``*loss`` and True for any other.
         early_stopping_patience (`int`, *optional*): Stop after this many evaluations without
             improvement; ``null`` never stops early.
         mixed_precision (`str`, defaults to ``"no"``): ``"no"``, ``"bf16"`` or ``"fp16"``.
         output_dir (`str`, defaults to ``"runs/meta"``): Checkpoints, logs, the learning curve.
+            A folder that holds an earlier run's outputs is refused unless the run resumes it
+            or ``overwrite_output_dir`` is set.
+        overwrite_output_dir (`bool`, defaults to False): Start a new run in an ``output_dir``
+            that holds an earlier run: its checkpoints, ``best/``, logs and curve are deleted
+            first (nothing else in the folder is touched).
         save_every (`int`, *optional*): Checkpoint every this many steps (and at the end).
         save_total_limit (`int`, *optional*, defaults to 2): Keep this many newest checkpoints.
         log_every (`int`, defaults to 1): Log meta-train metrics every this many steps.
@@ -167,9 +175,11 @@ class MetaTrainerConfig(LearnerSpec):
     eval_every: int = 25
     keep_best: bool = True
     metric_for_best: str = "accuracy"
+    greater_is_better: bool | None = None
     early_stopping_patience: int | None = None
     mixed_precision: str = "no"
     output_dir: str = "runs/meta"
+    overwrite_output_dir: bool = False
     save_every: int | None = None
     save_total_limit: int | None = 2
     log_every: int = 1
@@ -199,6 +209,11 @@ class MetaTrainerConfig(LearnerSpec):
         for key in ("save_every", "save_total_limit", "early_stopping_patience", "steps_per_epoch"):
             if getattr(self, key) is not None:
                 _check_int(owner, key, getattr(self, key), 1)
+        if self.greater_is_better is None:
+            self.greater_is_better = not str(self.metric_for_best).endswith("loss")
+        for key in ("greater_is_better", "overwrite_output_dir", "keep_best"):
+            if not isinstance(getattr(self, key), bool):
+                raise ValueError(f"{owner}.{key}={getattr(self, key)!r} must be true or false.")
         if isinstance(self.report_to, str):
             self.report_to = [] if self.report_to == "none" else [self.report_to]
 
