@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -708,3 +709,42 @@ def test_hub_download_fetches_only_learner_files(saved, monkeypatch, tmp_path):
     fetched = [p for method, p, _ in hub.requests if "/resolve/" in p and method == "GET"]
     assert any(p.endswith("/head.safetensors") for p in fetched)
     assert not [p for p in fetched if "unrelated" in p]
+
+
+def test_ctrl_c_writes_a_checkpoint_says_one_line_and_the_resume_is_exact(finished_run, tmp_path):
+    """ctrl-C during `metanlp train` (a real run, SIGINT while step 2 runs): the step finishes,
+    its checkpoint is written, the command ends with one line and status 130 (no traceback), and
+    resuming from that checkpoint ends with the uninterrupted run's weights."""
+    import yaml
+    from trainer_helpers import meta_parameters, tiny_config
+
+    from metanlp.training import state_io as ckpt
+    from metanlp.training.logs import read_jsonl
+
+    data, full, expected = finished_run
+    run = tmp_path / "run"
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        yaml.safe_dump(tiny_config(data, run, save_every=2, save_total_limit=3).to_dict())
+    )
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "metanlp.cli", "train", "--config", str(config)],
+                            stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path)  # fmt: skip
+    deadline = time.time() + 600
+    while not [r for r in read_jsonl(run / "metrics.jsonl") if r["split"] == "train"]:
+        assert proc.poll() is None and time.time() < deadline, proc.stderr.read()[-3000:]
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)  # step 1 is logged: step 2 is under way
+    _, stderr = proc.communicate(timeout=600)
+    assert proc.returncode == 130, stderr[-3000:]
+    assert "Traceback" not in stderr, stderr[-3000:]
+    last = stderr.strip().splitlines()[-1]
+    assert last == (
+        f"metanlp train: interrupted after step 2; checkpoint written to {run / 'checkpoint-2'}. "
+        "Resume with --resume (resume_from_checkpoint=True)."
+    ), stderr[-3000:]
+    assert ckpt.latest_checkpoint(run).name == "checkpoint-2"
+    trainer = _resumed_trainer(data, run)
+    trainer.train(resume_from_checkpoint=True)
+    for name, value in expected.items():
+        assert torch.equal(value, meta_parameters(trainer)[name]), name
