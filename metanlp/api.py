@@ -30,7 +30,7 @@ from metanlp.files import recover_folder
 from metanlp.meta.finetune import FineTuneConfig, finetune_fast_weights
 from metanlp.meta.name_typer import with_type_names
 from metanlp.meta.policy import AdaptDecision, AdaptPolicy, choose_adaptation
-from metanlp.models import model_inputs
+from metanlp.models import check_max_length, model_inputs
 from metanlp.predictors import (
     FewShotClassifier,
     FewShotTagger,
@@ -79,6 +79,7 @@ class MetaLearner:
         # The fast weights of the last `query_logits` (e.g. to score stages of a NER learner).
         self.last_fast: dict[str, torch.Tensor] | None = None
         self.model.eval()
+        check_max_length(self.model.base_encoder, self.tokenizer, config.max_length, "max_length")
 
     # ---- building ----------------------------------------------------------------------------
     @classmethod

@@ -242,6 +242,7 @@ def refuse_remote_code(config: Mapping[str, Any], where: str) -> None:
 
 
 _POOLER_KEYS = re.compile(r"(^|\.)pooler\.")
+_LAYER_KEY = re.compile(r"(^|\.)layers?\.(\d+)\.")
 _TRANSFORMERS_LOADING_LOGGER = "transformers.modeling_utils"
 
 
@@ -313,6 +314,7 @@ def _load_weights(
     missing = sorted(info["missing_keys"])
     problems = bool(unexpected or missing or info["mismatched_keys"] or info["error_msgs"])
     _replay(tf_logger, held.records, keep_report=problems)
+    _check_layer_count(model, missing, unexpected, path)
     if strict and missing:
         raise CorruptFileError(
             f"{path} lacks {len(missing)} weights of its {type(model).__name__} (e.g. "
@@ -322,21 +324,96 @@ def _load_weights(
     return model
 
 
+def _check_layer_count(
+    model: PreTrainedModel, missing: list[str], unexpected: list[str], path: str
+) -> None:
+    """Refuse weights for more layers than the config builds (they would be dropped) or for
+    fewer (whole layers would be random): the config's layer count must be the weights'."""
+    layers: dict[int, set[str]] = {}
+    for key in model.state_dict():
+        if match := _LAYER_KEY.search(key):
+            layers.setdefault(int(match[2]), set()).add(key)
+    extra = sorted({int(m[2]) for k in unexpected if (m := _LAYER_KEY.search(k))} - set(layers))
+    absent = sorted(i for i, keys in layers.items() if keys <= set(missing))
+    if extra or absent:
+        count = getattr(model.config, "num_hidden_layers", len(layers))
+        what = (
+            f"also layers {extra[:3]}, which would be dropped"
+            if extra
+            else f"no weights for layers {absent[:3]}, which would be random"
+        )
+        raise CorruptFileError(
+            f"The config.json of {path} gives num_hidden_layers={count} but its weights hold "
+            f"{what}. Set num_hidden_layers to the layers the weights hold, or save or download "
+            "the model again."
+        )
+
+
 def _replay(target: logging.Logger, records: list[logging.LogRecord], *, keep_report: bool) -> None:
     for record in records:
         if keep_report or "LOAD REPORT" not in record.getMessage():
             target.handle(record)
 
 
+VOCAB_PADDING = 128
+"""Embedding rows a model may have beyond its tokenizer's vocabulary: checkpoints round the table
+up (to a multiple of 8, 64 or 128) for speed. More than that means the wrong tokenizer."""
+
+
 def check_tokenizer_matches(
     model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, name: str = "model"
 ) -> None:
-    """Fail clearly when a tokenizer can emit ids the model's embedding table does not have."""
+    """Fail clearly when the tokenizer's vocabulary is not the model's: it can emit ids the
+    embedding table lacks, or it is far smaller than the table (a tokenizer rebuilt without its
+    vocabulary file knows only its special tokens, and every text would encode to [UNK]).
+
+    Raises:
+        ValueError: naming both sizes.
+    """
     vocab = model.get_input_embeddings().num_embeddings
-    if len(tokenizer) > vocab:
+    if len(tokenizer) > vocab or len(tokenizer) < vocab - VOCAB_PADDING:
         raise ValueError(
-            f"Tokenizer/model mismatch for {name}: the tokenizer has {len(tokenizer)} tokens but the "
-            f"model's embedding table has {vocab} rows. Load the tokenizer that belongs to the model."
+            f"Tokenizer/model mismatch for {name}: the tokenizer has {len(tokenizer)} tokens but "
+            f"the model's embedding table has {vocab} rows. Load the tokenizer that belongs to "
+            "the model (a folder needs its tokenizer.json)."
+        )
+
+
+def max_positions(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> int | None:
+    """Longest input (in sub-tokens, special tokens included) the model can encode, or None
+    when neither the model nor the tokenizer says."""
+    config = model.config
+    limits = []
+    positions = getattr(config, "max_position_embeddings", None)
+    if isinstance(positions, int) and getattr(config, "position_embedding_type", "absolute") in (
+        "absolute",
+        None,
+    ):
+        if config.model_type in _OFFSET_POSITIONS and config.pad_token_id is not None:
+            positions -= config.pad_token_id + 1  # positions start after the padding index
+        limits.append(positions)
+    if 0 < getattr(tokenizer, "model_max_length", 0) < 1_000_000:
+        limits.append(int(tokenizer.model_max_length))
+    return min(limits) if limits else None
+
+
+_OFFSET_POSITIONS = ("roberta", "xlm-roberta", "camembert", "longformer", "data2vec-text")
+
+
+def check_max_length(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, max_length: int, setting: str
+) -> None:
+    """Refuse a truncation length the model's position embeddings cannot encode.
+
+    Raises:
+        ValueError: naming the setting, its value and the model's limit.
+    """
+    limit = max_positions(model, tokenizer)
+    if limit is not None and max_length > limit:
+        raise ValueError(
+            f"{setting}={max_length} is more than the {limit} positions the encoder "
+            f"{model.config.name_or_path or model.config.model_type!r} can encode; set "
+            f"{setting} to at most {limit}."
         )
 
 

@@ -45,6 +45,7 @@ from metanlp.models import (
     DEFAULT_MODEL_HUB_ID,
     HEAD_PARAMETER_NAMES,
     FewShotModel,
+    check_max_length,
     default_model_path,
     load_encoder,
     transformers_bars_off,
@@ -330,6 +331,12 @@ def load_learner_parts(folder: str | os.PathLike, device: str | torch.device = "
     adapter = folder / ADAPTER_DIR
     model = _build_for_load(config, encoder_path, adapter if adapter.is_dir() else None)
     model.tokenizer = _load_tokenizer(folder, model)
+    check_max_length(
+        model.base_encoder,
+        model.tokenizer,
+        config.max_length,
+        f"max_length in {folder / CONFIG_NAME}",
+    )
     head_file = folder / HEAD_NAME
     head = read_safetensors(head_file, RELOAD_FIX)
     check_tensors(head, {f"head.{k}": v.shape for k, v in model.head.state_dict().items()},

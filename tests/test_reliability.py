@@ -182,6 +182,12 @@ CORRUPTIONS = [
     ("config-bad-value", _set_config("pooling", "max"), "metanlp_config.json", "pooling='max'"),
     ("tokenizer-not-json", lambda d: (d / "tokenizer.json").write_text("{"), "tokenizer",
      "cannot be read"),
+    ("no-tokenizer-json", lambda d: (d / "tokenizer.json").unlink(), "tokenizer.json",
+     "missing.*every text would encode to \\[UNK\\]"),
+    ("no-tokenizer-config", lambda d: (d / "tokenizer_config.json").unlink(),
+     "tokenizer_config.json", "missing"),
+    ("max-length-over-positions", _set_config("max_length", 600), "metanlp_config.json",
+     "max_length.*=600 is more than the 512 positions"),
     ("base-model-local-path", _local_base, "metanlp_config.json", "not a Hub id"),
     ("base-model-escape", _set_config("base_model", "../../elsewhere"), "metanlp_config.json",
      "not a Hub id"),
@@ -238,6 +244,29 @@ def test_load_report_only_for_real_mismatches(tmp_path):
     with pytest.raises(ValueError, match=r"lacks 2 weights") as info:
         load_encoder(folder, strict=True)
     assert str(folder) in str(info.value)
+
+
+@pytest.mark.parametrize("layers,match", [(3, r"also layers \[3, 4, 5\], which would be dropped"),
+                                          (8, r"no weights for layers \[6, 7\]")])  # fmt: skip
+def test_a_config_whose_layer_count_is_not_the_weights_is_refused(tmp_path, layers, match):
+    """num_hidden_layers edited to 3 (weights for 6) loaded 3 layers with only transformers'
+    table printed; 8 would add two random layers. Both fail naming the folder."""
+    from metanlp.files import CorruptFileError
+    from metanlp.models import default_model_path, load_encoder
+
+    folder = Path(shutil.copytree(default_model_path(), tmp_path / "encoder"))
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "num_hidden_layers": layers}))
+    with pytest.raises(CorruptFileError, match=match) as info:
+        load_encoder(folder)
+    assert f"num_hidden_layers={layers}" in str(info.value) and str(folder) in str(info.value)
+
+
+def test_max_length_beyond_the_positions_is_refused_up_front():
+    with pytest.raises(
+        ValueError, match=r"max_length=600 is more than the 512 positions.*at most 512"
+    ):
+        MetaLearner.from_pretrained(None, max_length=600, device="cpu")
 
 
 # ---- 4. one atomic writer: fsync, no window without a copy, leftovers cleaned -------------------
