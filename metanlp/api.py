@@ -30,7 +30,7 @@ from metanlp.files import recover_folder
 from metanlp.meta.finetune import FineTuneConfig, finetune_fast_weights
 from metanlp.meta.name_typer import with_type_names
 from metanlp.meta.policy import AdaptDecision, AdaptPolicy, choose_adaptation
-from metanlp.models import check_max_length, model_inputs
+from metanlp.models import check_max_length, model_inputs, resolve_device
 from metanlp.predictors import (
     FewShotClassifier,
     FewShotTagger,
@@ -112,12 +112,7 @@ class MetaLearner:
             >>> learner = MetaLearner.from_pretrained("runs/bbc/learner")
             ```
         """
-        try:
-            device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        except (RuntimeError, TypeError):
-            raise ValueError(
-                f"device={device!r} is not a torch device; use 'cpu', 'cuda' or 'cuda:<index>'."
-            ) from None
+        device = resolve_device(device)
         folder = _find_learner_folder(name_or_path)
         if folder is not None:
             fixed = sorted(set(overrides) - {"finetune", "policy"})

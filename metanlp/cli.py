@@ -135,8 +135,15 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _read_jsonl(path: str) -> list[Any]:
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise ValueError(
+            f"{path} is not UTF-8 text (byte {err.start}: {err.reason}); save it as UTF-8 "
+            "(e.g. iconv -f latin1 -t utf-8)."
+        ) from None
     rows = []
-    for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+    for n, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         try:
@@ -145,6 +152,11 @@ def _read_jsonl(path: str) -> list[Any]:
             if line.lstrip().startswith("{"):
                 raise ValueError(f"{path}:{n} is not valid JSON: {line[:80]!r}") from None
             rows.append({"text": line})  # a plain text line
+        except RecursionError:
+            raise ValueError(
+                f"{path}:{n} nests lists or objects too deeply to read; a line holds one "
+                '{"text": ...} or {"tokens": ...} object.'
+            ) from None
     return rows
 
 
@@ -261,8 +273,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from metanlp.corpora import load_corpus
     from metanlp.episodes import load_episode_specs
     from metanlp.evaluation import comparison_table, evaluate_file
-    from metanlp.models import FewShotModel
+    from metanlp.models import FewShotModel, resolve_device
 
+    if args.device:
+        resolve_device(args.device)  # a device this torch cannot use fails here, in one line
     specs, _ = load_episode_specs(args.episodes)
     task = "token" if specs[0].kind == "ner" else "sequence"
     methods: dict[str, Any] = {}
@@ -323,7 +337,13 @@ def cmd_adapt_predict(args: argparse.Namespace) -> int:
             lines.append({"text": text, "label": clf.classes_[int(row.argmax())], "scores": scores})
     out = "\n".join(json.dumps(line, ensure_ascii=False) for line in lines) + "\n"
     if args.output:
-        Path(args.output).write_text(out, encoding="utf-8")
+        try:
+            Path(args.output).write_text(out, encoding="utf-8")
+        except OSError as err:
+            raise OSError(
+                f"Cannot write --output {args.output} ({err.strerror or err}); pass a path in a "
+                "folder you can write to."
+            ) from None
     else:
         sys.stdout.write(out)
     return 0

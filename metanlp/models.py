@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from torch import nn
 from transformers import (
     CONFIG_MAPPING,
@@ -293,14 +294,16 @@ def _load_weights(
             model, info = AutoModel.from_pretrained(
                 path, config=config, output_loading_info=True, trust_remote_code=False, **kwargs
             )
-    except (RuntimeError, OSError, ValueError) as err:
+    except (RuntimeError, OSError, ValueError, SafetensorError) as err:
         tf_logger.removeFilter(held)
         _replay(tf_logger, held.records, keep_report=True)
+        files = sorted(Path(path).glob("*.safetensors")) if Path(path).is_dir() else []
+        where = str(files[0]) if len(files) == 1 else repr(path)
         raise CorruptFileError(
-            f"Could not load the encoder weights of {path!r} ({type(err).__name__}: {err}). "
-            "If it is a folder, its weight files are truncated or do not fit its config.json: "
-            "save or download it again."
-        ) from err
+            f"Could not load the encoder weights of {where}: {type(err).__name__}: "
+            f"{' '.join(str(err).split())}. If it is a folder, its weight files are truncated "
+            "or do not fit its config.json: save or download it again."
+        ) from None
     except BaseException:
         tf_logger.removeFilter(held)
         _replay(tf_logger, held.records, keep_report=True)
@@ -360,6 +363,30 @@ VOCAB_PADDING = 128
 up (to a multiple of 8, 64 or 128) for speed. More than that means the wrong tokenizer."""
 
 
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``device`` as a `torch.device` (``None``: CUDA when available, else CPU), refusing one
+    this torch cannot use (a CUDA device on a CPU-only build or with no GPU visible), which
+    would otherwise fail later with a bare AssertionError.
+
+    Raises:
+        ValueError: not a device name, or a device that cannot be used (the message says why).
+    """
+    try:
+        device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    except (RuntimeError, TypeError):
+        raise ValueError(
+            f"device={device!r} is not a torch device; use 'cpu', 'cuda' or 'cuda:<index>'."
+        ) from None
+    if device.type != "cuda" or torch.cuda.is_available():
+        return device
+    why = (
+        "this torch is a CPU-only build"
+        if torch.version.cuda is None
+        else "no CUDA GPU is visible (check CUDA_VISIBLE_DEVICES and the driver)"
+    )
+    raise ValueError(f"device={str(device)!r} cannot be used: {why}. Use device='cpu'.")
+
+
 def check_tokenizer_matches(
     model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, name: str = "model"
 ) -> None:
@@ -398,6 +425,24 @@ def max_positions(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) ->
 
 
 _OFFSET_POSITIONS = ("roberta", "xlm-roberta", "camembert", "longformer", "data2vec-text")
+
+
+MIN_MAX_LENGTH = 8
+"""Shortest truncation length metanlp accepts: [CLS], [SEP] and a few sub-tokens of text."""
+
+
+def check_max_length_setting(value: Any, setting: str) -> None:
+    """Refuse a truncation length that is not an int >= `MIN_MAX_LENGTH` (below it every text
+    is cut to a word or two, and results are silently meaningless).
+
+    Raises:
+        ValueError: naming the setting and the value.
+    """
+    if isinstance(value, bool) or not isinstance(value, int) or value < MIN_MAX_LENGTH:
+        raise ValueError(
+            f"{setting}={value!r} must be an int >= {MIN_MAX_LENGTH} (sub-tokens per text, "
+            "special tokens included; 128 is usual)."
+        )
 
 
 def check_max_length(

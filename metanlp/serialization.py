@@ -46,6 +46,7 @@ from metanlp.models import (
     HEAD_PARAMETER_NAMES,
     FewShotModel,
     check_max_length,
+    check_max_length_setting,
     default_model_path,
     load_encoder,
     transformers_bars_off,
@@ -88,6 +89,8 @@ LEARNER_FILE_PATTERNS = (
 `metanlp.hub.push_folder` uploads (nothing else)."""
 LEARNER_DIRS = (ADAPTER_DIR, ENCODER_DIR)
 RELOAD_FIX = "save the learner again, or download it again."
+PEFT_ADAPTS = ("lora", "adapter")
+"""`LearnerSpec.adapt` values whose encoder tensors are PEFT ones, saved in ``adapter/``."""
 _HUB_ID = re.compile(r"^(?!.*\.\.)[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
 
 
@@ -130,8 +133,7 @@ class LearnerConfig(LearnerSpec):
         self.finetune = None if ft is None else ft.to_dict()
         policy = AdaptPolicy.coerce(self.policy)
         self.policy = None if policy is None else policy.to_dict()
-        if not isinstance(self.max_length, int) or self.max_length < 8:
-            raise ValueError(f"LearnerConfig.max_length={self.max_length!r} must be an int >= 8.")
+        check_max_length_setting(self.max_length, "LearnerConfig.max_length")
 
     def to_dict(self) -> dict[str, Any]:
         return {"format": FORMAT, "version": VERSION, **asdict(self)}
@@ -329,6 +331,12 @@ def load_learner_parts(folder: str | os.PathLike, device: str | torch.device = "
     if encoder_path is None:
         check_base_model(config.base_model, folder / CONFIG_NAME)
     adapter = folder / ADAPTER_DIR
+    if config.adapt in PEFT_ADAPTS and not (adapter / "adapter_config.json").is_file():
+        raise FileNotFoundError(
+            f"{adapter / 'adapter_config.json'} is missing: {folder / CONFIG_NAME} says "
+            f"adapt={config.adapt!r}, whose meta-learned tensors are saved in {ADAPTER_DIR}/. "
+            f"Copy the whole learner folder, or {RELOAD_FIX}"
+        )
     model = _build_for_load(config, encoder_path, adapter if adapter.is_dir() else None)
     model.tokenizer = _load_tokenizer(folder, model)
     check_max_length(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import math
 import os
 import re
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
@@ -16,6 +17,7 @@ from typing import Any, get_type_hints
 
 import yaml
 
+from metanlp.files import safe_load_yaml
 from metanlp.spec import LearnerSpec, check_choice
 
 MIXED_PRECISION_CHOICES = ("no", "bf16", "fp16")
@@ -25,10 +27,10 @@ ATTN_CHOICES = ("auto", "eager", "sdpa")
 
 def _check_positive(owner: str, key: str, value: Any, allow_zero: bool = False) -> None:
     ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-    ok = ok and (value >= 0 if allow_zero else value > 0)
+    ok = ok and math.isfinite(value) and (value >= 0 if allow_zero else value > 0)
     if not ok:
         bound = ">= 0" if allow_zero else "> 0"
-        raise ValueError(f"{owner}.{key}={value!r} must be a number {bound}.")
+        raise ValueError(f"{owner}.{key}={value!r} must be a finite number {bound}.")
 
 
 def _check_int(owner: str, key: str, value: Any, minimum: int) -> None:
@@ -241,7 +243,7 @@ class MetaTrainerConfig(LearnerSpec):
         """
         path = resolve_config_path(path)
         try:
-            data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+            data = safe_load_yaml(Path(path).read_text(encoding="utf-8")) or {}
         except yaml.YAMLError as err:
             mark = getattr(err, "problem_mark", None)
             where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
