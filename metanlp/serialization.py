@@ -337,8 +337,8 @@ def load_learner_parts(folder: str | os.PathLike, device: str | torch.device = "
             f"adapt={config.adapt!r}, whose meta-learned tensors are saved in {ADAPTER_DIR}/. "
             f"Copy the whole learner folder, or {RELOAD_FIX}"
         )
-    model = _build_for_load(config, encoder_path, adapter if adapter.is_dir() else None)
-    model.tokenizer = _load_tokenizer(folder, model)
+    _check_tokenizer_files(folder)
+    model = _build_for_load(config, encoder_path, adapter if adapter.is_dir() else None, folder)
     check_max_length(
         model.base_encoder,
         model.tokenizer,
@@ -405,10 +405,10 @@ def check_base_model(name: str, config_file: Path) -> None:
         )
 
 
-def _load_tokenizer(folder: Path, model: FewShotModel) -> Any:
-    from transformers import AutoTokenizer
-
-    from metanlp.models import check_tokenizer_matches, refuse_remote_code
+def _check_tokenizer_files(folder: Path) -> None:
+    """A learner's tokenizer files are there and ask for no code (before transformers reads
+    them: without its vocabulary a tokenizer is rebuilt from its special tokens alone)."""
+    from metanlp.models import refuse_remote_code
 
     for name in (TOKENIZER_FILE, TOKENIZER_CONFIG):
         if not (folder / name).is_file():
@@ -420,25 +420,15 @@ def _load_tokenizer(folder: Path, model: FewShotModel) -> Any:
     if not isinstance(data, dict):
         raise CorruptFileError(f"{folder / TOKENIZER_CONFIG} must hold a JSON object; {RELOAD_FIX}")
     refuse_remote_code(data, str(folder / TOKENIZER_CONFIG))
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(
-            str(folder), use_fast=True, trust_remote_code=False
-        )
-    except Exception as err:  # tokenizers raises its own Exception subclasses
-        raise CorruptFileError(
-            f"The tokenizer files of {folder} (tokenizer.json, tokenizer_config.json) cannot be "
-            f"read ({type(err).__name__}: {err}); {RELOAD_FIX}"
-        ) from None
-    check_tokenizer_matches(model.base_encoder, tokenizer, str(folder))
-    return tokenizer
 
 
 def _build_for_load(
-    config: LearnerConfig, encoder_path: Path | None, adapter: Path | None
+    config: LearnerConfig, encoder_path: Path | None, adapter: Path | None, folder: Path
 ) -> FewShotModel:
     loaded = load_encoder(
         encoder_path if encoder_path is not None else config.base_model,
         strict=encoder_path is not None,
+        tokenizer_path=folder,
     )
     if encoder_path is not None:
         bad = sorted(

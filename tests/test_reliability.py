@@ -188,6 +188,10 @@ CORRUPTIONS = [
      "tokenizer_config.json", "missing"),
     ("max-length-over-positions", _set_config("max_length", 600), "metanlp_config.json",
      "max_length.*=600 is more than the 512 positions"),
+    ("no-adapter-folder", lambda d: shutil.rmtree(d / "adapter"), "adapter/adapter_config.json",
+     "missing.*adapt='lora'"),
+    ("config-nested-too-deep", lambda d: (d / "metanlp_config.json").write_text("[" * 100_000),
+     "metanlp_config.json", "too deeply"),
     ("base-model-local-path", _local_base, "metanlp_config.json", "not a Hub id"),
     ("base-model-escape", _set_config("base_model", "../../elsewhere"), "metanlp_config.json",
      "not a Hub id"),
@@ -777,3 +781,80 @@ def test_ctrl_c_writes_a_checkpoint_says_one_line_and_the_resume_is_exact(finish
     trainer.train(resume_from_checkpoint=True)
     for name, value in expected.items():
         assert torch.equal(value, meta_parameters(trainer)[name]), name
+
+
+_FULL_DISK = r"""
+import resource, signal, sys
+import torch
+from metanlp import MetaLearner
+learner = MetaLearner.from_pretrained(None, device="cpu")
+learner.config.meta_trained = True  # the top layer counts as meta-learned: encoder/ is written
+learner.save_pretrained(sys.argv[1])
+from safetensors.torch import save_file
+save_file({"w": learner.model.head.weight.detach().clone()}, sys.argv[2])
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit fail with EFBIG instead
+resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, resource.RLIM_INFINITY))
+with torch.no_grad():
+    learner.model.head.weight.add_(1.0)
+learner.save_pretrained(sys.argv[1])
+"""
+
+
+def test_a_save_that_runs_out_of_space_fails_in_one_line_and_keeps_the_learner(tmp_path):
+    """A real write failure (the OS refuses bytes past a 1 MiB file size limit, as a full disk
+    does): the error names the folder and the fix instead of a raw SafetensorError, and the
+    learner saved before is intact and nothing is left beside it."""
+    folder = tmp_path / "learner"
+    first = tmp_path / "first_head.safetensors"
+    proc = subprocess.run([sys.executable, "-c", _FULL_DISK, str(folder), str(first)],
+                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"metanlp.files.WriteError: Could not write {folder} ("), last
+    assert "nothing was replaced" in last and "Free disk space" in last, last
+    loaded = MetaLearner.from_pretrained(folder, device="cpu")
+    assert torch.equal(loaded.model.head.weight.detach(), load_file(str(first))["w"])
+    assert _names(tmp_path) == ["first_head.safetensors", "learner"]
+
+
+def test_truncated_encoder_weights_name_the_file(tmp_path):
+    from metanlp.files import CorruptFileError
+
+    learner = MetaLearner.from_pretrained(None, device="cpu")
+    learner.config.meta_trained = True
+    folder = learner.save_pretrained(tmp_path / "learner")
+    _truncate(folder / "encoder" / "model.safetensors")
+    with pytest.raises(CorruptFileError) as info:
+        MetaLearner.from_pretrained(folder, device="cpu")
+    message = str(info.value)
+    assert str(folder / "encoder" / "model.safetensors") in message and "\n" not in message
+    assert "truncated" in message and "download it again" in message
+
+
+@pytest.mark.parametrize(
+    "edit,match",
+    [
+        (lambda e: e["support_rows"].__setitem__(0, e["support_rows"][0] + 0.7), "whole row"),
+        (lambda e: e["query_rows"].__setitem__(1, e["query_rows"][0]), "more than once"),
+        (lambda e: e["support_rows"].__setitem__(1, e["support_rows"][0]), "more than once"),
+    ],
+    ids=["float-row", "repeated-query-row", "repeated-support-row"],
+)
+def test_episode_files_with_float_or_repeated_rows_are_refused(data_dir, tmp_path, edit, match):
+    """A float row was truncated onto another row (a support row could land in the query) and a
+    repeated row counted twice: both are refused, naming the file and the episode."""
+    from metanlp.corpora import load_corpus
+    from metanlp.episodes import ClassificationSampler, load_episode_specs, save_episodes
+    from metanlp.files import CorruptFileError
+
+    data = load_corpus("bbc_news", data_dir)
+    sampler = ClassificationSampler(data, n_way=2, k_shot=2, q_query=2, seed=0, name="bbc_news")
+    path = save_episodes(
+        tmp_path / "e.json", sampler.specs(2), sampler, metadata={"max_length": 64}
+    )
+    payload = json.loads(path.read_text())
+    edit(payload["episodes"][1])
+    path.write_text(json.dumps(payload))
+    with pytest.raises(CorruptFileError, match=f"episode 1 is malformed.*{match}") as info:
+        load_episode_specs(path)
+    assert str(path) in str(info.value)
