@@ -125,7 +125,7 @@ def _parser() -> argparse.ArgumentParser:
 
     h = sub.add_parser("push", help="upload a saved learner folder to the Hugging Face Hub",
                        formatter_class=fmt, description="Creates the repo if needed and commits "
-                       "the whole folder (weights, config, tokenizer, model card) at once.")  # fmt: skip
+                       "the learner's own files (weights, config, tokenizer, model card) at once.")  # fmt: skip
     h.add_argument("--model", required=True, help="folder written by save_pretrained / train")
     h.add_argument("--repo-id", required=True, help="user/name or org/name")
     h.add_argument("--private", action="store_true", help="create the repo private")

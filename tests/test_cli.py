@@ -204,6 +204,7 @@ def test_make_episodes_refuses_zero_episodes(data_dir, tmp_path, capsys):
 
 def test_push_offline_exits_with_one_line_unless_traceback_is_asked(tmp_path, capsys, monkeypatch):
     (tmp_path / "README.md").write_text("card")
+    (tmp_path / "metanlp_config.json").write_text("{}")
     argv = ["push", "--model", str(tmp_path), "--repo-id", "bob/x"]
     assert main(argv) == 1  # not an input error: exit 1, with the error's type
     err = _one_line_error(capsys, "push")
