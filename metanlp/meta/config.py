@@ -87,7 +87,7 @@ class MetaConfig:
             and not isinstance(self.inner_lr, bool)
             and math.isfinite(self.inner_lr)
             and self.inner_lr > 0,
-            f"inner_lr={self.inner_lr!r} must be a finite number > 0.",
+            f"inner_lr={self.inner_lr!r} must be a number > 0 and finite.",
         )
         need(
             _is_int(self.top_layers) and self.top_layers >= 1,

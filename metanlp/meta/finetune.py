@@ -87,7 +87,9 @@ class FineTuneConfig:
                 or not math.isfinite(value)
                 or value < 0
             ):
-                raise ValueError(f"FineTuneConfig.{key}={value!r} must be a finite number >= 0.")
+                raise ValueError(
+                    f"FineTuneConfig.{key}={value!r} must be a number >= 0 and finite."
+                )
         if self.params not in PARAMETER_SETS:
             raise ValueError(
                 f"FineTuneConfig.params={self.params!r} is not allowed; choose one of {list(PARAMETER_SETS)}."

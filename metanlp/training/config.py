@@ -30,7 +30,7 @@ def _check_positive(owner: str, key: str, value: Any, allow_zero: bool = False) 
     ok = ok and math.isfinite(value) and (value >= 0 if allow_zero else value > 0)
     if not ok:
         bound = ">= 0" if allow_zero else "> 0"
-        raise ValueError(f"{owner}.{key}={value!r} must be a finite number {bound}.")
+        raise ValueError(f"{owner}.{key}={value!r} must be a number {bound} and finite.")
 
 
 def _check_int(owner: str, key: str, value: Any, minimum: int) -> None:
