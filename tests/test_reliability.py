@@ -266,6 +266,19 @@ def test_a_config_whose_layer_count_is_not_the_weights_is_refused(tmp_path, laye
     assert f"num_hidden_layers={layers}" in str(info.value) and str(folder) in str(info.value)
 
 
+def test_an_encoder_folder_without_its_vocabulary_is_refused(tmp_path):
+    """Without tokenizer.json and vocab.txt transformers builds a tokenizer of the 5 special
+    tokens, and every text encodes to [UNK]: the vocabulary must match the embedding rows."""
+    from metanlp.models import default_model_path, load_encoder
+
+    folder = Path(shutil.copytree(default_model_path(), tmp_path / "encoder"))
+    (folder / "tokenizer.json").unlink()
+    (folder / "vocab.txt").unlink()
+    with pytest.raises(ValueError, match=r"tokenizer has 5 tokens but .* 30522 rows") as info:
+        load_encoder(folder)
+    assert str(folder) in str(info.value)
+
+
 def test_max_length_beyond_the_positions_is_refused_up_front():
     with pytest.raises(
         ValueError, match=r"max_length=600 is more than the 512 positions.*at most 512"
