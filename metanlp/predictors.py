@@ -204,9 +204,24 @@ def _check_words(words: Any, i: int, allow_empty: bool = False) -> None:
 
 
 def encode_texts(tokenizer: Any, texts: Sequence[str], max_length: int) -> dict[str, torch.Tensor]:
+    """Tokenize ``texts``; a text of which the tokenizer keeps nothing but its special tokens
+    (e.g. only U+FFFD replacement characters, which BERT's cleaner drops) is refused: every
+    such text would get the same prediction.
+
+    Raises:
+        ValueError: naming the positions of those texts.
+    """
     enc = tokenizer(
         list(texts), truncation=True, max_length=max_length, padding=True, return_tensors="pt"
     )
+    specials = tokenizer.num_special_tokens_to_add(pair=False)
+    empty = (enc["attention_mask"].sum(1) <= specials).nonzero().flatten().tolist()
+    if empty and len(texts):
+        raise ValueError(
+            f"texts at positions {empty[:10]} have no content the tokenizer keeps (only "
+            f"characters it drops, e.g. {texts[empty[0]][:20]!r}); give texts with words, or "
+            "drop those."
+        )
     return dict(enc)
 
 

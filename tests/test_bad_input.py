@@ -114,6 +114,10 @@ API_CASES = {
         lambda f: f.learner.adapt(["\u0301\u0308\u0327", *TEXTS[1:]], LABELS),
         _raises(ValueError, "combining-mark", "positions [0]"),
     ),
+    "replacement-characters-only-text": (  # what errors="replace" decoding leaves
+        lambda f: f.adapted.predict(["a fine day", "\ufffd\ufffd\ufffd"]),
+        _raises(ValueError, "positions [1]", "no content the tokenizer keeps"),
+    ),
     "lone-surrogate-text": (
         lambda f: f.adapted.predict(["caf\udce9 au lait"]),
         _raises(ValueError, "positions [0]", "lone surrogate", "encoding"),
