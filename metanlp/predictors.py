@@ -203,10 +203,13 @@ def _check_words(words: Any, i: int, allow_empty: bool = False) -> None:
         )
 
 
-def encode_texts(tokenizer: Any, texts: Sequence[str], max_length: int) -> dict[str, torch.Tensor]:
+def encode_texts(
+    tokenizer: Any, texts: Sequence[str], max_length: int, offset: int = 0
+) -> dict[str, torch.Tensor]:
     """Tokenize ``texts``; a text of which the tokenizer keeps nothing but its special tokens
     (e.g. only U+FFFD replacement characters, which BERT's cleaner drops) is refused: every
-    such text would get the same prediction.
+    such text would get the same prediction. ``offset``: position of ``texts[0]`` among the
+    user's texts (for the message, when they are encoded in batches).
 
     Raises:
         ValueError: naming the positions of those texts.
@@ -218,9 +221,9 @@ def encode_texts(tokenizer: Any, texts: Sequence[str], max_length: int) -> dict[
     empty = (enc["attention_mask"].sum(1) <= specials).nonzero().flatten().tolist()
     if empty and len(texts):
         raise ValueError(
-            f"texts at positions {empty[:10]} have no content the tokenizer keeps (only "
-            f"characters it drops, e.g. {texts[empty[0]][:20]!r}); give texts with words, or "
-            "drop those."
+            f"texts at positions {[offset + i for i in empty[:10]]} have no content the "
+            f"tokenizer keeps (only characters it drops, e.g. {texts[empty[0]][:20]!r}); give "
+            "texts with words, or drop those."
         )
     return dict(enc)
 
@@ -280,7 +283,7 @@ class FewShotClassifier:
         out = []
         for start in range(0, len(texts), BATCH_SIZE):
             batch = encode_texts(self.learner.tokenizer, texts[start : start + BATCH_SIZE],
-                                 self.learner.config.max_length)  # fmt: skip
+                                 self.learner.config.max_length, offset=start)  # fmt: skip
             out.append(algo.predict_logits(self.fast, model_inputs(batch, algo.device), n).cpu())
         return torch.cat(out) if out else torch.zeros(0, n)  # no texts: no rows
 
