@@ -303,7 +303,8 @@ def _train(config: dict, family: str, run_dir: Path):
     from metanlp.training import MetaTrainer
     from metanlp.training.config import MetaTrainerConfig
 
-    config = {**config, "output_dir": str(run_dir / "run")}
+    # A fresh run each time (a saved learner is reused above, never a half-finished run).
+    config = {**config, "output_dir": str(run_dir / "run"), "overwrite_output_dir": True}
     cfg = MetaTrainerConfig.from_dict(config)
     trainer = MetaTrainer(cfg)
     trainer.train()

@@ -239,7 +239,8 @@ def train(
         "algorithm": algorithm, "algorithm_config": options, "max_steps": args.steps,
         "meta_batch_size": 2, "optimizer": {"lr": 1e-4, "schedule": "cosine", "warmup_steps": 5},
         "data": {"train": sources or [TRAIN_SOURCE], "val": None, "max_length": 64, "data_dir": args.data},
-        "output_dir": str(folder / "train"), "report_to": [], "progress_bar": False,
+        "output_dir": str(folder / "train"), "overwrite_output_dir": True,
+        "report_to": [], "progress_bar": False,
         "save_every": None, "keep_best": False, "cpu": True, "seed": 0,
     })  # fmt: skip
     trainer = MetaTrainer(config)

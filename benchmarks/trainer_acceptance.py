@@ -42,6 +42,7 @@ def main() -> None:
         algorithm=args.algorithm,
         max_steps=args.max_steps,
         output_dir=f"{args.out}/{args.algorithm}",
+        overwrite_output_dir=True,  # each acceptance run starts afresh
         eval_every=args.eval_every,
         save_every=args.eval_every,
         progress_bar=False,

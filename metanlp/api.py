@@ -31,7 +31,7 @@ from metanlp.meta.finetune import FineTuneConfig, finetune_fast_weights
 from metanlp.meta.name_typer import with_type_names
 from metanlp.meta.policy import AdaptDecision, AdaptPolicy, adapt_with_policy
 from metanlp.meta.registry import algorithm_from_spec
-from metanlp.models import build_model, model_inputs
+from metanlp.models import build_model, check_max_length, model_inputs, resolve_device
 from metanlp.names import (
     NameChoice,
     with_resolved_names,
@@ -114,6 +114,7 @@ class MetaLearner:
         # The fast weights of the last `query_logits` (e.g. to score stages of a NER learner).
         self.last_fast: dict[str, torch.Tensor] | None = None
         self.model.eval()
+        check_max_length(self.model.base_encoder, self.tokenizer, config.max_length, "max_length")
 
     # ---- building ----------------------------------------------------------------------------
     @classmethod
@@ -149,12 +150,7 @@ class MetaLearner:
             >>> learner = MetaLearner.from_pretrained("runs/bbc/learner")
             ```
         """
-        try:
-            device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        except (RuntimeError, TypeError):
-            raise ValueError(
-                f"device={device!r} is not a torch device; use 'cpu', 'cuda' or 'cuda:<index>'."
-            ) from None
+        device = resolve_device(device)
         folder = _find_learner_folder(name_or_path)
         if folder is not None:
             fixed = sorted(set(overrides) - {"finetune", "policy"})

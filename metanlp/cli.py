@@ -163,7 +163,7 @@ def _parser() -> argparse.ArgumentParser:
 
     h = sub.add_parser("push", help="upload a saved learner folder to the Hugging Face Hub",
                        formatter_class=fmt, description="Creates the repo if needed and commits "
-                       "the whole folder (weights, config, tokenizer, model card) at once.")  # fmt: skip
+                       "the learner's own files (weights, config, tokenizer, model card) at once.")  # fmt: skip
     h.add_argument("--model", required=True, help="folder written by save_pretrained / train")
     h.add_argument("--repo-id", required=True, help="user/name or org/name")
     h.add_argument("--private", action="store_true", help="create the repo private")
@@ -173,8 +173,15 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _read_jsonl(path: str) -> list[Any]:
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise ValueError(
+            f"{path} is not UTF-8 text (byte {err.start}: {err.reason}); save it as UTF-8 "
+            "(e.g. iconv -f latin1 -t utf-8)."
+        ) from None
     rows = []
-    for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+    for n, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         try:
@@ -183,6 +190,11 @@ def _read_jsonl(path: str) -> list[Any]:
             if line.lstrip().startswith("{"):
                 raise ValueError(f"{path}:{n} is not valid JSON: {line[:80]!r}") from None
             rows.append({"text": line})  # a plain text line
+        except RecursionError:
+            raise ValueError(
+                f"{path}:{n} nests lists or objects too deeply to read; a line holds one "
+                '{"text": ...} or {"tokens": ...} object.'
+            ) from None
     return rows
 
 
@@ -344,10 +356,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from metanlp.corpora import load_corpus
     from metanlp.episodes import load_episode_specs
     from metanlp.evaluation import comparison_table, evaluate_file
-    from metanlp.models import FewShotModel
+    from metanlp.models import FewShotModel, resolve_device
 
     if args.n_episodes is not None and args.n_episodes < 1:
         raise ValueError(f"--n-episodes {args.n_episodes}: evaluate at least 1 episode.")
+    if args.device:
+        resolve_device(args.device)  # a device this torch cannot use fails here, in one line
     specs, _ = load_episode_specs(args.episodes)
     task = "token" if specs[0].kind == "ner" else "sequence"
     methods: dict[str, Any] = {}
@@ -408,7 +422,13 @@ def cmd_adapt_predict(args: argparse.Namespace) -> int:
             lines.append({"text": text, "label": clf.classes_[int(row.argmax())], "scores": scores})
     out = "\n".join(json.dumps(line, ensure_ascii=False) for line in lines) + "\n"
     if args.output:
-        Path(args.output).write_text(out, encoding="utf-8")
+        try:
+            Path(args.output).write_text(out, encoding="utf-8")
+        except OSError as err:
+            raise OSError(
+                f"Cannot write --output {args.output} ({err.strerror or err}); pass a path in a "
+                "folder you can write to."
+            ) from None
     else:
         sys.stdout.write(out)
     return 0
@@ -462,6 +482,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         return COMMANDS[args.command](args)
+    except KeyboardInterrupt as err:  # ctrl-C: `train` has written a checkpoint and says so
+        print(f"metanlp {args.command}: {' '.join(str(err).split()) or 'interrupted'}",
+              file=sys.stderr)  # fmt: skip
+        return 130
     except Exception as err:
         if os.environ.get(TRACEBACK_ENV, "") not in ("", "0"):
             raise

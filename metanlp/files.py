@@ -33,6 +33,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
+from safetensors import SafetensorError
 
 _TOKEN_BYTES = 4
 _LEFTOVER = re.compile(
@@ -78,8 +80,14 @@ def write_folder(target: str | os.PathLike, write: Callable[[Path], None]) -> Pa
     tmp.mkdir()
     moved_aside = False
     try:
-        write(tmp)
-        fsync_tree(tmp)
+        try:
+            write(tmp)
+            fsync_tree(tmp)
+        except (OSError, SafetensorError) as err:  # a full disk, a quota, a file size limit
+            raise WriteError(
+                f"Could not write {target} ({_reason(err)}); nothing was replaced (any earlier "
+                f"{target.name} is intact). Free disk space or write somewhere else."
+            ) from err
         if os.path.lexists(target):
             os.replace(target, old)
             moved_aside = True
@@ -94,6 +102,17 @@ def write_folder(target: str | os.PathLike, write: Callable[[Path], None]) -> Pa
     if moved_aside:
         _remove(old)
     return target
+
+
+class WriteError(OSError):
+    """`write_folder` could not write the new folder (disk full, quota, permissions); the
+    message names the target, and the previous folder is left as it was."""
+
+
+def _reason(err: BaseException) -> str:
+    if isinstance(err, OSError) and err.strerror:
+        return f"{err.strerror}: {err.filename}" if err.filename else err.strerror
+    return " ".join(str(err).split())
 
 
 def recover_folder(target: str | os.PathLike) -> None:
@@ -222,11 +241,49 @@ def read_json(path: str | os.PathLike, fix: str) -> Any:
         raise FileNotFoundError(f"{path} is missing; {fix}")
     try:
         return json.loads(path.read_text(encoding="utf-8"))
+    except RecursionError:
+        raise CorruptFileError(f"{path} nests lists or objects too deeply to read; {fix}") from None
     except json.JSONDecodeError as err:
         where = "is empty" if not err.doc.strip() else f"is not valid JSON ({err})"
         raise CorruptFileError(f"{path} {where}; {fix}") from None
     except UnicodeDecodeError:
         raise CorruptFileError(f"{path} is not UTF-8 text; {fix}") from None
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """`yaml.SafeLoader` (plain data, no tags that build objects) that refuses a mapping with a
+    key given twice, where `yaml.safe_load` silently keeps the last value."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        "while reading a mapping", node.start_mark,
+                        f"key {key!r} is given twice (first on line {seen[key] + 1}); keep one",
+                        key_node.start_mark,
+                    )  # fmt: skip
+                seen[key] = key_node.start_mark.line
+            except TypeError:  # an unhashable key: the base class says so
+                break
+        return super().construct_mapping(node, deep=deep)
+
+
+def safe_load_yaml(text: str) -> Any:
+    """Parse YAML as plain data like `yaml.safe_load`, but refuse duplicated keys.
+
+    Raises:
+        yaml.YAMLError: malformed YAML or a key given twice in one mapping (with its line).
+    """
+    loader = _UniqueKeyLoader(text)
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
 
 
 def read_safetensors(
@@ -238,7 +295,6 @@ def read_safetensors(
         FileNotFoundError: the file does not exist.
         CorruptFileError: the file is empty, truncated or not a safetensors file.
     """
-    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     path = Path(path)

@@ -324,19 +324,25 @@ def learner_files(folder: str | os.PathLike) -> dict[str, bytes]:
     """The learner's own files in `folder` (path in the repo -> contents), for a push.
 
     A file is the learner's when its path matches `metanlp.serialization.LEARNER_FILE_PATTERNS`;
-    everything else is left out. Symbolic links are refused, not followed, wherever they are.
+    everything else is left out. No symbolic link is followed: one in the place of a learner
+    file or folder (``README.md -> ~/.ssh/id_rsa``, ``encoder -> ~``) is refused, any other is
+    left out with the other files.
 
     Raises:
-        FileNotFoundError: `folder` holds no ``metanlp_config.json``.
-        ValueError: `folder` or a learner file in it is a symbolic link.
+        FileNotFoundError: `folder` holds no ``metanlp_config.json`` or no ``README.md``.
+        ValueError: `folder` itself, or a learner file or folder in it, is a symbolic link.
     """
     from metanlp.serialization import CONFIG_NAME, LEARNER_DIRS, is_learner_file
 
     folder = Path(folder)
-    if folder.is_symlink() or not (folder / CONFIG_NAME).is_file():
+    if folder.is_symlink():
+        raise ValueError(
+            f"{folder} is a symbolic link; metanlp never uploads what a link points at. Push "
+            f"the folder it points to ({folder.resolve()}) by its own path."
+        )
+    if not (folder / CONFIG_NAME).is_file():
         raise FileNotFoundError(
-            f"{folder} is not a metanlp learner folder (no {CONFIG_NAME}"
-            f"{'; it is a symbolic link' if folder.is_symlink() else ''}); push a folder "
+            f"{folder} is not a metanlp learner folder (no {CONFIG_NAME}); push a folder "
             "written by MetaLearner.save_pretrained, or use learner.push_to_hub()."
         )
     files: dict[str, bytes] = {}

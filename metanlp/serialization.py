@@ -47,6 +47,8 @@ from metanlp.models import (
     DEFAULT_MODEL_HUB_ID,
     HEAD_PARAMETER_NAMES,
     FewShotModel,
+    check_max_length,
+    check_max_length_setting,
     default_model_path,
     load_encoder,
     model_from_encoder,
@@ -90,6 +92,8 @@ LEARNER_FILE_PATTERNS = (
 `metanlp.hub.push_folder` uploads (nothing else)."""
 LEARNER_DIRS = (ADAPTER_DIR, ENCODER_DIR)
 RELOAD_FIX = "save the learner again, or download it again."
+PEFT_ADAPTS = ("lora", "adapter")
+"""`LearnerSpec.adapt` values whose encoder tensors are PEFT ones, saved in ``adapter/``."""
 _HUB_ID = re.compile(r"^(?!.*\.\.)[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
 
 
@@ -135,8 +139,7 @@ class LearnerConfig(LearnerSpec):
         self.finetune = None if ft is None else ft.to_dict()
         policy = AdaptPolicy.coerce(self.policy)
         self.policy = None if policy is None else policy.to_dict()
-        if not isinstance(self.max_length, int) or self.max_length < 8:
-            raise ValueError(f"LearnerConfig.max_length={self.max_length!r} must be an int >= 8.")
+        check_max_length_setting(self.max_length, "LearnerConfig.max_length")
 
     def to_dict(self) -> dict[str, Any]:
         return {"format": FORMAT, "version": VERSION, **asdict(self)}
@@ -345,8 +348,20 @@ def load_learner_parts(folder: str | os.PathLike, device: str | torch.device = "
     if encoder_path is None:
         check_base_model(config.base_model, folder / CONFIG_NAME)
     adapter = folder / ADAPTER_DIR
-    model = _build_for_load(config, encoder_path, adapter if adapter.is_dir() else None)
-    model.tokenizer = _load_tokenizer(folder, model)
+    if config.adapt in PEFT_ADAPTS and not (adapter / "adapter_config.json").is_file():
+        raise FileNotFoundError(
+            f"{adapter / 'adapter_config.json'} is missing: {folder / CONFIG_NAME} says "
+            f"adapt={config.adapt!r}, whose meta-learned tensors are saved in {ADAPTER_DIR}/. "
+            f"Copy the whole learner folder, or {RELOAD_FIX}"
+        )
+    _check_tokenizer_files(folder)
+    model = _build_for_load(config, encoder_path, adapter if adapter.is_dir() else None, folder)
+    check_max_length(
+        model.base_encoder,
+        model.tokenizer,
+        config.max_length,
+        f"max_length in {folder / CONFIG_NAME}",
+    )
     head_file = folder / HEAD_NAME
     head = read_safetensors(head_file, RELOAD_FIX)
     check_tensors(head, {f"head.{k}": v.shape for k, v in model.head.state_dict().items()},
@@ -407,10 +422,10 @@ def check_base_model(name: str, config_file: Path) -> None:
         )
 
 
-def _load_tokenizer(folder: Path, model: FewShotModel) -> Any:
-    from transformers import AutoTokenizer
-
-    from metanlp.models import check_tokenizer_matches, refuse_remote_code
+def _check_tokenizer_files(folder: Path) -> None:
+    """A learner's tokenizer files are there and ask for no code (before transformers reads
+    them: without its vocabulary a tokenizer is rebuilt from its special tokens alone)."""
+    from metanlp.models import refuse_remote_code
 
     for name in (TOKENIZER_FILE, TOKENIZER_CONFIG):
         if not (folder / name).is_file():
@@ -422,25 +437,15 @@ def _load_tokenizer(folder: Path, model: FewShotModel) -> Any:
     if not isinstance(data, dict):
         raise CorruptFileError(f"{folder / TOKENIZER_CONFIG} must hold a JSON object; {RELOAD_FIX}")
     refuse_remote_code(data, str(folder / TOKENIZER_CONFIG))
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(
-            str(folder), use_fast=True, trust_remote_code=False
-        )
-    except Exception as err:  # tokenizers raises its own Exception subclasses
-        raise CorruptFileError(
-            f"The tokenizer files of {folder} (tokenizer.json, tokenizer_config.json) cannot be "
-            f"read ({type(err).__name__}: {err}); {RELOAD_FIX}"
-        ) from None
-    check_tokenizer_matches(model.base_encoder, tokenizer, str(folder))
-    return tokenizer
 
 
 def _build_for_load(
-    config: LearnerConfig, encoder_path: Path | None, adapter: Path | None
+    config: LearnerConfig, encoder_path: Path | None, adapter: Path | None, folder: Path
 ) -> FewShotModel:
     loaded = load_encoder(
         encoder_path if encoder_path is not None else config.base_model,
         strict=encoder_path is not None,
+        tokenizer_path=folder,
     )
     if encoder_path is not None:
         bad = sorted(

@@ -116,6 +116,7 @@ def trainer_config(args: argparse.Namespace, name: str, **settings: Any) -> Any:
             "meta_batch_size": size.meta_batch_size,
             "eval_every": max(1, size.max_steps // 4),
             "output_dir": str(Path(args.out) / name / "train"),
+            "overwrite_output_dir": True,  # a recipe always starts afresh in its --out folder
             "report_to": [],
             "progress_bar": not args.no_progress,
             "save_every": None,

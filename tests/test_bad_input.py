@@ -100,7 +100,47 @@ API_CASES = {
     ),
     "missing-label": (
         lambda f: f.learner.adapt(TEXTS, [None, *LABELS[1:]]),
-        _raises(TypeError, "positions [0]", "missing"),
+        _raises(ValueError, "positions [0]", "missing"),
+    ),
+    "nan-label": (  # an empty table cell; NaN != NaN made every one a class of its own
+        lambda f: f.learner.adapt(TEXTS, [*LABELS[:2], float("nan"), *LABELS[3:]]),
+        _raises(ValueError, "positions [2]", "NaN"),
+    ),
+    "numpy-nan-labels": (
+        lambda f: f.learner.adapt(TEXTS, [__import__("numpy").float64("nan")] * 2 + LABELS[2:]),
+        _raises(ValueError, "positions [0, 1]", "NaN"),
+    ),
+    "combining-marks-only-text": (
+        lambda f: f.learner.adapt(["\u0301\u0308\u0327", *TEXTS[1:]], LABELS),
+        _raises(ValueError, "combining-mark", "positions [0]"),
+    ),
+    "replacement-characters-only-text": (  # what errors="replace" decoding leaves
+        lambda f: f.adapted.predict(["a fine day"] * 40 + ["\ufffd\ufffd\ufffd"]),
+        _raises(ValueError, "positions [40]", "no content the tokenizer keeps"),
+    ),
+    "lone-surrogate-text": (
+        lambda f: f.adapted.predict(["caf\udce9 au lait"]),
+        _raises(ValueError, "positions [0]", "lone surrogate", "encoding"),
+    ),
+    "ner-lone-surrogate-word": (
+        lambda f: f.tagger.predict([["Ann", "lives", "in", "Z\udcfcrich"]]),
+        _raises(ValueError, "sentence 0", "lone surrogate"),
+    ),
+    "finetune-infinite-lr": (
+        lambda f: MetaLearner.from_pretrained(None, finetune={"lr": float("inf")}),
+        _raises(ValueError, "lr=inf", "finite"),
+    ),
+    "nan-inner-lr": (
+        lambda f: MetaLearner.from_pretrained(None, algorithm_config={"inner_lr": float("nan")}),
+        _raises(ValueError, "inner_lr=nan", "finite"),
+    ),
+    "max-length-over-positions": (
+        lambda f: MetaLearner.from_pretrained(None, max_length=600),
+        _raises(ValueError, "max_length=600", "512 positions", "at most 512"),
+    ),
+    "max-length-too-small": (
+        lambda f: MetaLearner.from_pretrained(None, max_length=3),
+        _raises(ValueError, "max_length=3", ">= 8"),
     ),
     "mixed-equal-label-types": (
         lambda f: f.learner.adapt(TEXTS[:4], [1, 1, True, True]),
@@ -296,6 +336,50 @@ CLI_CASES = {
         ["adapt-predict", "--model", "default", "--support", "{s.jsonl}", "--inputs", "{q.txt}"],
         ["lines [2]", "'label'"],
     ),
+    "config-infinite-lr": (*_train(optimizer={"lr": float("inf")}), ["optimizer.lr=inf", "finite"]),
+    "config-duplicated-key": (
+        {"cfg.yaml": "max_steps: 3\n" + _config() + "max_steps: 5\n"},
+        ["train", "--config", "{cfg.yaml}"],
+        ["cfg.yaml", "key 'max_steps' is given twice (first on line 1)"],
+    ),
+    "episodes-max-length-3": (
+        {},
+        _episodes("bbc_news", "--n-way", "2", "--max-length", "3"),
+        ["max_length", "=3", ">= 8"],
+    ),
+    "support-not-utf8": (
+        {"s.jsonl": b'{"text": "caf\xe9", "label": "a"}\n', "q.txt": "hello\n"},
+        ["adapt-predict", "--model", "default", "--support", "{s.jsonl}", "--inputs", "{q.txt}"],
+        ["s.jsonl is not UTF-8", "save it as UTF-8"],
+    ),
+    "inputs-nested-too-deep": (
+        {"s.jsonl": "", "q.jsonl": "[" * 100_000 + "]" * 100_000 + "\n"},
+        ["adapt-predict", "--model", "default", "--support", "{s.jsonl}", "--inputs", "{q.jsonl}"],
+        ["q.jsonl:1", "too deeply"],
+    ),
+    "output-unwritable": (
+        {
+            "s.jsonl": "".join(
+                json.dumps({"text": t, "label": y}) + "\n"
+                for t, y in zip(TEXTS, LABELS, strict=True)
+            ),
+            "q.txt": "hello\n",
+        },
+        [
+            "adapt-predict",
+            "--model",
+            "default",
+            "--support",
+            "{s.jsonl}",
+            "--inputs",
+            "{q.txt}",
+            "--steps",
+            "1",
+            "--output",
+            "{q.txt}/out.jsonl",
+        ],
+        ["Cannot write --output", "q.txt/out.jsonl", "Not a directory"],
+    ),  # fmt: skip
     "missing-support-file": (
         {"q.txt": "hello\n"},
         [
@@ -316,7 +400,10 @@ CLI_CASES = {
 def test_bad_cli_input(case, data_dir, tmp_path, capsys):
     files, argv, expected = CLI_CASES[case]
     for name, content in files.items():
-        (tmp_path / name).write_text(content, encoding="utf-8")
+        if isinstance(content, bytes):
+            (tmp_path / name).write_bytes(content)
+        else:
+            (tmp_path / name).write_text(content, encoding="utf-8")
     names = {name: str(tmp_path / name) for name in files} | {"dir": str(tmp_path)}
     for name, path in names.items():
         argv = [a.replace("{" + name + "}", path) for a in argv]
@@ -349,3 +436,15 @@ def test_truncated_learner_never_loads_partially(saved_folder, tmp_path):
     head = load_file(str(saved_folder / "head.safetensors"))
     again = MetaLearner.from_pretrained(saved_folder, device="cpu")
     assert torch.equal(again.model.head.weight.detach(), head["head.weight"])
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_without_cuda_is_one_line(tmp_path, capsys):
+    """--device cuda on a CPU-only torch: one line saying why, not a bare AssertionError."""
+    argv = ["evaluate", "--episodes", str(tmp_path / "e.json"), "--dataset", "bbc_news",
+            "--device", "cuda"]  # fmt: skip
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "device='cuda' cannot be used" in err and "cpu" in err, err
+    with pytest.raises(ValueError, match="device='cuda' cannot be used"):
+        MetaLearner.from_pretrained(None, device="cuda")

@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -181,6 +182,16 @@ CORRUPTIONS = [
     ("config-bad-value", _set_config("pooling", "max"), "metanlp_config.json", "pooling='max'"),
     ("tokenizer-not-json", lambda d: (d / "tokenizer.json").write_text("{"), "tokenizer",
      "cannot be read"),
+    ("no-tokenizer-json", lambda d: (d / "tokenizer.json").unlink(), "tokenizer.json",
+     "missing.*every text would encode to \\[UNK\\]"),
+    ("no-tokenizer-config", lambda d: (d / "tokenizer_config.json").unlink(),
+     "tokenizer_config.json", "missing"),
+    ("max-length-over-positions", _set_config("max_length", 600), "metanlp_config.json",
+     "max_length.*=600 is more than the 512 positions"),
+    ("no-adapter-folder", lambda d: shutil.rmtree(d / "adapter"), "adapter/adapter_config.json",
+     "missing.*adapt='lora'"),
+    ("config-nested-too-deep", lambda d: (d / "metanlp_config.json").write_text("[" * 100_000),
+     "metanlp_config.json", "too deeply"),
     ("base-model-local-path", _local_base, "metanlp_config.json", "not a Hub id"),
     ("base-model-escape", _set_config("base_model", "../../elsewhere"), "metanlp_config.json",
      "not a Hub id"),
@@ -237,6 +248,42 @@ def test_load_report_only_for_real_mismatches(tmp_path):
     with pytest.raises(ValueError, match=r"lacks 2 weights") as info:
         load_encoder(folder, strict=True)
     assert str(folder) in str(info.value)
+
+
+@pytest.mark.parametrize("layers,match", [(3, r"also layers \[3, 4, 5\], which would be dropped"),
+                                          (8, r"no weights for layers \[6, 7\]")])  # fmt: skip
+def test_a_config_whose_layer_count_is_not_the_weights_is_refused(tmp_path, layers, match):
+    """num_hidden_layers edited to 3 (weights for 6) loaded 3 layers with only transformers'
+    table printed; 8 would add two random layers. Both fail naming the folder."""
+    from metanlp.files import CorruptFileError
+    from metanlp.models import default_model_path, load_encoder
+
+    folder = Path(shutil.copytree(default_model_path(), tmp_path / "encoder"))
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "num_hidden_layers": layers}))
+    with pytest.raises(CorruptFileError, match=match) as info:
+        load_encoder(folder)
+    assert f"num_hidden_layers={layers}" in str(info.value) and str(folder) in str(info.value)
+
+
+def test_an_encoder_folder_without_its_vocabulary_is_refused(tmp_path):
+    """Without tokenizer.json and vocab.txt transformers builds a tokenizer of the 5 special
+    tokens, and every text encodes to [UNK]: the vocabulary must match the embedding rows."""
+    from metanlp.models import default_model_path, load_encoder
+
+    folder = Path(shutil.copytree(default_model_path(), tmp_path / "encoder"))
+    (folder / "tokenizer.json").unlink()
+    (folder / "vocab.txt").unlink()
+    with pytest.raises(ValueError, match=r"tokenizer has 5 tokens but .* 30522 rows") as info:
+        load_encoder(folder)
+    assert str(folder) in str(info.value)
+
+
+def test_max_length_beyond_the_positions_is_refused_up_front():
+    with pytest.raises(
+        ValueError, match=r"max_length=600 is more than the 512 positions.*at most 512"
+    ):
+        MetaLearner.from_pretrained(None, max_length=600, device="cpu")
 
 
 # ---- 4. one atomic writer: fsync, no window without a copy, leftovers cleaned -------------------
@@ -708,3 +755,119 @@ def test_hub_download_fetches_only_learner_files(saved, monkeypatch, tmp_path):
     fetched = [p for method, p, _ in hub.requests if "/resolve/" in p and method == "GET"]
     assert any(p.endswith("/head.safetensors") for p in fetched)
     assert not [p for p in fetched if "unrelated" in p]
+
+
+def test_ctrl_c_writes_a_checkpoint_says_one_line_and_the_resume_is_exact(finished_run, tmp_path):
+    """ctrl-C during `metanlp train` (a real run, SIGINT while step 2 runs): the step finishes,
+    its checkpoint is written, the command ends with one line and status 130 (no traceback), and
+    resuming from that checkpoint ends with the uninterrupted run's weights."""
+    import yaml
+    from trainer_helpers import meta_parameters, tiny_config
+
+    from metanlp.training import state_io as ckpt
+    from metanlp.training.logs import read_jsonl
+
+    data, full, expected = finished_run
+    run = tmp_path / "run"
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        yaml.safe_dump(tiny_config(data, run, save_every=2, save_total_limit=3).to_dict())
+    )
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "metanlp.cli", "train", "--config", str(config)],
+                            stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path)  # fmt: skip
+    deadline = time.time() + 600
+    while not [r for r in read_jsonl(run / "metrics.jsonl") if r["split"] == "train"]:
+        assert proc.poll() is None and time.time() < deadline, proc.stderr.read()[-3000:]
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)  # step 1 is logged: step 2 is under way
+    _, stderr = proc.communicate(timeout=600)
+    assert proc.returncode == 130, stderr[-3000:]
+    assert "Traceback" not in stderr, stderr[-3000:]
+    last = stderr.strip().splitlines()[-1]
+    assert last == (
+        f"metanlp train: interrupted after step 2; checkpoint written to {run / 'checkpoint-2'}. "
+        "Resume with --resume (resume_from_checkpoint=True)."
+    ), stderr[-3000:]
+    assert ckpt.latest_checkpoint(run).name == "checkpoint-2"
+    trainer = _resumed_trainer(data, run)
+    trainer.train(resume_from_checkpoint=True)
+    for name, value in expected.items():
+        assert torch.equal(value, meta_parameters(trainer)[name]), name
+
+
+_FULL_DISK = r"""
+import resource, signal, sys
+import torch
+from metanlp import MetaLearner
+learner = MetaLearner.from_pretrained(None, device="cpu")
+learner.config.meta_trained = True  # the top layer counts as meta-learned: encoder/ is written
+learner.save_pretrained(sys.argv[1])
+from safetensors.torch import save_file
+save_file({"w": learner.model.head.weight.detach().clone()}, sys.argv[2])
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit fail with EFBIG instead
+resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, resource.RLIM_INFINITY))
+with torch.no_grad():
+    learner.model.head.weight.add_(1.0)
+learner.save_pretrained(sys.argv[1])
+"""
+
+
+def test_a_save_that_runs_out_of_space_fails_in_one_line_and_keeps_the_learner(tmp_path):
+    """A real write failure (the OS refuses bytes past a 1 MiB file size limit, as a full disk
+    does): the error names the folder and the fix instead of a raw SafetensorError, and the
+    learner saved before is intact and nothing is left beside it."""
+    folder = tmp_path / "learner"
+    first = tmp_path / "first_head.safetensors"
+    proc = subprocess.run([sys.executable, "-c", _FULL_DISK, str(folder), str(first)],
+                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"metanlp.files.WriteError: Could not write {folder} ("), last
+    assert "nothing was replaced" in last and "Free disk space" in last, last
+    loaded = MetaLearner.from_pretrained(folder, device="cpu")
+    assert torch.equal(loaded.model.head.weight.detach(), load_file(str(first))["w"])
+    assert _names(tmp_path) == ["first_head.safetensors", "learner"]
+
+
+def test_truncated_encoder_weights_name_the_file(tmp_path):
+    from metanlp.files import CorruptFileError
+
+    learner = MetaLearner.from_pretrained(None, device="cpu")
+    learner.config.meta_trained = True
+    folder = learner.save_pretrained(tmp_path / "learner")
+    _truncate(folder / "encoder" / "model.safetensors")
+    with pytest.raises(CorruptFileError) as info:
+        MetaLearner.from_pretrained(folder, device="cpu")
+    message = str(info.value)
+    assert str(folder / "encoder" / "model.safetensors") in message and "\n" not in message
+    assert "truncated" in message and "download it again" in message
+
+
+@pytest.mark.parametrize(
+    "edit,match",
+    [
+        (lambda e: e["support_rows"].__setitem__(0, e["support_rows"][0] + 0.7), "whole row"),
+        (lambda e: e["query_rows"].__setitem__(1, e["query_rows"][0]), "more than once"),
+        (lambda e: e["support_rows"].__setitem__(1, e["support_rows"][0]), "more than once"),
+    ],
+    ids=["float-row", "repeated-query-row", "repeated-support-row"],
+)
+def test_episode_files_with_float_or_repeated_rows_are_refused(data_dir, tmp_path, edit, match):
+    """A float row was truncated onto another row (a support row could land in the query) and a
+    repeated row counted twice: both are refused, naming the file and the episode."""
+    from metanlp.corpora import load_corpus
+    from metanlp.episodes import ClassificationSampler, load_episode_specs, save_episodes
+    from metanlp.files import CorruptFileError
+
+    data = load_corpus("bbc_news", data_dir)
+    sampler = ClassificationSampler(data, n_way=2, k_shot=2, q_query=2, seed=0, name="bbc_news")
+    path = save_episodes(
+        tmp_path / "e.json", sampler.specs(2), sampler, metadata={"max_length": 64}
+    )
+    payload = json.loads(path.read_text())
+    edit(payload["episodes"][1])
+    path.write_text(json.dumps(payload))
+    with pytest.raises(CorruptFileError, match=f"episode 1 is malformed.*{match}") as info:
+        load_episode_specs(path)
+    assert str(path) in str(info.value)

@@ -353,3 +353,79 @@ def test_learning_curve_draws_the_logged_keys(tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with pytest.raises(ValueError, match=r"No train record has 'loss'.*query_loss"):
         plot_learning_curve(records, tmp_path / "bad.png", train_key="loss")
+
+
+# -- issue 28: the metric's direction, a used output_dir, best/ after a resume --------------------
+def test_greater_is_better_is_inferred_for_losses():
+    assert MetaTrainerConfig(metric_for_best="loss").greater_is_better is False
+    assert MetaTrainerConfig(metric_for_best="accuracy").greater_is_better is True
+    assert MetaTrainerConfig(metric_for_best="loss", greater_is_better=True).greater_is_better
+
+
+def test_keep_best_and_early_stopping_follow_the_metric_direction(data_dir, tmp_path):
+    """metric_for_best: loss keeps the evaluation with the lowest loss (not the highest), and
+    early stopping counts evaluations whose loss did not go down."""
+    config = tiny_config(data_dir, tmp_path / "loss", max_steps=4, eval_every=1,
+                         metric_for_best="loss", early_stopping_patience=4)  # fmt: skip
+    trainer = MetaTrainer(config)
+    state = trainer.train()
+    losses = [(r["loss"], r["step"]) for r in state.history if r["split"] == "val"]
+    assert len(losses) == 4 and len({loss for loss, _ in losses}) > 1, losses
+    best_loss, best_step = min(losses)
+    assert (state.best_metric, state.best_step) == (best_loss, best_step)
+    lowest, patience = math.inf, 0
+    for loss, _ in losses:  # evaluations since the loss last went down
+        lowest, patience = (loss, 0) if loss < lowest else (lowest, patience + 1)
+    assert state.evals_without_improvement == patience
+    best = ckpt.load_state(tmp_path / "loss" / "best", "meta_parameters")
+    for name, value in meta_parameters(trainer).items():
+        assert torch.equal(value, best[name]), name
+
+
+def test_a_used_output_dir_is_refused_unless_resumed_or_overwritten(data_dir, tmp_path):
+    """A new run in an output_dir holding an earlier run would keep the old checkpoints (a later
+    --resume would resume the *old* run) and cut its log: refused, or with
+    overwrite_output_dir exactly the earlier run's outputs are deleted."""
+    from accelerate.state import AcceleratorState
+
+    out = tmp_path / "run"
+    MetaTrainer(tiny_config(data_dir, out, max_steps=2, save_every=1)).train()
+    (out / "notes.txt").write_text("mine")
+    before = sorted(p.name for p in out.iterdir())
+    AcceleratorState._reset_state()
+    with pytest.raises(FileExistsError, match=r"holds an earlier run.*overwrite_output_dir"):
+        MetaTrainer(tiny_config(data_dir, out, max_steps=1)).train()
+    assert sorted(p.name for p in out.iterdir()) == before
+    AcceleratorState._reset_state()
+    MetaTrainer(tiny_config(data_dir, out, max_steps=1, overwrite_output_dir=True)).train()
+    assert [p.name for p in ckpt.list_checkpoints(out)] == ["checkpoint-1"]
+    assert [r["step"] for r in read_jsonl(out / "metrics.jsonl") if r["split"] == "train"] == [1]
+    assert (out / "notes.txt").read_text() == "mine"
+
+
+def test_resume_puts_best_back_as_of_the_checkpoint(data_dir, tmp_path):
+    """A run killed after writing best/ at step 4 and before checkpoint-4: the resumed run's
+    best/ (and the weights it ends with) are those of the best step its state reports, whether
+    that is the checkpoint's own step or an earlier one."""
+    from accelerate.state import AcceleratorState
+
+    full = tmp_path / "full"
+    config = dict(save_every=1, save_total_limit=None, metric_for_best="loss")
+    trainer = MetaTrainer(tiny_config(data_dir, full, **config))
+    trainer.train()
+    for resume_at, best_at in ((3, 2), (2, 2)):
+        run = tmp_path / f"killed{resume_at}"
+        shutil.copytree(full, run)
+        for later in range(resume_at + 1, 5):
+            shutil.rmtree(run / f"checkpoint-{later}")
+        shutil.rmtree(run / "best")  # the killed run wrote step 4's weights to best/
+        shutil.copytree(full / "checkpoint-4", run / "best")
+        AcceleratorState._reset_state()
+        resumed = MetaTrainer(tiny_config(data_dir, run, **config, max_steps=resume_at))
+        state = resumed.train(resume_from_checkpoint=True)
+        assert state.best_step == best_at
+        expected = load_file(str(full / f"checkpoint-{best_at}" / "meta_parameters.safetensors"))
+        for name, value in meta_parameters(resumed).items():
+            assert torch.equal(value, expected[name]), (resume_at, name)
+        kept = load_file(str(run / "best" / "meta_parameters.safetensors"))
+        assert all(torch.equal(kept[k], expected[k]) for k in expected)

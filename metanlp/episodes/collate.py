@@ -17,7 +17,7 @@ from metanlp.episodes.tags import (
     support_windows,
 )
 from metanlp.episodes.types import Episode, EpisodeSpec
-from metanlp.models import check_tokenizer_matches
+from metanlp.models import check_max_length, check_tokenizer_matches
 
 Encoding = tuple[tuple[int, ...], tuple[int, ...] | None, tuple[int | None, ...] | None]
 
@@ -68,6 +68,7 @@ class EpisodeCollator:
             )
         if model is not None:
             check_tokenizer_matches(model, tokenizer, getattr(model, "name_or_path", "model"))
+            check_max_length(model, tokenizer, max_length, "max_length")
         self.tokenizer = tokenizer
         self.max_length = int(max_length)
         self.cache_size = int(cache_size)

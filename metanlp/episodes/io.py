@@ -21,6 +21,7 @@ from metanlp.episodes.sampler import EpisodeSampler
 from metanlp.episodes.sources import ClassificationSource, NERSource
 from metanlp.episodes.types import Episode, EpisodeSpec
 from metanlp.files import CorruptFileError, read_json
+from metanlp.models import check_max_length_setting
 
 FORMAT = "metanlp-episodes"
 VERSION = 1
@@ -52,6 +53,9 @@ def save_episodes(
     """
     if isinstance(sources, EpisodeSampler):
         sources = sources.sources
+    length = (metadata or {}).get("max_length")
+    if length is not None:
+        check_max_length_setting(length, "metadata['max_length'] (make-episodes --max-length)")
     if not specs:
         raise ValueError(
             f"No episodes to write to {path}: an episode file needs at least 1 (e.g. "
@@ -220,6 +224,7 @@ def load_episodes(
     if collator is None:
         if tokenizer is None:
             raise ValueError("load_episodes needs tokenizer=... (or collator=...).")
-        length = max_length or int(header["metadata"].get("max_length", 128))
+        length = max_length or header["metadata"].get("max_length", 128)
+        check_max_length_setting(length, f"max_length of {path}")
         collator = EpisodeCollator(tokenizer, length, model=model)
     return [collator(spec, sources[spec.dataset]) for spec in specs]

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
+import numpy as np
 import torch
 
 KINDS = ("classification", "ner")
@@ -60,13 +61,26 @@ class EpisodeSpec:
                 raise ValueError(f"NER spec scheme={self.scheme!r}; expected one of {NER_SCHEMES}.")
             if self.mode not in NER_MODES:
                 raise ValueError(f"NER spec mode={self.mode!r}; expected one of {NER_MODES}.")
+        for part in ("support_rows", "query_rows"):
+            rows = getattr(self, part)
+            bad = [r for r in rows if isinstance(r, bool) or not isinstance(r, int | np.integer)]
+            if bad:
+                # int(2.7) would be row 2, which may be a row of the other set (support in query)
+                raise ValueError(
+                    f"Episode {self.task!r}: {part} must be whole row indices, got {bad[:5]}."
+                )
+            rows = [int(r) for r in rows]
+            repeated = sorted({r for r in rows if rows.count(r) > 1})
+            if repeated:
+                raise ValueError(
+                    f"Episode {self.task!r}: rows {repeated[:5]} appear more than once in {part}."
+                )
+            setattr(self, part, rows)
         overlap = set(self.support_rows) & set(self.query_rows)
         if overlap:
             raise ValueError(
                 f"Episode {self.task!r}: rows {sorted(overlap)[:5]} are in both support and query."
             )
-        self.support_rows = [int(r) for r in self.support_rows]
-        self.query_rows = [int(r) for r in self.query_rows]
         self.label_names = [str(n) for n in self.label_names]
 
     @property

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from typing import Any, ClassVar
@@ -82,8 +83,11 @@ class MetaConfig:
         need(self.eval_inner_steps is None or (_is_int(self.eval_inner_steps) and self.eval_inner_steps >= 0),
              f"eval_inner_steps={self.eval_inner_steps!r} must be None or an int >= 0.")  # fmt: skip
         need(
-            isinstance(self.inner_lr, (int, float)) and self.inner_lr > 0,
-            f"inner_lr={self.inner_lr!r} must be a number > 0.",
+            isinstance(self.inner_lr, (int, float))
+            and not isinstance(self.inner_lr, bool)
+            and math.isfinite(self.inner_lr)
+            and self.inner_lr > 0,
+            f"inner_lr={self.inner_lr!r} must be a number > 0 and finite.",
         )
         need(
             _is_int(self.top_layers) and self.top_layers >= 1,

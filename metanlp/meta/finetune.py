@@ -20,6 +20,7 @@ The learner's own weights are never modified; the returned dict holds copies of 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -80,8 +81,15 @@ class FineTuneConfig:
             raise ValueError(f"FineTuneConfig.steps={self.steps!r} must be an int >= 1.")
         for key in ("lr", "head_lr", "weight_decay"):
             value = getattr(self, key)
-            if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-                raise ValueError(f"FineTuneConfig.{key}={value!r} must be a number >= 0.")
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, int | float)
+                or not math.isfinite(value)
+                or value < 0
+            ):
+                raise ValueError(
+                    f"FineTuneConfig.{key}={value!r} must be a number >= 0 and finite."
+                )
         if self.params not in PARAMETER_SETS:
             raise ValueError(
                 f"FineTuneConfig.params={self.params!r} is not allowed; choose one of {list(PARAMETER_SETS)}."

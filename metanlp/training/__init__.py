@@ -23,6 +23,7 @@ _EXPORTS = {
     "OptimizerConfig": "metanlp.training.config",
     "MetaTrainer": "metanlp.training.trainer",
     "TrainerState": "metanlp.training.trainer",
+    "TrainingInterrupted": "metanlp.training.trainer",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +18,13 @@ from metanlp.training import state_io as ckpt
 from metanlp.training.utils import load_scheduler_state, scheduler_state
 
 WEIGHTS_NAME = "meta_parameters"
+BEST_DIR = "best"
+BEST_COPY = "best_meta_parameters"
+"""A checkpoint's copy of ``best/``'s weights, when the best step is an earlier one."""
 RESUMABLE_CHANGES = frozenset(
     {
         "output_dir",
+        "overwrite_output_dir",
         "max_steps",
         "save_every",
         "save_total_limit",
@@ -164,6 +169,7 @@ class CheckpointMixin:
                 for rank, state in per_rank:
                     ckpt.save_state(tmp, f"rank{rank}", state)
                 self.config.to_json(tmp / "config.json")
+                self._copy_best(tmp)
 
             write_folder(self.output_dir / name, write)
             ckpt.prune_checkpoints(self.output_dir, self.config.save_total_limit)
@@ -190,3 +196,43 @@ class CheckpointMixin:
         per_rank = ckpt.load_state(path, f"rank{self.rank}")
         ckpt.set_rng_state(per_rank["rng"])
         self.train_sampler.load_state_dict(per_rank["sampler"])
+        if self.config.keep_best:
+            self._restore_best(path)
+
+    # -- best/ as of a checkpoint ------------------------------------------------------------------
+    def _copy_best(self, tmp: Path) -> None:
+        """Keep in a checkpoint the best weights as of its step when they are not its own
+        (``best_step`` before the step), so resuming can put ``best/`` back as it was then."""
+        best_step = self.state.best_step
+        best = self.output_dir / BEST_DIR
+        if not self.config.keep_best or best_step is None or best_step == self.state.step:
+            return
+        for suffix in (".json", ".safetensors"):
+            source = best / f"{WEIGHTS_NAME}{suffix}"
+            if source.is_file():
+                shutil.copyfile(source, tmp / f"{BEST_COPY}{suffix}")
+
+    def _restore_best(self, path: Path) -> None:
+        """Make ``best/`` hold the weights of the checkpoint's ``best_step``: a run killed after
+        a later ``best/`` write (and before its next checkpoint) left weights of a step the
+        resumed run has not reached, which it would otherwise load and report as the best."""
+        best = self.output_dir / BEST_DIR
+        best_step = self.state.best_step
+        if best_step is None:
+            if self.accelerator.is_main_process and best.is_dir():
+                shutil.rmtree(best)  # written after this checkpoint by the killed run
+            self.accelerator.wait_for_everyone()
+        elif best_step == self.state.step:
+            self.save_meta_parameters(best)  # the checkpoint's own weights are the best
+        elif (path / f"{BEST_COPY}.json").is_file():
+            if self.accelerator.is_main_process:
+
+                def write(tmp: Path) -> None:
+                    for suffix in (".json", ".safetensors"):
+                        source = path / f"{BEST_COPY}{suffix}"
+                        if source.is_file():
+                            shutil.copyfile(source, tmp / f"{WEIGHTS_NAME}{suffix}")
+                    self.config.to_json(tmp / "config.json")
+
+                write_folder(best, write)
+            self.accelerator.wait_for_everyone()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import math
 import os
 import re
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
@@ -16,6 +17,7 @@ from typing import Any, get_type_hints
 
 import yaml
 
+from metanlp.files import safe_load_yaml
 from metanlp.spec import LearnerSpec, check_choice
 
 MIXED_PRECISION_CHOICES = ("no", "bf16", "fp16")
@@ -25,10 +27,10 @@ ATTN_CHOICES = ("auto", "eager", "sdpa")
 
 def _check_positive(owner: str, key: str, value: Any, allow_zero: bool = False) -> None:
     ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-    ok = ok and (value >= 0 if allow_zero else value > 0)
+    ok = ok and math.isfinite(value) and (value >= 0 if allow_zero else value > 0)
     if not ok:
         bound = ">= 0" if allow_zero else "> 0"
-        raise ValueError(f"{owner}.{key}={value!r} must be a number {bound}.")
+        raise ValueError(f"{owner}.{key}={value!r} must be a number {bound} and finite.")
 
 
 def _check_int(owner: str, key: str, value: Any, minimum: int) -> None:
@@ -134,11 +136,19 @@ class MetaTrainerConfig(LearnerSpec):
         eval_every (`int`, defaults to 25): Meta-validate every this many steps (and at the end).
         keep_best (`bool`, defaults to True): Save the best meta-validation weights to ``best/``
             and load them back at the end.
-        metric_for_best (`str`, defaults to ``"accuracy"``): Validation metric to maximise.
+        metric_for_best (`str`, defaults to ``"accuracy"``): Validation metric that picks the
+            best weights and drives early stopping.
+        greater_is_better (`bool`, *optional*): Whether a larger ``metric_for_best`` is better;
+            by default False for a metric named ``*loss`` and True for any other.
         early_stopping_patience (`int`, *optional*): Stop after this many evaluations without
             improvement; ``null`` never stops early.
         mixed_precision (`str`, defaults to ``"no"``): ``"no"``, ``"bf16"`` or ``"fp16"``.
         output_dir (`str`, defaults to ``"runs/meta"``): Checkpoints, logs, the learning curve.
+            A folder that holds an earlier run's outputs is refused unless the run resumes it
+            or ``overwrite_output_dir`` is set.
+        overwrite_output_dir (`bool`, defaults to False): Start a new run in an ``output_dir``
+            that holds an earlier run: its checkpoints, ``best/``, logs and curve are deleted
+            first (nothing else in the folder is touched).
         save_every (`int`, *optional*): Checkpoint every this many steps (and at the end).
         save_total_limit (`int`, *optional*, defaults to 2): Keep this many newest checkpoints.
         log_every (`int`, defaults to 1): Log meta-train metrics every this many steps.
@@ -167,9 +177,11 @@ class MetaTrainerConfig(LearnerSpec):
     eval_every: int = 25
     keep_best: bool = True
     metric_for_best: str = "accuracy"
+    greater_is_better: bool | None = None
     early_stopping_patience: int | None = None
     mixed_precision: str = "no"
     output_dir: str = "runs/meta"
+    overwrite_output_dir: bool = False
     save_every: int | None = None
     save_total_limit: int | None = 2
     log_every: int = 1
@@ -202,6 +214,11 @@ class MetaTrainerConfig(LearnerSpec):
         for key in ("save_every", "save_total_limit", "early_stopping_patience", "steps_per_epoch"):
             if getattr(self, key) is not None:
                 _check_int(owner, key, getattr(self, key), 1)
+        if self.greater_is_better is None:
+            self.greater_is_better = not str(self.metric_for_best).endswith("loss")
+        for key in ("greater_is_better", "overwrite_output_dir", "keep_best"):
+            if not isinstance(getattr(self, key), bool):
+                raise ValueError(f"{owner}.{key}={getattr(self, key)!r} must be true or false.")
         if isinstance(self.report_to, str):
             self.report_to = [] if self.report_to == "none" else [self.report_to]
 
@@ -229,7 +246,7 @@ class MetaTrainerConfig(LearnerSpec):
         """
         path = resolve_config_path(path)
         try:
-            data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+            data = safe_load_yaml(Path(path).read_text(encoding="utf-8")) or {}
         except yaml.YAMLError as err:
             mark = getattr(err, "problem_mark", None)
             where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

@@ -10,7 +10,7 @@ from typing import Any
 from torch import nn
 
 from metanlp.meta.registry import algorithm_from_spec
-from metanlp.models import build_model
+from metanlp.models import build_model, check_max_length
 from metanlp.training.config import MetaTrainerConfig
 
 
@@ -68,7 +68,9 @@ def build_samplers(
         raise ValueError(
             "data.train is empty: list at least one episode source (dataset, n_way, k_shot, ...)."
         )
-    collator = EpisodeCollator(algorithm.model.tokenizer, config.data.max_length)
+    model = algorithm.model
+    check_max_length(model.base_encoder, model.tokenizer, config.data.max_length, "data.max_length")
+    collator = EpisodeCollator(model.tokenizer, config.data.max_length)
     shard = {"seed": config.data.seed, "rank": rank, "world_size": world_size}
     if len(config.data.train) == 1:
         train, _ = _sampler(config.data.train[0], config, collator, **shard)

@@ -14,6 +14,9 @@ import dataclasses
 import logging
 import math
 import os
+import shutil
+import signal
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,7 +30,7 @@ from metanlp.episodes.types import Episode
 from metanlp.files import recover_folder
 from metanlp.metrics.functional import format_score
 from metanlp.training import state_io as ckpt
-from metanlp.training.checkpoint import CheckpointMixin
+from metanlp.training.checkpoint import BEST_DIR, CheckpointMixin
 from metanlp.training.config import MetaTrainerConfig
 from metanlp.training.contract import TrainableAlgorithm, check_trainable
 from metanlp.training.logs import (
@@ -54,7 +57,8 @@ from metanlp.training.validation import score_episode, summarize_scores
 
 logger = logging.getLogger(__name__)
 
-BEST_DIR = "best"
+TRACKER_PROJECT = "metanlp"
+"""Accelerate's tracker project: TensorBoard writes to ``<output_dir>/metanlp/``."""
 
 
 @dataclass
@@ -262,20 +266,65 @@ class MetaTrainer(CheckpointMixin):
         Args:
             resume_from_checkpoint (`str`, `Path` or `bool`, *optional*): A checkpoint folder, or
                 ``True`` for the newest one in ``output_dir``; the run then continues exactly as an
-                uninterrupted one would.
+                uninterrupted one would. Without it, an ``output_dir`` holding an earlier run is
+                refused unless ``config.overwrite_output_dir``.
 
         Returns:
             `TrainerState`: step, best metric and step, whether it stopped early, the history.
+
+        Raises:
+            FileExistsError: ``output_dir`` holds an earlier run (see above).
+            TrainingInterrupted: ctrl-C was pressed; the run stopped after the step under way
+                and wrote its checkpoint, which resuming continues from exactly.
         """
         config, acc = self.config, self.accelerator
         if acc.is_main_process:  # finish or clean what a killed run left half-written
             ckpt.recover_checkpoints(self.output_dir)
             recover_folder(self.output_dir / BEST_DIR)
         acc.wait_for_everyone()
+        if not resume_from_checkpoint:
+            self._claim_output_dir()
         resume_step = None
         if resume_from_checkpoint:
             self.load_checkpoint(self._resolve_checkpoint(resume_from_checkpoint))
             resume_step = self.state.step
+        with _StopOnInterrupt() as interrupt:
+            self._loop(resume_step, interrupt)
+        if config.keep_best and self.state.best_step is not None:
+            self.load_meta_parameters(self.output_dir / BEST_DIR)
+        if acc.is_main_process:
+            plot_learning_curve(
+                read_jsonl(self.output_dir / METRICS_FILE), self.output_dir / CURVE_FILE
+            )
+        if config.report_to:
+            acc.end_training()
+        return self.state
+
+    def _claim_output_dir(self) -> None:
+        """A new run refuses an output_dir holding an earlier run's outputs (whose checkpoints
+        a later resume would pick up, and whose log it would cut), unless
+        ``overwrite_output_dir``: then exactly those outputs are deleted."""
+        found = run_outputs(self.output_dir)
+        if not found:
+            return
+        self.accelerator.wait_for_everyone()  # every process has looked before any deletes
+        if not self.config.overwrite_output_dir:
+            raise FileExistsError(
+                f"output_dir {self.output_dir} holds an earlier run ({', '.join(p.name for p in found[:4])}"
+                f"{', ...' if len(found) > 4 else ''}). Resume it (--resume / "
+                "resume_from_checkpoint=True), pick a new output_dir, or set "
+                "overwrite_output_dir: true to delete that run's outputs and start afresh."
+            )
+        if self.accelerator.is_main_process:
+            for path in found:
+                if path.is_dir() and not path.is_symlink():
+                    shutil.rmtree(path)
+                else:
+                    path.unlink()
+        self.accelerator.wait_for_everyone()
+
+    def _loop(self, resume_step: int | None, interrupt: _StopOnInterrupt) -> None:
+        config, acc = self.config, self.accelerator
         jsonl = (
             JsonlLogger(self.output_dir / METRICS_FILE, resume_step)
             if acc.is_main_process
@@ -285,7 +334,9 @@ class MetaTrainer(CheckpointMixin):
             # Resuming: hide the events an interrupted run logged after its last checkpoint, as
             # the JSONL log drops them, so TensorBoard shows each step once.
             purge = {"tensorboard": {"purge_step": resume_step + 1}} if resume_step else None
-            acc.init_trackers("metanlp", config=flat_hparams(config.to_dict()), init_kwargs=purge)
+            acc.init_trackers(
+                TRACKER_PROJECT, config=flat_hparams(config.to_dict()), init_kwargs=purge
+            )
         bar = tqdm(
             total=config.max_steps,
             initial=self.state.step,
@@ -309,18 +360,25 @@ class MetaTrainer(CheckpointMixin):
                     shown[f"best_{key}"] = format_score(key, self.state.best_metric)
             bar.set_postfix(shown)
             last = step == config.max_steps or self.state.stopped_early
-            if last or (config.save_every and step % config.save_every == 0):
-                self.save_checkpoint()
+            stop = self._interrupted(interrupt) and not last
+            if last or stop or (config.save_every and step % config.save_every == 0):
+                path = self.save_checkpoint()
+            if stop:
+                bar.close()
+                if config.report_to:
+                    acc.end_training()
+                raise TrainingInterrupted(
+                    f"interrupted after step {step}; checkpoint written to {path}. Resume with "
+                    "--resume (resume_from_checkpoint=True)."
+                )
         bar.close()
-        if config.keep_best and self.state.best_step is not None:
-            self.load_meta_parameters(self.output_dir / BEST_DIR)
-        if acc.is_main_process:
-            plot_learning_curve(
-                read_jsonl(self.output_dir / METRICS_FILE), self.output_dir / CURVE_FILE
-            )
-        if config.report_to:
-            acc.end_training()
-        return self.state
+
+    def _interrupted(self, interrupt: _StopOnInterrupt) -> bool:
+        """Whether ctrl-C was pressed (on any process: they all stop after the same step)."""
+        if self.world_size == 1:
+            return interrupt.requested
+        flag = torch.tensor([float(interrupt.requested)], device=self.accelerator.device)
+        return bool(self.accelerator.reduce(flag, reduction="sum").item() > 0)
 
     def _log(self, jsonl: JsonlLogger | None, split: str, metrics: dict[str, float]) -> None:
         record = {"step": self.state.step, "split": split, **metrics}
@@ -343,7 +401,7 @@ class MetaTrainer(CheckpointMixin):
             raise ValueError(
                 f"metric_for_best={key!r} is not a validation metric; choose one of {sorted(scores)}."
             )
-        if self.state.best_metric is None or scores[key] > self.state.best_metric:
+        if self.state.best_metric is None or self._better(scores[key], self.state.best_metric):
             self.state.best_metric, self.state.best_step = scores[key], self.state.step
             self.state.evals_without_improvement = 0
             if self.config.keep_best:
@@ -355,5 +413,56 @@ class MetaTrainer(CheckpointMixin):
                 self.state.stopped_early = True
         return scores
 
+    def _better(self, value: float, best: float) -> bool:
+        """Whether ``value`` improves on ``best`` in the direction of ``greater_is_better``
+        (NaN never does)."""
+        if math.isnan(value):
+            return False
+        return value > best if self.config.greater_is_better else value < best
 
-__all__ = ["MetaTrainer", "MetaTrainerConfig", "TrainerState"]
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """ctrl-C stopped `MetaTrainer.train` after a whole step, and a checkpoint of that step was
+    written (the message names it); ``train(resume_from_checkpoint=True)`` continues exactly."""
+
+
+class _StopOnInterrupt:
+    """While active, the first ctrl-C (SIGINT) only asks the loop to stop after the current
+    step, so that the checkpoint it writes is of a whole step; a second one interrupts at once.
+    Outside the main thread (where signals cannot be caught) it does nothing."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: Any = None
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        logger.warning(
+            "ctrl-C: stopping after this step and writing a checkpoint (ctrl-C again to stop "
+            "at once, without one)."
+        )
+
+    def __enter__(self) -> _StopOnInterrupt:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+
+def run_outputs(output_dir: str | os.PathLike) -> list[Path]:
+    """What an earlier `MetaTrainer` run left in ``output_dir``: its checkpoints, ``best/``,
+    metrics log, learning curve and TensorBoard folder (nothing else counts)."""
+    output_dir = Path(output_dir)
+    if not output_dir.is_dir():
+        return []
+    found = list(ckpt.list_checkpoints(output_dir))
+    found += [output_dir / n for n in (BEST_DIR, METRICS_FILE, CURVE_FILE, TRACKER_PROJECT)]
+    return sorted(p for p in found if os.path.lexists(p))
+
+
+__all__ = ["MetaTrainer", "MetaTrainerConfig", "TrainerState", "TrainingInterrupted"]
