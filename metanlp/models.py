@@ -348,8 +348,8 @@ def _load_error(path: str, config: object, err: BaseException) -> ValueError:
                 handle.keys()
         except Exception as bad:  # safetensors raises its own SafetensorError
             return CorruptFileError(
-                f"{file} is truncated or corrupt ({type(bad).__name__}: {_one_line(bad)}); save or "
-                "download the encoder again."
+                f"{file} is truncated or corrupt ({type(bad).__name__}: {_one_line(bad)}); "
+                "save or download it again."
             )
     if "size mismatch" in str(err) or "shape" in str(err).lower():
         return CorruptFileError(
