@@ -361,11 +361,11 @@ class _AdaptedPredictor:
         from safetensors.torch import save_file
 
         from metanlp.files import recover_folder, write_folder
-        from metanlp.serialization import check_save_target, save_learner
+        from metanlp.serialization import save_learner
 
         folder = Path(save_directory)
         recover_folder(folder)
-        check_save_target(folder, overwrite, ours=is_predictor_folder, what="saved predictor")
+        _check_save_target(folder, overwrite)
         config = {
             "format": PREDICTOR_FORMAT,
             "version": PREDICTOR_VERSION,
@@ -478,12 +478,28 @@ class _AdaptedPredictor:
         Returns:
             `str`: URL of the commit.
         """
-        from metanlp.hub import push_folder
+        from huggingface_hub import CommitOperationAdd, HfApi, constants
 
+        if constants.is_offline_mode():
+            raise RuntimeError(
+                "Pushing needs the network but HF_HUB_OFFLINE is set; unset HF_HUB_OFFLINE to push."
+            )
         with tempfile.TemporaryDirectory() as tmp:
+            # A folder just written here holds exactly the predictor's files: all are sent, in
+            # one commit, so the repo never shows a half-uploaded predictor.
             folder = self.save_pretrained(Path(tmp) / self.kind, repo_id=repo_id)
-            return push_folder(folder, repo_id, private=private, token=token, endpoint=endpoint,
-                               commit_message=commit_message or f"Upload metanlp {self.kind}")  # fmt: skip
+            operations = [
+                CommitOperationAdd(
+                    path_in_repo=p.relative_to(folder).as_posix(), path_or_fileobj=str(p)
+                )
+                for p in sorted(folder.rglob("*"))
+                if p.is_file()
+            ]
+            api = HfApi(endpoint=endpoint, token=token)
+            api.create_repo(repo_id, private=private, exist_ok=True)
+            message = commit_message or f"Upload metanlp {self.kind}"
+            info = api.create_commit(repo_id, operations=operations, commit_message=message)
+            return str(info.commit_url)
 
     def _card(self, base_model: str, repo_id: str | None) -> str:
         from huggingface_hub import ModelCard, ModelCardData
@@ -905,6 +921,34 @@ def _check_fast_weights(
                 f"{' (any number of rows >= the labels)' if name in HEAD_PARAMETER_NAMES else ''}; "
                 f"{_RELOAD_FIX}"
             )
+
+
+PREDICTOR_ENTRIES = (PREDICTOR_CONFIG_NAME, FAST_WEIGHTS_NAME, "README.md", LEARNER_DIR)
+"""What `save_pretrained` writes at the top of a predictor folder."""
+
+
+def _check_save_target(folder: Path, overwrite: bool) -> None:
+    """A predictor folder holding only its own entries is replaced; a learner folder or a
+    folder holding anything else is refused (unless ``overwrite``), as for learners
+    (`metanlp.serialization.check_save_target`)."""
+    from metanlp.serialization import check_save_target, is_learner_folder
+
+    real_dir = folder.is_dir() and not folder.is_symlink()
+    if not overwrite and real_dir and is_predictor_folder(folder):
+        foreign = sorted(p.name for p in folder.iterdir() if p.name not in PREDICTOR_ENTRIES)
+        if not foreign:
+            return
+        raise FileExistsError(
+            f"{folder} holds a saved predictor and {len(foreign)} other entries (e.g. "
+            f"{foreign[:3]}); saving there would delete them. Move them out, save elsewhere, or "
+            "pass overwrite=True to replace the whole folder."
+        )
+    if not overwrite and real_dir and is_learner_folder(folder):
+        raise FileExistsError(
+            f"{folder} holds a metanlp learner, not a saved classifier or tagger; saving there "
+            "would replace it. Pick another folder, or pass overwrite=True to replace it."
+        )
+    check_save_target(folder, overwrite)
 
 
 def is_predictor_folder(path: str | os.PathLike) -> bool:

@@ -164,15 +164,23 @@ def test_bad_saves_and_damaged_folders(clf, tmp_path):
     other = tmp_path / "notes"
     other.mkdir()
     (other / "todo.txt").write_text("mine")
-    with pytest.raises(FileExistsError, match="not a saved predictor"):
+    with pytest.raises(FileExistsError, match="not a metanlp learner"):
         clf.save_pretrained(other)
     assert (other / "todo.txt").read_text() == "mine"
+    learner_folder = clf.learner.save_pretrained(tmp_path / "learner")
+    with pytest.raises(FileExistsError, match="holds a metanlp learner"):
+        clf.save_pretrained(learner_folder)
+    assert (learner_folder / "metanlp_config.json").is_file()
     odd = FewShotClassifier(clf.learner, clf.fast, [("a", 1), ("b", 2), ("c", 3)])
     with pytest.raises(ValueError, match="cannot be saved"):
         odd.save_pretrained(tmp_path / "odd")
     assert not (tmp_path / "odd").exists()
     folder = clf.save_pretrained(tmp_path / "clf")
     clf.save_pretrained(folder)  # its own folder is replaced
+    (folder / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="notes.txt"):
+        clf.save_pretrained(folder)
+    (folder / "notes.txt").unlink()
     fast = folder / "fast_weights.safetensors"
     from safetensors.torch import load_file, save_file
 
