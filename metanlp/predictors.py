@@ -928,27 +928,27 @@ PREDICTOR_ENTRIES = (PREDICTOR_CONFIG_NAME, FAST_WEIGHTS_NAME, "README.md", LEAR
 
 
 def _check_save_target(folder: Path, overwrite: bool) -> None:
-    """A predictor folder holding only its own entries is replaced; a learner folder or a
-    folder holding anything else is refused (unless ``overwrite``), as for learners
+    """A predictor folder holding only its own entries is replaced; one holding anything else,
+    a learner or any other folder is refused unless ``overwrite``
     (`metanlp.serialization.check_save_target`)."""
-    from metanlp.serialization import check_save_target, is_learner_folder
+    from metanlp.serialization import check_save_target
 
-    real_dir = folder.is_dir() and not folder.is_symlink()
-    if not overwrite and real_dir and is_predictor_folder(folder):
+    if (
+        not overwrite
+        and folder.is_dir()
+        and not folder.is_symlink()
+        and is_predictor_folder(folder)
+    ):
         foreign = sorted(p.name for p in folder.iterdir() if p.name not in PREDICTOR_ENTRIES)
-        if not foreign:
-            return
-        raise FileExistsError(
-            f"{folder} holds a saved predictor and {len(foreign)} other entries (e.g. "
-            f"{foreign[:3]}); saving there would delete them. Move them out, save elsewhere, or "
-            "pass overwrite=True to replace the whole folder."
-        )
-    if not overwrite and real_dir and is_learner_folder(folder):
-        raise FileExistsError(
-            f"{folder} holds a metanlp learner, not a saved classifier or tagger; saving there "
-            "would replace it. Pick another folder, or pass overwrite=True to replace it."
-        )
-    check_save_target(folder, overwrite)
+        if foreign:
+            raise FileExistsError(
+                f"{folder} holds a saved predictor and {len(foreign)} other entries (e.g. "
+                f"{foreign[:3]}); saving there would delete them. Move them out, save "
+                "elsewhere, or pass overwrite=True to replace the whole folder."
+            )
+    check_save_target(
+        folder, overwrite, ours=is_predictor_folder, what="saved classifier or tagger"
+    )
 
 
 def is_predictor_folder(path: str | os.PathLike) -> bool:

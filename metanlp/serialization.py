@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -213,8 +214,16 @@ def save_learner(
     return write_folder(folder, write)
 
 
-def check_save_target(folder: Path, overwrite: bool) -> None:
-    """Refuse to replace anything but nothing, an empty folder or a learner, unless ``overwrite``."""
+def check_save_target(
+    folder: Path,
+    overwrite: bool,
+    *,
+    ours: Callable[[Path], bool] | None = None,
+    what: str = "metanlp learner",
+) -> None:
+    """Refuse to replace anything but nothing, an empty folder or a learner (or what ``ours``
+    recognises, called ``what`` in the message), unless ``overwrite``."""
+    ours = is_learner_folder if ours is None else ours
     if overwrite or not os.path.lexists(folder):
         return
     if not folder.is_dir():
@@ -222,12 +231,12 @@ def check_save_target(folder: Path, overwrite: bool) -> None:
             f"{folder} is a file, not a folder; saving there would replace it. Pick another "
             "path, or pass overwrite=True to replace the file."
         )
-    if is_learner_folder(folder):
+    if ours(folder):
         return
     entries = sorted(p.name for p in folder.iterdir())
     if entries:
         raise FileExistsError(
-            f"{folder} holds {len(entries)} entries that are not a metanlp learner (e.g. "
+            f"{folder} holds {len(entries)} entries that are not a {what} (e.g. "
             f"{entries[:3]}); saving there would delete them. Pick another or an empty folder, "
             "or pass overwrite=True to replace it."
         )

@@ -164,11 +164,11 @@ def test_bad_saves_and_damaged_folders(clf, tmp_path):
     other = tmp_path / "notes"
     other.mkdir()
     (other / "todo.txt").write_text("mine")
-    with pytest.raises(FileExistsError, match="not a metanlp learner"):
+    with pytest.raises(FileExistsError, match="not a saved classifier or tagger"):
         clf.save_pretrained(other)
     assert (other / "todo.txt").read_text() == "mine"
     learner_folder = clf.learner.save_pretrained(tmp_path / "learner")
-    with pytest.raises(FileExistsError, match="holds a metanlp learner"):
+    with pytest.raises(FileExistsError, match="not a saved classifier or tagger"):
         clf.save_pretrained(learner_folder)
     assert (learner_folder / "metanlp_config.json").is_file()
     odd = FewShotClassifier(clf.learner, clf.fast, [("a", 1), ("b", 2), ("c", 3)])
