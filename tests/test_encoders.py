@@ -5,6 +5,7 @@ attention where SDPA is unsupported)."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from text_examples import LABELS, QUERY, TEXTS
@@ -133,3 +134,29 @@ def test_load_failure_is_not_reported_as_a_corrupt_file(tmp_path):
     with pytest.raises(CorruptFileError, match="truncated or corrupt") as info:
         load_encoder(folder)
     assert str(weights) in str(info.value)
+
+
+def test_options_for_bert_family_blocks_say_so(tmp_path):
+    """vmap task batching runs BERT-family blocks one by one: elsewhere it is a clear error,
+    while the frozen-prefix cache is simply skipped (same predictions)."""
+    from test_meta_core import minilm_episode
+
+    folder = tmp_path / "distilbert"
+    DistilBertModel(DistilBertConfig(**DISTILBERT)).save_pretrained(folder)
+    AutoTokenizer.from_pretrained(default_model_path()).save_pretrained(folder)
+    options = {"inner_steps": 1, "inner_lr": 1e-2, "first_order": True}
+    torch.manual_seed(0)
+    learner = MetaLearner.from_pretrained(
+        folder, adapt="top", algorithm="maml", device="cpu",
+        algorithm_config={**options, "task_batching": "vmap"},
+    )  # fmt: skip
+    episode = minilm_episode(learner.tokenizer, n_way=2)
+    with pytest.raises(ValueError, match="not a BERT-family encoder.*task_batching='loop'"):
+        learner.algorithm.meta_backward_batch([episode, episode])
+    torch.manual_seed(0)
+    cached = MetaLearner.from_pretrained(
+        folder, adapt="top", algorithm="maml", device="cpu",
+        algorithm_config={**options, "frozen_prefix_cache": "on"},
+    )  # fmt: skip
+    expected = learner.adapt(TEXTS, LABELS).predict_proba(QUERY)
+    assert np.allclose(cached.adapt(TEXTS, LABELS).predict_proba(QUERY), expected, atol=1e-6)
