@@ -478,28 +478,12 @@ class _AdaptedPredictor:
         Returns:
             `str`: URL of the commit.
         """
-        from huggingface_hub import CommitOperationAdd, HfApi, constants
+        from metanlp.hub import push_folder
 
-        if constants.is_offline_mode():
-            raise RuntimeError(
-                "Pushing needs the network but HF_HUB_OFFLINE is set; unset HF_HUB_OFFLINE to push."
-            )
         with tempfile.TemporaryDirectory() as tmp:
-            # A folder just written here holds exactly the predictor's files: all are sent, in
-            # one commit, so the repo never shows a half-uploaded predictor.
             folder = self.save_pretrained(Path(tmp) / self.kind, repo_id=repo_id)
-            operations = [
-                CommitOperationAdd(
-                    path_in_repo=p.relative_to(folder).as_posix(), path_or_fileobj=str(p)
-                )
-                for p in sorted(folder.rglob("*"))
-                if p.is_file()
-            ]
-            api = HfApi(endpoint=endpoint, token=token)
-            api.create_repo(repo_id, private=private, exist_ok=True)
-            message = commit_message or f"Upload metanlp {self.kind}"
-            info = api.create_commit(repo_id, operations=operations, commit_message=message)
-            return str(info.commit_url)
+            return push_folder(folder, repo_id, private=private, token=token, endpoint=endpoint,
+                               commit_message=commit_message or f"Upload metanlp {self.kind}")  # fmt: skip
 
     def _card(self, base_model: str, repo_id: str | None) -> str:
         from huggingface_hub import ModelCard, ModelCardData
