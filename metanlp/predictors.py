@@ -865,18 +865,27 @@ def _jsonable_labels(labels: Sequence[Any]) -> list[Any]:
 
 
 def _decision_from_dict(data: Any) -> Any:
-    if data is None:
+    """The saved `AdaptDecision` rebuilt from its ``to_dict`` (a record of what the policy
+    chose; predictions never depend on it). Plain fields pass through by name, so fields added
+    later keep working; a nested record that cannot be rebuilt is left out."""
+    if not isinstance(data, dict):
         return None
+    from dataclasses import fields
+
     from metanlp.meta.finetune import FineTuneConfig
     from metanlp.meta.policy import AdaptDecision
 
+    known = {f.name for f in fields(AdaptDecision)}
+    kwargs = {
+        k: v
+        for k, v in data.items()
+        if k in known and k != "finetune" and (k == "scores" or not isinstance(v, (dict, list)))
+    }
     ft = data.get("finetune")
-    return AdaptDecision(
-        finetune=None if ft is None else FineTuneConfig(**ft),
-        reason=str(data.get("reason", "")),
-        scores=dict(data.get("scores") or {}),
-        seconds=float(data.get("seconds", 0.0)),
-    )
+    try:
+        return AdaptDecision(finetune=None if ft is None else FineTuneConfig(**ft), **kwargs)
+    except (TypeError, ValueError):  # written by another version: the record is optional
+        return None
 
 
 def _check_fast_weights(

@@ -226,3 +226,11 @@ def test_push_to_hub_and_load_in_a_fresh_process(clf, monkeypatch, tmp_path):
     assert hub.unexpected == [] and len(hub.commits) == 1
     assert 'FewShotClassifier.from_pretrained("alice/topics")' in card
     assert "pipeline_tag: text-classification" in card and "not calibrated" in card
+
+
+def test_policy_decision_is_saved_with_the_classifier(lora_learner, tmp_path):
+    clf = lora_learner.adapt(TEXTS, LABELS, policy={"steps": [0, 1], "lrs": [1e-4]})
+    assert clf.decision is not None and clf.decision.scores  # 2-fold CV ran
+    loaded = FewShotClassifier.from_pretrained(clf.save_pretrained(tmp_path / "clf"))
+    assert loaded.decision.to_dict() == clf.decision.to_dict()
+    assert loaded.predict(QUERY) == clf.predict(QUERY)
