@@ -45,7 +45,7 @@ ENCODERS = [
     ("bert", BertConfig(**BERT_LIKE), BertModel, "encoder.layer"),
     ("roberta", RobertaConfig(**BERT_LIKE), RobertaModel, "encoder.layer"),
     ("xlm-roberta", XLMRobertaConfig(**BERT_LIKE), XLMRobertaModel, "encoder.layer"),
-    ("electra", ElectraConfig(**BERT_LIKE, embedding_size=32), ElectraModel, "encoder.layer"),
+    ("electra", ElectraConfig(**BERT_LIKE, embedding_size=16), ElectraModel, "encoder.layer"),
     ("distilbert", DistilBertConfig(**DISTILBERT), DistilBertModel, "transformer.layer"),
     ("deberta-v2", DebertaV2Config(**BERT_LIKE), DebertaV2Model, "encoder.layer"),
     ("modernbert", ModernBertConfig(**MODERNBERT), ModernBertModel, "layers"),
@@ -160,3 +160,35 @@ def test_options_for_bert_family_blocks_say_so(tmp_path):
     )  # fmt: skip
     expected = learner.adapt(TEXTS, LABELS).predict_proba(QUERY)
     assert np.allclose(cached.adapt(TEXTS, LABELS).predict_proba(QUERY), expected, atol=1e-6)
+
+
+def test_frozen_prefix_cache_is_exact_or_off(encoder_folder):
+    """BERT-family blocks run one by one (embeddings, ELECTRA's projection, layers) give the
+    model's own logits; other encoders never use the cache."""
+    from metanlp.meta.efficient import (
+        cache_frozen_prefix,
+        frozen_prefix_layer,
+        layered_forward,
+        runs_layered,
+    )
+    from metanlp.predictors import encode_texts
+
+    folder, _ = encoder_folder
+    torch.manual_seed(0)
+    learner = MetaLearner.from_pretrained(
+        folder, adapt="top", algorithm="maml", device="cpu",
+        algorithm_config={"inner_steps": 1, "inner_lr": 1e-2, "first_order": True},
+    )  # fmt: skip
+    model, algo = learner.model.eval(), learner.algorithm
+    first = frozen_prefix_layer(model, algo.inner_names)
+    if not runs_layered(model):
+        assert first == 0
+        return
+    assert first == 1  # top_layers=1 of 2
+    batch = encode_texts(learner.tokenizer, QUERY, 32)
+    fast = {n: p.detach() + 0.01 for n, p in model.named_parameters() if n in algo.inner_names}
+    with torch.no_grad():
+        plain = algo.forward_with(fast, batch, 3)
+        assert torch.allclose(layered_forward(model, fast, batch, 3), plain, atol=1e-5)
+        cached = cache_frozen_prefix(model, batch, first)
+        assert torch.allclose(algo.forward_with(fast, cached, 3), plain, atol=1e-5)
