@@ -272,12 +272,12 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
     return float(_TEMPERATURES[int(torch.argmin(losses))])
 
 
-def _progress(total: int, batch_size: int, show: bool | None, what: str) -> Any:
+def _progress(total: int, batch_size: int, show: bool | None, unit: str) -> Any:
     from tqdm.auto import tqdm
 
     batches = -(-total // batch_size)
     show = batches > PROGRESS_BAR_BATCHES if show is None else show
-    return tqdm(total=total, desc=what, unit=" texts", disable=not show)
+    return tqdm(total=total, desc="predict", unit=f" {unit}", disable=not show)
 
 
 def _check_batch_size(batch_size: Any) -> int:
@@ -549,7 +549,7 @@ class FewShotClassifier(_AdaptedPredictor):
         batch_size = _check_batch_size(batch_size)
         algo, n = self.learner.algorithm, len(self.classes_)
         out = []
-        with _progress(len(texts), batch_size, show_progress_bar, "predict") as bar:
+        with _progress(len(texts), batch_size, show_progress_bar, "texts") as bar:
             for start in range(0, len(texts), batch_size):
                 chunk = texts[start : start + batch_size]
                 batch = encode_texts(self.learner.tokenizer, chunk, self.learner.config.max_length)
@@ -706,7 +706,7 @@ class FewShotTagger(_AdaptedPredictor):
             for a, b in support_windows(tokenizer, words, [1] * len(words), max_length)
         ]
         per_sentence: list[list[torch.Tensor]] = [[] for _ in sentences]
-        with _progress(len(pieces), batch_size, show_progress_bar, "predict") as bar:
+        with _progress(len(pieces), batch_size, show_progress_bar, "sentences") as bar:
             for start in range(0, len(pieces), batch_size):
                 chunk = pieces[start : start + batch_size]
                 batch, word_ids = encode_ner(tokenizer, [w for _, w in chunk], None, max_length)
