@@ -1,7 +1,8 @@
 """How much `adapt(..., calibrate=True)` changes the query probabilities (not the predictions).
 
-BBC News N-way K-shot episodes (seeded class and example draws), one learner; per episode the
-same support set is adapted without and with calibration, and the query set is scored by
+BBC News N-way K-shot episodes (seeded class and example draws), one learner (its own
+adaptation; ``--policy`` adds its adaptation policy); per episode the same support set is adapted
+without and with calibration, and the query set is scored by
 negative log-likelihood (`sklearn.metrics.log_loss`), top-label expected calibration error
 (10 equal-width confidence bins) and accuracy.
 
@@ -50,6 +51,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--ways", type=int, default=5)
     parser.add_argument("--shots", type=int, default=5)
     parser.add_argument("--query", type=int, default=10, help="query texts per class")
+    parser.add_argument(
+        "--policy", action="store_true", help="adapt with the learner's policy (default: off)"
+    )
     parser.add_argument("--out", type=Path, default=None, help="write the rows as JSON here")
     args = parser.parse_args(argv)
     corpus = load_corpus("bbc_news")
@@ -70,9 +74,10 @@ def main(argv: list[str] | None = None) -> dict:
             query += picked[args.shots :]
             query_labels += [names[c]] * args.query
         began = time.perf_counter()
-        plain = learner.adapt(support, support_labels)
+        policy = None if args.policy else False
+        plain = learner.adapt(support, support_labels, policy=policy)
         middle = time.perf_counter()
-        calibrated = learner.adapt(support, support_labels, calibrate=True)
+        calibrated = learner.adapt(support, support_labels, policy=policy, calibrate=True)
         row = {"episode": episode, "temperature": calibrated.temperature,
                "seconds_plain": middle - began,
                "seconds_calibrated": time.perf_counter() - middle}  # fmt: skip

@@ -255,10 +255,19 @@ def _is_dataset(value: Any) -> bool:
     )
 
 
-def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
-    """The temperature ``T`` that minimises the cross-entropy of ``logits / T`` on ``labels``
-    (``-100`` ignored), searched on a fine log grid over 0.01-100 (a bounded, deterministic
-    one-dimensional search; Guo et al. 2017, "On Calibration of Modern Neural Networks").
+TEMPERATURE_PRIOR = 1.0
+"""Standard deviation of the log-normal prior on the temperature (centred on T = 1)."""
+
+
+def fit_temperature(
+    logits: torch.Tensor, labels: torch.Tensor, *, prior: float | None = TEMPERATURE_PRIOR
+) -> float:
+    """The temperature ``T`` that minimises the summed cross-entropy of ``logits / T`` on
+    ``labels`` (``-100`` ignored) plus ``(log T)^2 / (2 prior^2)``: temperature scaling (Guo et
+    al. 2017, "On Calibration of Modern Neural Networks") with a log-normal prior centred on
+    ``T = 1``, so that a few held-out examples, all right, cannot drive ``T`` to an extreme
+    (their likelihood alone keeps growing as ``T`` shrinks). ``prior=None``: plain maximum
+    likelihood. Searched on a fine log grid over 0.01-100 (bounded and deterministic).
     """
     logits = logits.detach().double().reshape(-1, logits.shape[-1])
     labels = labels.reshape(-1).to(logits.device)
@@ -266,10 +275,14 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
     logits, labels = logits[keep], labels[keep]
     if len(labels) == 0:
         raise ValueError("No labelled example to calibrate on.")
-    losses = torch.stack(
-        [torch.nn.functional.cross_entropy(logits / t, labels) for t in _TEMPERATURES]
+    nll = torch.stack(
+        [
+            torch.nn.functional.cross_entropy(logits / t, labels, reduction="sum")
+            for t in _TEMPERATURES
+        ]
     )
-    return float(_TEMPERATURES[int(torch.argmin(losses))])
+    penalty = 0.0 if prior is None else _TEMPERATURES.log() ** 2 / (2 * prior**2)
+    return float(_TEMPERATURES[int(torch.argmin(nll.cpu() + penalty))])
 
 
 def _progress(total: int, batch_size: int, show: bool | None, unit: str) -> Any:

@@ -125,19 +125,25 @@ def test_batches_and_progress_bar(clf, capsys):
     assert "predict" not in capsys.readouterr().err
 
 
-def test_fit_temperature_matches_scipy():
-    """The grid search finds the temperature scipy's bounded minimiser finds."""
+@pytest.mark.parametrize("prior", [None, 1.0], ids=["likelihood", "log-normal-prior"])
+def test_fit_temperature_matches_scipy(prior):
+    """The grid search finds the temperature scipy's bounded minimiser finds, and the prior
+    keeps a few held-out examples, all right, from pushing it to the bound."""
     from scipy.optimize import minimize_scalar
 
     g = torch.Generator().manual_seed(0)
     logits = 4 * torch.randn(60, 4, generator=g, dtype=torch.float64)
     labels = torch.where(torch.rand(60, generator=g) < 0.6, logits.argmax(1), torch.arange(60) % 4)
 
-    def nll(log_t: float) -> float:
-        return float(torch.nn.functional.cross_entropy(logits / np.exp(log_t), labels))
+    def objective(log_t: float) -> float:
+        nll = torch.nn.functional.cross_entropy(logits / np.exp(log_t), labels, reduction="sum")
+        return float(nll) + (0.0 if prior is None else log_t**2 / (2 * prior**2))
 
-    best = float(np.exp(minimize_scalar(nll, bounds=(-4, 4), method="bounded").x))
-    assert fit_temperature(logits, labels) == pytest.approx(best, rel=0.02)
+    best = float(np.exp(minimize_scalar(objective, bounds=(-4, 4), method="bounded").x))
+    assert fit_temperature(logits, labels, prior=prior) == pytest.approx(best, rel=0.02)
+    right = logits[:2], logits[:2].argmax(1)  # two held-out examples, both right
+    assert fit_temperature(*right, prior=None) == 0.01  # likelihood alone: the bound
+    assert 0.1 < fit_temperature(*right, prior=prior or 1.0) < 1.0
 
 
 def test_calibration_on_the_support_set(lora_learner):
