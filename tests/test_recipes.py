@@ -177,6 +177,8 @@ def test_general_learner_smoke(pinned_data_dir, tmp_path):
     }
     learner = MetaLearner.from_pretrained(out / "meta" / "learner", device="cpu")
     assert learner.config.meta_trained and learner.policy == AdaptPolicy()
+    assert set(PINNED_LABELLED) <= set(learner.config.datasets)  # what it was meta-trained on
+    assert "clinc150" in (out / "meta" / "learner" / "README.md").read_text()  # and the card
     clf = learner.adapt(["great flight", "awful delay", "lost bag", "lovely crew"],
                         ["pos", "neg", "neg", "pos"], policy={"steps": [0, 1], "lrs": [1e-4]})  # fmt: skip
     assert clf.decision.reason == "2-fold CV on the support set"
