@@ -103,6 +103,9 @@ class LearnerConfig(LearnerSpec):
         policy (`dict`, *optional*): An adaptation policy (`metanlp.meta.policy.AdaptPolicy`
             fields): when set and no ``finetune`` is given, every `adapt` chooses the test-time
             fine-tuning by cross-validation on the support set. The general learner sets it.
+        training (`dict`, *optional*): The meta-training run's settings (learning rate,
+            meta-batch, steps, schedule, seed, ...; `MetaLearner.from_trainer` records them),
+            listed in the model card.
         **spec: the `LearnerSpec` fields (``task``, ``pooling``, ``max_ways``, ``head_init``,
             ``adapt``, ``adapt_options``, ``algorithm``, ``algorithm_config``).
     """
@@ -115,6 +118,7 @@ class LearnerConfig(LearnerSpec):
     datasets: list[str] = field(default_factory=list)
     finetune: dict[str, Any] | None = None
     policy: dict[str, Any] | None = None
+    training: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         from metanlp.meta.finetune import FineTuneConfig
