@@ -97,15 +97,15 @@ class LearnerConfig(LearnerSpec):
         meta_trained (`bool`, defaults to False): Whether the weights were meta-trained.
         n_way, k_shot (`int`, *optional*): Episode shape of meta-training (for the card).
         datasets (`list[str]`): Meta-training data (for the card).
+        training (`dict`, *optional*): The meta-training run's settings (learning rate,
+            meta-batch, steps, schedule, seed, ...; `MetaLearner.from_trainer` records them),
+            listed in the model card.
         finetune (`dict`, *optional*): Test-time fine-tuning after adaptation, as
             `metanlp.meta.finetune.FineTuneConfig` fields; ``None`` (default) adapts with the
             algorithm's inner loop only.
         policy (`dict`, *optional*): An adaptation policy (`metanlp.meta.policy.AdaptPolicy`
             fields): when set and no ``finetune`` is given, every `adapt` chooses the test-time
             fine-tuning by cross-validation on the support set. The general learner sets it.
-        training (`dict`, *optional*): The meta-training run's settings (learning rate,
-            meta-batch, steps, schedule, seed, ...; `MetaLearner.from_trainer` records them),
-            listed in the model card.
         **spec: the `LearnerSpec` fields (``task``, ``pooling``, ``max_ways``, ``head_init``,
             ``adapt``, ``adapt_options``, ``algorithm``, ``algorithm_config``).
     """
