@@ -231,9 +231,24 @@ def _base_model_card_data(base_model: str) -> Any:
 
 
 def card_for_repo(text: str, repo_id: str) -> str:
-    """The card ``text`` with `REPO_PLACEHOLDER` replaced by ``repo_id`` (usage snippet and
-    ``model-index`` name), as `push_folder` uploads it."""
-    return text.replace(REPO_PLACEHOLDER, repo_id)
+    """The card ``text`` naming ``repo_id`` in its usage snippet and ``model-index``, as
+    `push_folder` uploads it: `REPO_PLACEHOLDER` is replaced, and so is another repo id a card
+    saved with ``save_pretrained(repo_id=...)`` names (pushed elsewhere)."""
+    from huggingface_hub import ModelCard
+
+    text = text.replace(REPO_PLACEHOLDER, repo_id)
+    try:
+        card = ModelCard(text, ignore_metadata_errors=True)
+    except Exception:  # a hand-edited card that is not a model card: upload it as it is
+        return text
+    named = card.data.model_name
+    if named and named != repo_id:
+        card.data.model_name = repo_id
+        card.text = card.text.replace(
+            f'from_pretrained("{named}")', f'from_pretrained("{repo_id}")'
+        )
+        return str(card)
+    return text
 
 
 def _is_hub_id(name: str) -> bool:
