@@ -211,6 +211,7 @@ class MetaLearner:
             datasets=list(datasets)
             if datasets
             else [s["dataset"] for s in sources if "dataset" in s],
+            training=training_settings(trainer),
         )
         return cls(trainer.algorithm, config)
 
@@ -482,6 +483,7 @@ class MetaLearner:
             repo_id=repo_id,
             meta_trained=self.config.meta_trained,
             hyperparameters=hyperparameters,
+            training=self.config.training,
         )
 
     def save_pretrained(
@@ -557,6 +559,31 @@ class MetaLearner:
                 commit_message=commit_message,
                 endpoint=endpoint,
             )
+
+
+def training_settings(trainer: Any) -> dict[str, Any]:
+    """What a model card lists of a `MetaTrainer` run, in `transformers.TrainingArguments` names
+    where one exists."""
+    tc, state = trainer.config, trainer.state
+    return {
+        "learning_rate": tc.optimizer.lr,
+        "optimizer": "AdamW",
+        "weight_decay": tc.optimizer.weight_decay,
+        "adam_betas": list(tc.optimizer.betas),
+        "adam_epsilon": tc.optimizer.eps,
+        "lr_scheduler_type": tc.optimizer.schedule,
+        "warmup_steps": tc.optimizer.warmup_steps,
+        "max_grad_norm": tc.optimizer.max_grad_norm,
+        "meta_batch_size": tc.meta_batch_size,
+        "gradient_accumulation_steps": tc.gradient_accumulation_steps,
+        "max_steps": tc.max_steps,
+        "steps_run": state.step,
+        "metric_for_best": tc.metric_for_best,
+        "best_metric": state.best_metric,
+        "best_step": state.best_step,
+        "mixed_precision": tc.mixed_precision,
+        "seed": tc.seed,
+    }
 
 
 def _episode_set(results: Sequence[Mapping[str, Any]] | None) -> str | None:

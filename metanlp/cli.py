@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import difflib
 import json
 import os
 import re
@@ -63,11 +62,13 @@ class _Parser(argparse.ArgumentParser):
         super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> typing.NoReturn:
+        from metanlp.spec import closest
+
         if "invalid choice: " in message:
             bad, _, allowed = message.partition("invalid choice: ")[2].partition(" (choose from")
-            near = difflib.get_close_matches(bad.strip("'"), re.findall(r"'([^']*)'", allowed), n=1)
-            if near:
-                message += f"; did you mean {near[0]!r}?"
+            near = closest(bad.strip("'"), re.findall(r"'([^']*)'", allowed))
+            if near is not None:
+                message += f"; did you mean {near!r}?"
         super().error(message)
 
 
@@ -509,6 +510,8 @@ def _hf_spellings(argv: Sequence[str]) -> list[str]:
 def _unknown_message(parser: argparse.ArgumentParser, unknown: list[str]) -> str:
     """argparse's "unrecognized arguments" with the closest real option (`difflib`), matched on
     the whole flag and on its last dotted part (``--lr`` -> ``--optimizer.lr``)."""
+    from metanlp.spec import closest
+
     flags = [t.partition("=")[0] for t in unknown if t.startswith("-")]
     message = f"unrecognized arguments: {' '.join(unknown)}"
     if not flags:
@@ -519,8 +522,8 @@ def _unknown_message(parser: argparse.ArgumentParser, unknown: list[str]) -> str
     for option in parser._option_string_actions:
         names.setdefault(option, option)
         names.setdefault("--" + option.rsplit(".", 1)[-1].lstrip("-"), option)
-    near = difflib.get_close_matches(flags[0], list(names), n=1, cutoff=0.6)
-    return message + (f"; did you mean {names[near[0]]}?" if near else "")
+    near = closest(flags[0], names)
+    return message + (f"; did you mean {names[near]}?" if near is not None else "")
 
 
 # Configuration, input-file and network errors, whose messages already say what to fix.

@@ -38,6 +38,7 @@ def model_card(
     repo_id: str | None = None,
     meta_trained: bool = True,
     hyperparameters: Mapping[str, Any] | None = None,
+    training: Mapping[str, Any] | None = None,
     license: str | None = None,
     language: str | list[str] | None = None,
 ) -> str:
@@ -58,7 +59,10 @@ def model_card(
         repo_id (`str`, *optional*): The model's repo; defaults to `REPO_PLACEHOLDER`, filled in
             by `push_folder`.
         meta_trained (`bool`, defaults to True): False for a learner that was never meta-trained.
-        hyperparameters (`Mapping`, *optional*): Settings listed under "Hyperparameters".
+        hyperparameters (`Mapping`, *optional*): The learner's settings, listed under
+            "Hyperparameters".
+        training (`Mapping`, *optional*): The meta-training run's settings (learning rate,
+            steps, ...), listed under "Meta-training".
         license, language (*optional*): Default to the base model's own card, when it is on
             this machine (the packaged default, a local folder, or the Hugging Face cache).
 
@@ -148,13 +152,14 @@ def model_card(
             comparison_table(results),
             "",
         ]
-    if hyperparameters:
-        lines += ["## Hyperparameters", ""]
-        lines += [
-            f"- {key}: `{value if isinstance(value, str) else json.dumps(value)}`"
-            for key, value in hyperparameters.items()
-        ]
-        lines += [""]
+    for title, settings in (("Hyperparameters", hyperparameters), ("Meta-training", training)):
+        if settings:
+            lines += [f"## {title}", ""]
+            lines += [
+                f"- {key}: `{value if isinstance(value, str) else json.dumps(value)}`"
+                for key, value in settings.items()
+            ]
+            lines += [""]
     lines += ["## Framework versions", ""]
     lines += [f"- {lib} {version}" for lib, version in framework_versions().items()]
     return str(ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines) + "\n"))
@@ -226,9 +231,24 @@ def _base_model_card_data(base_model: str) -> Any:
 
 
 def card_for_repo(text: str, repo_id: str) -> str:
-    """The card ``text`` with `REPO_PLACEHOLDER` replaced by ``repo_id`` (usage snippet and
-    ``model-index`` name), as `push_folder` uploads it."""
-    return text.replace(REPO_PLACEHOLDER, repo_id)
+    """The card ``text`` naming ``repo_id`` in its usage snippet and ``model-index``, as
+    `push_folder` uploads it: `REPO_PLACEHOLDER` is replaced, and so is another repo id a card
+    saved with ``save_pretrained(repo_id=...)`` names (pushed elsewhere)."""
+    from huggingface_hub import ModelCard
+
+    text = text.replace(REPO_PLACEHOLDER, repo_id)
+    try:
+        card = ModelCard(text, ignore_metadata_errors=True)
+    except Exception:  # a hand-edited card that is not a model card: upload it as it is
+        return text
+    named = card.data.model_name
+    if named and named != repo_id:
+        card.data.model_name = repo_id
+        card.text = card.text.replace(
+            f'from_pretrained("{named}")', f'from_pretrained("{repo_id}")'
+        )
+        return str(card)
+    return text
 
 
 def _is_hub_id(name: str) -> bool:

@@ -108,6 +108,9 @@ class LearnerConfig(LearnerSpec):
         meta_trained (`bool`, defaults to False): Whether the weights were meta-trained.
         n_way, k_shot (`int`, *optional*): Episode shape of meta-training (for the card).
         datasets (`list[str]`): Meta-training data (for the card).
+        training (`dict`, *optional*): The meta-training run's settings (learning rate,
+            meta-batch, steps, schedule, seed, ...; `MetaLearner.from_trainer` records them),
+            listed in the model card.
         finetune (`dict`, *optional*): Test-time fine-tuning after adaptation, as
             `metanlp.meta.finetune.FineTuneConfig` fields; ``None`` (default) adapts with the
             algorithm's inner loop only.
@@ -128,6 +131,7 @@ class LearnerConfig(LearnerSpec):
     datasets: list[str] = field(default_factory=list)
     finetune: dict[str, Any] | None = None
     policy: dict[str, Any] | None = None
+    training: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         from metanlp.meta.finetune import FineTuneConfig

@@ -34,10 +34,28 @@ ADAPT_OPTION_DEFAULTS: dict[str, Any] = {
 for BERT-family), else every linear layer (`metanlp.models.lora_targets_for`)."""
 
 
+def closest(word: str, choices: Any) -> str | None:
+    """The one of ``choices`` closest to a misspelt ``word`` (`difflib`), or ``None``."""
+    import difflib
+
+    close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=0.6)
+    return close[0] if close else None
+
+
+def did_you_mean(word: str, choices: Any) -> str:
+    """``" (did you mean 'x'?)"`` for the closest of ``choices``, else ``""``."""
+    near = closest(word, choices)
+    return f" (did you mean {near!r}?)" if near is not None else ""
+
+
 def check_choice(owner: str, key: str, value: Any, choices: tuple) -> None:
-    """Raise a `ValueError` naming the allowed values when ``value`` is not one of ``choices``."""
+    """Raise a `ValueError` naming the allowed values (and the closest one) when ``value`` is not
+    one of ``choices``."""
     if value not in choices:
-        raise ValueError(f"{owner}.{key}={value!r} is not allowed; choose one of {list(choices)}.")
+        raise ValueError(
+            f"{owner}.{key}={value!r} is not allowed{did_you_mean(value, choices)}; choose one "
+            f"of {list(choices)}."
+        )
 
 
 @dataclass(kw_only=True)

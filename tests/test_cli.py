@@ -130,7 +130,7 @@ def test_every_option_is_explained(command, capsys):
 @pytest.mark.parametrize(
     "config,expected",
     [
-        ({"adapt": "lorra"}, ["adapt='lorra'", "lora", "top", "head", "all"]),
+        ({"adapt": "lorra"}, ["adapt='lorra'", "did you mean 'lora'?", "top", "head", "all"]),
         ({"optimizer": {"schedul": "cosine"}}, ["did you mean 'schedule'?", "allowed keys"]),
         ({"mixed_precision": "fp8"}, ["mixed_precision", "bf16", "fp16"]),
         ({"max_step": 3}, ["'max_step': did you mean 'max_steps'?"]),
@@ -190,6 +190,8 @@ def test_end_to_end(data_dir, tmp_path, capsys, monkeypatch):
     assert (learner / "adapter" / "adapter_model.safetensors").is_file()
     card = (learner / "README.md").read_text()
     assert "maml" in card and "bbc_news" in card
+    assert "## Meta-training" in card and "- max_steps: `1`" in card  # the run's settings
+    assert "- learning_rate: `0.001`" in card and "- lr_scheduler_type: `cosine`" in card
 
     episodes = tmp_path / "test.json"
     assert main(["make-episodes", "--dataset", "bbc_news", "--data-dir", str(data_dir),

@@ -10,7 +10,7 @@ import torch
 import yaml
 from hub_server import FakeHub
 
-from metanlp.hub import REPO_PLACEHOLDER, model_card, push_folder
+from metanlp.hub import REPO_PLACEHOLDER, card_for_repo, model_card, push_folder
 
 RESULTS = [
     {
@@ -79,6 +79,19 @@ def test_model_card_metadata_and_results_table(tmp_path):
     local = model_card(base_model=str(tmp_path), method="protonet", task="token")
     assert "base_model" not in _metadata(local)  # a machine path is not a Hub id
     assert _metadata(local)["pipeline_tag"] == "token-classification"
+
+
+def test_card_for_repo_names_the_repo_pushed_to():
+    kwargs = {"base_model": "x/y", "method": "maml", "task": "sequence", "results": RESULTS}
+    for saved_for in (None, "alice/old"):
+        card = card_for_repo(model_card(**kwargs, repo_id=saved_for), "bob/new")
+        assert (
+            'from_pretrained("bob/new")' in card
+            and _metadata(card)["model-index"][0]["name"] == "bob/new"
+        )
+        assert REPO_PLACEHOLDER not in card and "alice/old" not in card
+    plain = model_card(base_model="x/y", method="maml", task="sequence")  # no model-index
+    assert 'from_pretrained("bob/new")' in card_for_repo(plain, "bob/new")
 
 
 @pytest.fixture(scope="module")

@@ -139,6 +139,21 @@ def test_grad_scale_is_an_argument_and_leaves_the_config_alone():
         torch.testing.assert_close(plain, scaled, rtol=0, atol=0)
 
 
+def test_misspelt_algorithm_and_option_get_the_closest_name():
+    from metanlp.meta.registry import build_config
+
+    with pytest.raises(
+        ValueError, match=r"algorithm='mamll' is not registered \(did you mean 'maml'\?\)"
+    ):
+        MetaTrainerConfig(algorithm="mamll")
+    with pytest.raises(ValueError, match=r"algorithm='protonett' .*did you mean 'protonet'"):
+        LearnerConfig(base_model="x/y", algorithm="protonett")
+    with pytest.raises(
+        ValueError, match=r"no options \['inner_step'\] \(did you mean 'inner_steps'\?\)"
+    ):
+        build_config("maml", {"inner_step": 3})
+
+
 def test_every_config_field_has_help_and_a_cli_override():
     for cls in (MetaTrainerConfig, DataConfig, OptimizerConfig):
         helps = field_help(cls)

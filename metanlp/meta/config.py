@@ -10,6 +10,7 @@ from typing import Any, ClassVar
 from metanlp.meta import efficient
 from metanlp.meta.inner import INNER_OPTIMIZERS
 from metanlp.meta.params import ParamSelection
+from metanlp.spec import did_you_mean
 
 
 @dataclass
@@ -127,7 +128,10 @@ class MetaConfig:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise ValueError(f"{cls.__name__} has no options {unknown}; known: {sorted(known)}.")
+            hints = "".join(did_you_mean(key, known) for key in unknown[:1])
+            raise ValueError(
+                f"{cls.__name__} has no options {unknown}{hints}; known: {sorted(known)}."
+            )
         return cls(**data)
 
 

@@ -7,7 +7,7 @@ from typing import Any
 
 from metanlp.meta.base import MetaAlgorithm, MetaConfig
 from metanlp.models import FewShotModel
-from metanlp.spec import LearnerSpec, adapt_settings
+from metanlp.spec import LearnerSpec, adapt_settings, did_you_mean
 
 _ALGORITHMS: dict[str, tuple[type[MetaConfig], type[MetaAlgorithm]]] = {}
 
@@ -55,16 +55,12 @@ def list_algorithms() -> list[str]:
 def check_registered(owner: str, name: str) -> None:
     """Raise a `ValueError` naming the registered algorithms (and the closest one) when ``name``
     is not one; ``owner`` is the config whose ``algorithm`` field it is."""
-    import difflib
-
     import metanlp.meta  # noqa: F401  (registers the built-in algorithms)
 
     if name not in _ALGORITHMS:
-        close = difflib.get_close_matches(str(name), list(_ALGORITHMS), n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
         raise ValueError(
-            f"{owner}.algorithm={name!r} is not registered{hint}; choose one of "
-            f"{list_algorithms()}."
+            f"{owner}.algorithm={name!r} is not registered{did_you_mean(name, _ALGORITHMS)}; "
+            f"choose one of {list_algorithms()}."
         )
 
 

@@ -18,7 +18,7 @@ from typing import Any, get_type_hints
 import yaml
 
 from metanlp.files import safe_load_yaml
-from metanlp.spec import LearnerSpec, check_choice
+from metanlp.spec import LearnerSpec, check_choice, closest
 
 MIXED_PRECISION_CHOICES = ("no", "bf16", "fp16")
 SCHEDULE_CHOICES = ("constant", "linear", "cosine")
@@ -293,14 +293,6 @@ HF_SPELLINGS = {
 }
 """`transformers.TrainingArguments` names -> the config key that means the same (the CLI accepts
 them as options; a config file naming one is told the key to use)."""
-
-
-def closest(word: str, choices: Any) -> str | None:
-    """The one of ``choices`` closest to a misspelt ``word`` (`difflib`), or ``None``."""
-    import difflib
-
-    close = difflib.get_close_matches(word, [str(c) for c in choices], n=1, cutoff=0.6)
-    return close[0] if close else None
 
 
 def _build(cls: type, data: dict[str, Any], owner: str) -> Any:
