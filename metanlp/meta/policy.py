@@ -19,7 +19,8 @@ stratified cross-validation on the support set, among these candidates:
    seed, so the choice is deterministic);
 2. for each fold, fit / adapt each candidate on the other folds and score the held-out fold
    (one fine-tuning trajectory per rate, so the step counts cost nothing extra; the frozen
-   embeddings of the probe are computed once for the whole support set);
+   embeddings of the probe are computed once for the whole support set, and its fit on the
+   folds weighs the examples back to the whole set's class shares, `metanlp.meta.probe.fold_weights`);
 3. take the candidate with the best held-out accuracy averaged over folds, ties broken by the
    lower held-out cross-entropy and then by the simpler candidate (in the order above, then
    fewer steps).
@@ -44,7 +45,7 @@ from torch import Tensor
 from metanlp.meta.finetune import FineTuneConfig, finetune_fast_weights, with_frozen_prefix
 from metanlp.meta.helpers import coerce_setting, task_loss
 from metanlp.meta.params import select_parameters
-from metanlp.meta.probe import fit_probe, probe_features
+from metanlp.meta.probe import fit_probe, fold_weights, probe_features
 
 BASELINE_CANDIDATES = ("no-adaptation", "frozen-lr")
 """Candidates besides the algorithm's adaptation and fine-tuning (`AdaptPolicy.baselines`)."""
@@ -57,7 +58,8 @@ class AdaptPolicy:
 
     Args:
         steps (`Sequence[int]`, defaults to ``(0, 4, 8)``): Fine-tuning step counts to compare;
-            0 means no fine-tuning (the meta-learned adaptation alone).
+            0 means no fine-tuning (the meta-learned adaptation alone); ``()`` leaves the
+            algorithm's adaptation out (then ``baselines`` are the only candidates).
         lrs (`Sequence[float]`, defaults to ``(5e-4,)``): Encoder learning rates to compare
             (the top layers with a fresh head take larger rates than all-weight fine-tuning).
         folds (`int`, defaults to 2): Stratified support folds.
@@ -130,6 +132,11 @@ class AdaptPolicy:
                 f"AdaptPolicy.baselines has unknown candidate(s) {unknown}; choose from "
                 f"{list(BASELINE_CANDIDATES)}."
             )
+        if not self.steps and not self.baselines:
+            raise ValueError(
+                "AdaptPolicy has no candidate: give steps (0 = the algorithm's adaptation) or "
+                f"baselines from {list(BASELINE_CANDIDATES)}."
+            )
         c = self.probe_c
         if isinstance(c, bool) or not isinstance(c, int | float) or not c > 0:
             raise ValueError(f"AdaptPolicy.probe_c={c!r} must be a number > 0.")
@@ -138,9 +145,7 @@ class AdaptPolicy:
             raise ValueError(
                 f"AdaptPolicy.max_cv_examples={cap!r} must be None (every fold) or an int >= 2."
             )
-        if not self.steps or any(
-            isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in self.steps
-        ):
+        if any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in self.steps):
             raise ValueError(
                 f"AdaptPolicy.steps={self.steps!r}: give ints >= 0 (0 = no fine-tuning)."
             )
@@ -342,13 +347,17 @@ def choose_adaptation(
         keep = sorted(set(range(len(labels))) - set(held_out))
         train, val = _rows(support, keep), _rows(support, held_out)
         if features is not None and "frozen-lr" in policy.baselines:
-            train_y = labels[torch.as_tensor(keep)]
-            probe = fit_probe(features[keep], train_y, n_way, C=policy.probe_c)
+            train_y, weight = labels[torch.as_tensor(keep)], fold_weights(labels, keep)
+            probe = fit_probe(
+                features[keep], train_y, n_way, C=policy.probe_c, sample_weight=weight
+            )
             logits = torch.nn.functional.linear(features[held_out], *probe.values())
             add((_RANK["frozen-lr"], 0, 0.0), *_accuracy_loss(logits, labels[held_out]))
         if no_adaptation:
             start = algorithm.adapt(train, n_way, steps=0)
             add((_RANK["no-adaptation"], 0, 0.0), *_score(algorithm, start, val, n_way))
+        if not policy.steps:
+            continue
         start = algorithm.adapt(train, n_way, steps=steps)
         if 0 in policy.steps:
             add((adapt_rank, 0, 0.0), *_score(algorithm, start, val, n_way))
