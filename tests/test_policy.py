@@ -275,3 +275,34 @@ def test_default_policy_is_not_below_frozen_logistic_regression(data_dir, settin
         assert clf.predict(episode.query_inputs) == expected
     stat = mean_ci([100 * d for d in differences])
     assert stat["mean"] + stat["ci"] >= 0, (setting, differences)
+
+
+def test_a_cached_prefix_is_extended_reused_or_dropped_exactly(proto_maml):
+    """The policy computes the frozen layers once and every candidate starts from them: a
+    prefix extended from a lower one, the pooled embedding from a prefix, and a prefix that
+    ends above the trained layers (recomputed or dropped) all equal the plain computation."""
+    from metanlp.meta.efficient import (
+        PREFIX_KEY,
+        PREFIX_LAYER_KEY,
+        cache_frozen_prefix,
+        layered_embed,
+    )
+    from metanlp.models import model_inputs
+
+    model = proto_maml.model
+    support, _ = _support(proto_maml)
+    with torch.no_grad():
+        plain = model.embed(**model_inputs(support))
+        low = cache_frozen_prefix(model, support, 2)
+        extended, fresh = cache_frozen_prefix(model, low, 5), cache_frozen_prefix(model, support, 5)
+        assert extended[PREFIX_LAYER_KEY] == 5
+        torch.testing.assert_close(extended[PREFIX_KEY], fresh[PREFIX_KEY], rtol=1e-5, atol=1e-5)
+        lowered = cache_frozen_prefix(model, fresh, 3)  # cannot go back: recomputed from the start
+        torch.testing.assert_close(
+            lowered[PREFIX_KEY], cache_frozen_prefix(model, support, 3)[PREFIX_KEY]
+        )
+        for batch in (low, extended, lowered):
+            torch.testing.assert_close(layered_embed(model, {}, batch), plain, rtol=1e-4, atol=1e-5)
+    every_weight = [n for n, _ in model.named_parameters()]
+    assert PREFIX_KEY not in with_frozen_prefix(proto_maml.algorithm, extended, every_weight)
+    assert with_frozen_prefix(proto_maml.algorithm, low, every_weight[-10:]) is low

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from metanlp.meta.efficient import PREFIX_KEY, layered_embed
 from metanlp.meta.helpers import model_mode
 from metanlp.models import PROBE_PARAMETER_NAMES, FewShotModel, model_inputs
 
@@ -30,11 +31,15 @@ ABSENT_CLASS_BIAS = -1e9
 def probe_features(model: FewShotModel, batch: Mapping[str, Tensor]) -> Tensor:
     """``(B, H)`` L2-normalised pooled embeddings of the frozen ``model`` (eval mode, no graph).
 
-    The pooling is the model's own (``"mean"`` for the sentence-transformers default).
+    The pooling is the model's own (``"mean"`` for the sentence-transformers default). A batch
+    carrying the frozen prefix (`metanlp.meta.efficient`) runs only the layers above it.
     """
     device = next(model.parameters()).device
     with model_mode(model, False):
-        features = model.embed(**model_inputs(dict(batch), device))
+        if PREFIX_KEY in batch:
+            features = layered_embed(model, {}, batch)
+        else:
+            features = model.embed(**model_inputs(dict(batch), device))
     return F.normalize(features, dim=-1)
 
 
