@@ -193,6 +193,7 @@ def test_saved_policy_round_trip_and_overrides(learner, tmp_path):
         ({"baselines": "frozen-lr"}, "give a list"),
         ({"probe_c": 0}, "probe_c=0"),
         ({"max_cv_examples": 1}, "max_cv_examples=1"),
+        ({"fallback": "svm"}, "fallback='svm'"),
         ({"lrs": ()}, "at least one learning rate"),
         ({"lrs": (0.0,)}, "must be > 0"),
         ({"folds": 1}, "folds=1"),
@@ -207,6 +208,7 @@ def test_saved_policy_round_trip_and_overrides(learner, tmp_path):
         "baselines-string",
         "probe-c",
         "cv-cap",
+        "fallback-kind",
         "no-lr",
         "zero-lr",
         "one-fold",
@@ -229,7 +231,7 @@ def test_the_fallback_has_its_own_layer_count(learner):
 
 
 def _episodes(data_dir, tokenizer, setting, n):
-    """A few fixed episodes of a held-out setting (the real corpora, 64-token texts)."""
+    """A few fixed episodes of a held-out setting (the real corpora, 48-token texts)."""
     from metanlp.corpora import load_corpus
     from metanlp.episodes import ClassificationSampler
 
@@ -240,7 +242,7 @@ def _episodes(data_dir, tokenizer, setting, n):
         data = tweets.filter(lambda row: row["domain"] == "coachella")
         shape = {"n_way": 3, "k_shot": 8}
     sampler = ClassificationSampler(
-        data, **shape, q_query=8, seed=11, name=setting, tokenizer=tokenizer, max_length=64
+        data, **shape, q_query=8, seed=11, name=setting, tokenizer=tokenizer, max_length=48
     )
     return [sampler.episode(i) for i in range(n)]
 
@@ -249,6 +251,7 @@ def _query_accuracy(logits, episode):
     return float((logits.argmax(-1) == episode.query["labels"]).float().mean())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("setting", ["bbc_5w5s", "coachella_3w8s"])
 def test_default_policy_is_not_below_frozen_logistic_regression(data_dir, setting):
     """Issue 27 item 4 on real data: over fixed episodes, what `from_pretrained()` gives (its
@@ -258,11 +261,11 @@ def test_default_policy_is_not_below_frozen_logistic_regression(data_dir, settin
     from metanlp.baselines import FrozenLogisticRegression
     from metanlp.metrics.functional import mean_ci
 
-    learner = MetaLearner.from_pretrained(max_length=64)
+    learner = MetaLearner.from_pretrained(max_length=48)
     baseline = FrozenLogisticRegression(learner.model)
     probe_only = AdaptPolicy(steps=(), baselines=("frozen-lr",))
     differences = []
-    for episode in _episodes(data_dir, learner.tokenizer, setting, 4):
+    for episode in _episodes(data_dir, learner.tokenizer, setting, 3):
         lr_logits = baseline.query_logits(episode)
         logits = learner.query_logits(episode)
         differences.append(_query_accuracy(logits, episode) - _query_accuracy(lr_logits, episode))
@@ -306,3 +309,23 @@ def test_a_cached_prefix_is_extended_reused_or_dropped_exactly(proto_maml):
     every_weight = [n for n, _ in model.named_parameters()]
     assert PREFIX_KEY not in with_frozen_prefix(proto_maml.algorithm, extended, every_weight)
     assert with_frozen_prefix(proto_maml.algorithm, low, every_weight[-10:]) is low
+
+
+def test_fallback_choices(learner, proto_maml):
+    """Where no fold can be held out (one example per class) the fallback decides: a plain
+    encoder's default policy gives exactly the frozen logistic-regression baseline there."""
+    from metanlp.meta.probe import fit_probe, probe_features
+
+    texts, labels = TEXTS[::2], LABELS[::2]
+    assert proto_maml.policy.fallback == "frozen-lr"
+    clf = proto_maml.adapt(texts, labels)
+    assert clf.decision.choice == "frozen-lr" and "fallback" in clf.decision.reason
+    support, _ = _support(proto_maml, texts, labels)
+    names = sorted(set(labels))  # _support's order; the classifier's is first-seen (the same)
+    assert clf.classes_ == names
+    expected = fit_probe(probe_features(proto_maml.model, support), support["labels"], 3)
+    for key, value in expected.items():
+        torch.testing.assert_close(clf.fast[key], value)
+    assert learner.adapt(texts, labels, policy={"fallback": "adapt"}).decision.choice == "adapt"
+    nothing = learner.adapt(texts, labels, policy={"fallback": "no-adaptation"}).decision
+    assert nothing.choice == "no-adaptation" and nothing.finetune is None

@@ -26,7 +26,8 @@ stratified cross-validation on the support set, among these candidates:
    fewer steps).
 
 With fewer than 2 support examples in some class no fold can hold it out: the policy then uses
-``fallback`` (fine-tuning, or none) and says so in the decision. NER (token) tasks are not
+``fallback`` (fine-tuning by default; the frozen encoder's probe for a plain encoder) and says
+so in the decision. NER (token) tasks are not
 cross-validated (a sentence has many labels and folds by sentence are not stratified): the
 decision is the fallback too. `adapt_with_policy` chooses and then adapts on the whole support
 set as chosen; `MetaLearner.adapt` calls it.
@@ -50,6 +51,8 @@ from metanlp.meta.probe import fit_probe, fold_weights, probe_features
 BASELINE_CANDIDATES = ("no-adaptation", "frozen-lr")
 """Candidates besides the algorithm's adaptation and fine-tuning (`AdaptPolicy.baselines`)."""
 CHOICES = (*BASELINE_CANDIDATES, "adapt", "fine-tune")
+FALLBACKS = ("fine-tune", "adapt", *BASELINE_CANDIDATES)
+"""What `AdaptPolicy.fallback` may be: the candidate used where no fold can be held out."""
 
 
 @dataclass(frozen=True)
@@ -86,6 +89,12 @@ class AdaptPolicy:
             cannot be cross-validated (a class with one example, or NER): the top 4 layers (on
             the cached output of the lower ones) and the head, 6 AdamW steps;
             ``fallback_steps=0`` means no fine-tuning.
+        fallback (`str`, defaults to ``"fine-tune"``): What the fallback is: ``"fine-tune"`` (as
+            above), ``"adapt"`` (the algorithm's adaptation alone), ``"no-adaptation"`` or
+            ``"frozen-lr"`` (the linear probe: a text task that cannot be cross-validated then
+            gets exactly the frozen logistic-regression baseline; token tasks, which have no
+            probe, fine-tune as above). A plain encoder's default policy uses ``"frozen-lr"``
+            (`metanlp.api.UNTRAINED_POLICY`).
 
     The defaults were chosen on validation tasks only (tweets of the ``airlines`` domain,
     BIG-bench ``language_identification`` and ``multiemo``, 12 episodes each;
@@ -116,6 +125,7 @@ class AdaptPolicy:
     fallback_lr: float = 1e-4
     fallback_params: str = "top"
     fallback_top_layers: int | None = 4
+    fallback: str = "fine-tune"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "steps", tuple(sorted(set(self.steps))))
@@ -157,6 +167,10 @@ class AdaptPolicy:
             raise ValueError(f"AdaptPolicy.folds={self.folds!r} must be an int >= 2.")
         if not isinstance(self.fallback_steps, int) or self.fallback_steps < 0:
             raise ValueError(f"AdaptPolicy.fallback_steps={self.fallback_steps!r} must be >= 0.")
+        if self.fallback not in FALLBACKS:
+            raise ValueError(
+                f"AdaptPolicy.fallback={self.fallback!r}; choose one of {list(FALLBACKS)}."
+            )
         top = self.fallback_top_layers
         if top is not None and (isinstance(top, bool) or not isinstance(top, int) or top < 1):
             raise ValueError(
@@ -312,8 +326,12 @@ def choose_adaptation(
     began = time.perf_counter()
 
     def fallback(reason: str) -> AdaptDecision:
-        ft = policy.fallback_config() if policy.fallback_steps > 0 else None
-        return AdaptDecision(ft, reason, {}, time.perf_counter() - began)
+        kind = policy.fallback
+        if kind == "frozen-lr" and token_task:  # no probe for tags: fine-tune as configured
+            kind = "fine-tune"
+        ft = policy.fallback_config() if kind == "fine-tune" and policy.fallback_steps > 0 else None
+        choice = kind if kind != "fine-tune" else ("fine-tune" if ft is not None else "adapt")
+        return AdaptDecision(ft, reason, {}, time.perf_counter() - began, choice)
 
     if token_task:
         return fallback("fallback: token tasks are not cross-validated")
@@ -418,6 +436,8 @@ def adapt_with_policy(
         algorithm, support, n_way, policy, steps=steps, token_task=token_task, features=features
     )
     if decision.choice == "frozen-lr":
+        if features is None:  # the fallback, with the probe left out of the candidates
+            features = probe_features(algorithm.model, support)
         fast = fit_probe(features, support["labels"], n_way, C=policy.probe_c)
         return fast, decision
     if decision.choice == "no-adaptation":
