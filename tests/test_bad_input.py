@@ -114,10 +114,6 @@ API_CASES = {
         lambda f: f.learner.adapt(TEXTS, __import__("numpy").array(LABELS)),
         _raises(TypeError, "labels must be a list", "ndarray"),
     ),
-    "more-classes-than-head-rows": (
-        lambda f: f.learner.adapt([f"text number {i}" for i in range(17)], list(range(17))),
-        _raises(ValueError, "17 classes", "max_ways"),
-    ),
     "negative-steps": (
         lambda f: f.learner.adapt(TEXTS, LABELS, steps=-1),
         _raises(ValueError, "steps=-1", ">= 0"),
