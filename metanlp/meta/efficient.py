@@ -32,7 +32,6 @@ from torch.utils.checkpoint import checkpoint
 from transformers.masking_utils import create_bidirectional_mask
 
 from metanlp.meta.inner import InnerLoopResult, LRSchedule, _lr_for, inner_loop
-from metanlp.meta.params import layer_index
 from metanlp.models import HEAD_PARAMETER_NAMES, FewShotModel, mean_pool
 
 CHECKPOINTING = ("none", "layers", "steps")
@@ -56,17 +55,27 @@ def check_options(checkpointing: str, frozen_prefix_cache: str, task_batching: s
             raise ValueError(f"{key}={value!r} is not supported; use one of {allowed}.")
 
 
+LAYERED_MODEL_TYPES = ("bert", "roberta", "xlm-roberta", "camembert", "electra")
+"""Encoders whose blocks run one by one here (embeddings(input_ids, token_type_ids), then
+layer(hidden, attention_bias)): what the frozen-prefix cache and vmap need. Elsewhere the
+cache is skipped (``frozen_prefix_layer`` is 0; results are the same, only slower)."""
+
+
+def runs_layered(model: FewShotModel) -> bool:
+    """Whether the encoder's blocks can be run one by one (`LAYERED_MODEL_TYPES`)."""
+    return getattr(model.base_encoder.config, "model_type", None) in LAYERED_MODEL_TYPES
+
+
 def encoder_layers(model: FewShotModel) -> nn.ModuleList:
-    """The transformer layers (``encoder.layer``) of a BERT-family `FewShotModel`."""
-    base = model.base_encoder
-    layers = getattr(getattr(base, "encoder", None), "layer", None)
-    if not isinstance(layers, nn.ModuleList):
+    """The transformer layers of a BERT-family `FewShotModel`, for running them one by one."""
+    if not runs_layered(model):
         raise ValueError(
-            f"{type(base).__name__} has no `.encoder.layer` list; checkpointing and the frozen-prefix "
-            "cache support BERT-family encoders (BERT, RoBERTa, ELECTRA, MiniLM). Use "
-            "checkpointing='none' and frozen_prefix_cache='off'."
+            f"{type(model.base_encoder).__name__} is not a BERT-family encoder "
+            f"({', '.join(LAYERED_MODEL_TYPES)}); the frozen-prefix cache and "
+            "task_batching='vmap' run BERT-family blocks one by one. Use "
+            "frozen_prefix_cache='off' and task_batching='loop'."
         )
-    return layers
+    return model.layers
 
 
 # ---- activation checkpointing per layer ------------------------------------------------------
@@ -93,7 +102,7 @@ def checkpointed_layers(model: FewShotModel) -> Iterator[None]:
         ...     loss = task_loss(functional_call(model, fast, (), batch, strict=False), labels)
         ```
     """
-    layers = encoder_layers(model)
+    layers = model.layers  # any encoder's blocks: each is wrapped, not re-implemented
     for layer in layers:
         if "forward" in layer.__dict__:
             raise RuntimeError("checkpointed_layers is already active on this model (nested use).")
@@ -188,13 +197,15 @@ def frozen_prefix_layer(model: FewShotModel, trainable: list[str]) -> int:
     """Lowest encoder layer any trainable (adapted or meta-learned) tensor lives in; 0 if none fits.
 
     0 means there is no frozen prefix to cache (a trainable tensor in the embeddings or in
-    layer 0, or outside the layers and the head).
+    layer 0, or outside the layers and the head), or an encoder outside `LAYERED_MODEL_TYPES`.
     """
+    if not runs_layered(model):
+        return 0
     lowest = model.num_layers
     for name in trainable:
         if name in HEAD_PARAMETER_NAMES:
             continue
-        index = layer_index(name)
+        index = model.layer_of(name)
         if index is None:
             return 0
         lowest = min(lowest, index)
@@ -244,6 +255,9 @@ def cache_frozen_prefix(model: FewShotModel, batch: Mapping[str, Tensor], first:
             hidden = base.embeddings(
                 input_ids=batch["input_ids"], token_type_ids=batch.get("token_type_ids")
             )
+            project = getattr(base, "embeddings_project", None)  # ELECTRA: embedding != hidden
+            if project is not None:
+                hidden = project(hidden)
         ext = _mask(model, hidden, mask)
         for layer in encoder_layers(model)[start:first]:
             hidden = layer(hidden, ext)
@@ -289,6 +303,9 @@ def layered_hidden(
         embeddings = model.base_encoder.embeddings
         inputs = {"input_ids": batch["input_ids"], "token_type_ids": batch.get("token_type_ids")}
         hidden = functional_call(embeddings, _own(fast, prefixes[id(embeddings)]), (), inputs)
+        project = getattr(model.base_encoder, "embeddings_project", None)  # as ElectraModel does
+        if project is not None:
+            hidden = functional_call(project, _own(fast, prefixes[id(project)]), (hidden,))
         first = 0
     ext = batch[EXT_MASK_KEY] if EXT_MASK_KEY in batch else _mask(model, hidden, mask)
     for layer in encoder_layers(model)[first:]:

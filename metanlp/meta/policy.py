@@ -15,12 +15,13 @@ stratified cross-validation on the support set, among these candidates:
 - ``"adapt"``: the algorithm's own adaptation (the ``steps = 0`` fine-tuning candidate);
 - fine-tuning from there with each rate in ``lrs`` for each number of steps in ``steps``.
 
-1. split the support set into ``folds`` stratified folds (every class in every fold, a fixed
-   seed, so the choice is deterministic);
+1. split the support set into ``folds`` stratified folds (`StratifiedKFold`, unshuffled: every
+   class in every fold, and the choice is deterministic);
 2. for each fold, fit / adapt each candidate on the other folds and score the held-out fold
    (one fine-tuning trajectory per rate, so the step counts cost nothing extra; the frozen
    embeddings of the probe are computed once for the whole support set, and its fit on the
-   folds weighs the examples back to the whole set's class shares, `metanlp.meta.probe.fold_weights`);
+   folds weighs the examples back to the whole set's class shares,
+   `metanlp.meta.probe.fold_weights`; the frozen lower layers run once for every candidate);
 3. take the candidate with the best held-out accuracy averaged over folds, ties broken by the
    lower held-out cross-entropy and then by the simpler candidate (in the order above, then
    fewer steps).
@@ -31,22 +32,35 @@ so in the decision. NER (token) tasks are not
 cross-validated (a sentence has many labels and folds by sentence are not stratified): the
 decision is the fallback too. `adapt_with_policy` chooses and then adapts on the whole support
 set as chosen; `MetaLearner.adapt` calls it.
+
+When the support batch carries the classes' names (`metanlp.names`, a learner with
+``ProtoNetConfig(names=True)``), the no-fine-tuning candidate is scored once per factor in
+``name_trusts`` on the learned name weight (0: names ignored), and the decision's ``names``
+records the factor chosen. Where the support set cannot be cross-validated (one shot), the names
+are used at factor 1 (the meta-learned weight) and ``names_fallback_finetune`` says whether the
+fallback fine-tuning still runs (by default not: its head starts from zeros and would discard
+the names).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
+from sklearn.model_selection import StratifiedKFold
 from torch import Tensor
 
 from metanlp.meta.finetune import FineTuneConfig, finetune_fast_weights, with_frozen_prefix
 from metanlp.meta.helpers import coerce_setting, task_loss
 from metanlp.meta.params import select_parameters
 from metanlp.meta.probe import fit_probe, fold_weights, probe_features
+from metanlp.names import NAME_IDS, NAME_MASK, NAME_TRUST, NameChoice
 
 BASELINE_CANDIDATES = ("no-adaptation", "frozen-lr")
 """Candidates besides the algorithm's adaptation and fine-tuning (`AdaptPolicy.baselines`)."""
@@ -93,8 +107,12 @@ class AdaptPolicy:
             above), ``"adapt"`` (the algorithm's adaptation alone), ``"no-adaptation"`` or
             ``"frozen-lr"`` (the linear probe: a text task that cannot be cross-validated then
             gets exactly the frozen logistic-regression baseline; token tasks, which have no
-            probe, fine-tune as above). A plain encoder's default policy uses ``"frozen-lr"``
-            (`metanlp.api.UNTRAINED_POLICY`).
+            probe, and learners reading class names fine-tune as above). A plain encoder's
+            default policy uses ``"frozen-lr"`` (`metanlp.api.UNTRAINED_POLICY`).
+        name_trusts (`Sequence[float]`, defaults to ``(0.0, 0.5, 1.0, 2.0)``): Factors on the
+            learned name weight to cross-validate when the task has usable class names.
+        names_fallback_finetune (`bool`, defaults to `False`): Whether the fallback fine-tuning
+            runs when names are used and the support set cannot be cross-validated.
 
     The defaults were chosen on validation tasks only (tweets of the ``airlines`` domain,
     BIG-bench ``language_identification`` and ``multiemo``, 12 episodes each;
@@ -126,9 +144,18 @@ class AdaptPolicy:
     fallback_params: str = "top"
     fallback_top_layers: int | None = 4
     fallback: str = "fine-tune"
+    name_trusts: tuple[float, ...] = (0.0, 0.5, 1.0, 2.0)
+    names_fallback_finetune: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "steps", tuple(sorted(set(self.steps))))
+        object.__setattr__(self, "name_trusts", tuple(sorted(set(self.name_trusts))))
+        if any(
+            isinstance(t, bool) or not isinstance(t, int | float) or t < 0 for t in self.name_trusts
+        ):
+            raise ValueError(
+                f"AdaptPolicy.name_trusts={self.name_trusts!r}: give numbers >= 0 (0 = no names)."
+            )
         object.__setattr__(self, "lrs", tuple(self.lrs))
         if isinstance(self.baselines, str):
             raise ValueError(
@@ -142,11 +169,6 @@ class AdaptPolicy:
                 f"AdaptPolicy.baselines has unknown candidate(s) {unknown}; choose from "
                 f"{list(BASELINE_CANDIDATES)}."
             )
-        if not self.steps and not self.baselines:
-            raise ValueError(
-                "AdaptPolicy has no candidate: give steps (0 = the algorithm's adaptation) or "
-                f"baselines from {list(BASELINE_CANDIDATES)}."
-            )
         c = self.probe_c
         if isinstance(c, bool) or not isinstance(c, int | float) or not c > 0:
             raise ValueError(f"AdaptPolicy.probe_c={c!r} must be a number > 0.")
@@ -159,6 +181,15 @@ class AdaptPolicy:
             raise ValueError(
                 f"AdaptPolicy.steps={self.steps!r}: give ints >= 0 (0 = no fine-tuning)."
             )
+        if not self.steps and not self.baselines:
+            raise ValueError(
+                "AdaptPolicy has no candidate: give steps (0 = the algorithm's adaptation) or "
+                f"baselines from {list(BASELINE_CANDIDATES)}."
+            )
+        if self.fallback not in FALLBACKS:
+            raise ValueError(
+                f"AdaptPolicy.fallback={self.fallback!r}; choose one of {list(FALLBACKS)}."
+            )
         if any(s > 0 for s in self.steps) and not self.lrs:
             raise ValueError("AdaptPolicy.lrs is empty; give at least one learning rate.")
         if any(isinstance(r, bool) or not isinstance(r, int | float) or r <= 0 for r in self.lrs):
@@ -167,10 +198,6 @@ class AdaptPolicy:
             raise ValueError(f"AdaptPolicy.folds={self.folds!r} must be an int >= 2.")
         if not isinstance(self.fallback_steps, int) or self.fallback_steps < 0:
             raise ValueError(f"AdaptPolicy.fallback_steps={self.fallback_steps!r} must be >= 0.")
-        if self.fallback not in FALLBACKS:
-            raise ValueError(
-                f"AdaptPolicy.fallback={self.fallback!r}; choose one of {list(FALLBACKS)}."
-            )
         top = self.fallback_top_layers
         if top is not None and (isinstance(top, bool) or not isinstance(top, int) or top < 1):
             raise ValueError(
@@ -217,6 +244,8 @@ class AdaptDecision:
         seconds (`float`): Time the choice took.
         choice (`str`, *optional*): One of `CHOICES`: ``"frozen-lr"``, ``"no-adaptation"``,
             ``"adapt"`` or ``"fine-tune"``; defaults from ``finetune``.
+        names (`NameChoice`, *optional*): Whether and how much the classes' names were used
+            (`metanlp.names`); ``None`` for a learner that does not read names.
     """
 
     finetune: FineTuneConfig | None
@@ -224,6 +253,7 @@ class AdaptDecision:
     scores: dict[str, dict[str, float]] = field(default_factory=dict)
     seconds: float = 0.0
     choice: str | None = None
+    names: NameChoice | None = None
 
     def __post_init__(self) -> None:
         if self.choice is None:
@@ -246,7 +276,8 @@ class AdaptDecision:
         }.get(str(self.choice))
         if self.finetune is not None:
             what = f"fine-tune {self.finetune.steps} steps at lr {self.finetune.lr:g}"
-        return f"{what} ({self.reason}, {self.seconds:.1f} s)"
+        names = "" if self.names is None else f"; {self.names.summary()}"
+        return f"{what} ({self.reason}, {self.seconds:.1f} s){names}"
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -255,24 +286,19 @@ class AdaptDecision:
             "reason": self.reason,
             "scores": self.scores,
             "seconds": round(self.seconds, 3),
+            "names": None if self.names is None else self.names.to_dict(),
         }
 
 
 def stratified_folds(labels: Sequence[int], folds: int) -> list[list[int]] | None:
-    """Row indices of ``folds`` folds with every class in every fold; ``None`` if impossible.
-
-    Deterministic: class ``c``'s rows, in order, go round-robin to folds starting at ``c``.
-    """
-    by_class: dict[int, list[int]] = {}
-    for i, y in enumerate(labels):
-        by_class.setdefault(int(y), []).append(i)
-    if min(len(rows) for rows in by_class.values()) < folds:
+    """Held-out row indices of ``folds`` stratified folds (`sklearn.model_selection.StratifiedKFold`,
+    unshuffled, so deterministic) with every class in every fold; ``None`` if some class has
+    fewer than ``folds`` rows."""
+    counts = Counter(int(y) for y in labels)
+    if min(counts.values()) < folds:
         return None
-    out: list[list[int]] = [[] for _ in range(folds)]
-    for c, rows in sorted(by_class.items()):
-        for j, i in enumerate(rows):
-            out[(j + c) % folds].append(i)
-    return [sorted(f) for f in out]
+    split = StratifiedKFold(n_splits=folds).split(np.zeros(len(labels)), list(labels))
+    return [sorted(int(i) for i in held) for _, held in split]
 
 
 def _rows(batch: Mapping[str, Tensor], rows: list[int]) -> dict[str, Tensor]:
@@ -306,6 +332,7 @@ def choose_adaptation(
     steps: int | None = None,
     token_task: bool = False,
     features: Tensor | None = None,
+    names: NameChoice | None = None,
 ) -> AdaptDecision:
     """Pick how to adapt to one task by cross-validation on its support set.
 
@@ -319,37 +346,55 @@ def choose_adaptation(
         steps (`int`, *optional*): Inner steps of the algorithm's adaptation.
         token_task (`bool`, defaults to `False`): NER; uses the fallback.
         features (`Tensor`, *optional*): The support's `probe_features`, when already computed.
+        names (`NameChoice`, *optional*): The task's usable names, encoded in ``support``
+            (`metanlp.names.with_label_names`); their trust factor is cross-validated too.
 
     Returns:
         `AdaptDecision`.
     """
     began = time.perf_counter()
+    named = {k: support[k] for k in (NAME_IDS, NAME_MASK) if k in support}
+    trusts = policy.name_trusts if names is not None and names.used and named else ()
+    support = {k: v for k, v in support.items() if k not in (NAME_IDS, NAME_MASK, NAME_TRUST)}
 
-    def fallback(reason: str) -> AdaptDecision:
+    def fallback(reason: str, names_only: bool = False) -> AdaptDecision:
         kind = policy.fallback
-        if kind == "frozen-lr" and token_task:  # no probe for tags: fine-tune as configured
-            kind = "fine-tune"
-        ft = policy.fallback_config() if kind == "fine-tune" and policy.fallback_steps > 0 else None
-        choice = kind if kind != "fine-tune" else ("fine-tune" if ft is not None else "adapt")
-        return AdaptDecision(ft, reason, {}, time.perf_counter() - began, choice)
+        if kind == "frozen-lr" and (token_task or trusts):
+            kind = "fine-tune"  # no probe for tags; a learner reading names uses them instead
+        tune = kind == "fine-tune" and policy.fallback_steps > 0 and not names_only
+        ft = policy.fallback_config() if tune else None
+        chosen_names = names
+        if trusts:
+            ft = ft if policy.names_fallback_finetune else None
+            why = "fine-tuning from a zero head follows" if ft else "the meta-learned weight"
+            chosen_names = dataclasses.replace(names, trust=1.0, reason=f"{names.reason}; {why}")
+        choice = "fine-tune" if ft is not None else ("adapt" if kind == "fine-tune" else kind)
+        return AdaptDecision(
+            ft, reason, {}, time.perf_counter() - began, choice, names=chosen_names
+        )
 
     if token_task:
         return fallback("fallback: token tasks are not cross-validated")
     labels = support["labels"]
+    missing = n_way - len(set(labels.tolist()))
+    if missing and trusts:  # only the names stand for those classes: nothing else can serve
+        return fallback(f"{missing} class(es) known by name alone", names_only=True)
     folds = stratified_folds(labels.tolist(), policy.folds)
     if folds is None:
         return fallback(f"fallback: a class has fewer than {policy.folds} support examples")
+    support = with_policy_prefix(algorithm, support, policy)
     if "frozen-lr" in policy.baselines and features is None:
         features = probe_features(algorithm.model, support)
     fine_steps = [s for s in policy.steps if s > 0]
-    support = with_policy_prefix(algorithm, support, policy)
     # On a large support set one held-out fold (half of it) judges every candidate.
     scored = folds
     if policy.max_cv_examples is not None and len(labels) > policy.max_cv_examples:
         scored = folds[:1]
-    totals: dict[tuple[int, int, float], list[float]] = {}
+    # Candidate key: (rank, fine-tuning steps, rate, name trust); trust -1 = names not read.
+    no_trust = -1.0
+    totals: dict[tuple[int, int, float, float], list[float]] = {}
 
-    def add(key: tuple[int, int, float], accuracy: float, loss: float) -> None:
+    def add(key: tuple[int, int, float, float], accuracy: float, loss: float) -> None:
         acc_loss = totals.setdefault(key, [0.0, 0.0])
         acc_loss[0] += accuracy / len(scored)
         acc_loss[1] += loss / len(scored)
@@ -365,37 +410,61 @@ def choose_adaptation(
                 features[keep], train_y, n_way, C=policy.probe_c, sample_weight=weight
             )
             logits = torch.nn.functional.linear(features[held_out], *probe.values())
-            add((_RANK["frozen-lr"], 0, 0.0), *_accuracy_loss(logits, labels[held_out]))
+            add((_RANK["frozen-lr"], 0, 0.0, no_trust), *_accuracy_loss(logits, labels[held_out]))
         if no_adaptation:
             start = algorithm.adapt(train, n_way, steps=0)
-            add((_RANK["no-adaptation"], 0, 0.0), *_score(algorithm, start, val, n_way))
+            add((_RANK["no-adaptation"], 0, 0.0, no_trust), *_score(algorithm, start, val, n_way))
         if not policy.steps:
             continue
-        start = algorithm.adapt(train, n_way, steps=steps)
-        if 0 in policy.steps:
-            add((adapt_rank, 0, 0.0), *_score(algorithm, start, val, n_way))
+        start = algorithm.adapt({**train, **named}, n_way, steps=steps)
+        for trust in trusts:
+            trusted = {**train, **named, NAME_TRUST: torch.tensor(float(trust))}
+            weights = algorithm.adapt(trusted, n_way, steps=steps)
+            add((adapt_rank, 0, 0.0, float(trust)), *_score(algorithm, weights, val, n_way))
+        if 0 in policy.steps and not trusts:
+            add((adapt_rank, 0, 0.0, no_trust), *_score(algorithm, start, val, n_way))
         for lr in policy.lrs if fine_steps else ():
 
             def record(step: int, weights: Mapping[str, Tensor], lr: float = lr, val=val) -> None:
                 if step in fine_steps:
-                    key = (adapt_rank, step, lr)
-                    add(key, *_score(algorithm, weights, val, n_way))
+                    add((adapt_rank, step, lr, no_trust), *_score(algorithm, weights, val, n_way))
 
             config = policy.finetune_config(max(fine_steps), lr)
             finetune_fast_weights(algorithm, train, n_way, config, start, on_step=record)
-    best = max(totals, key=lambda key: (totals[key][0], -totals[key][1], -key[0], -key[1], -key[2]))
-    names = {rank: name for name, rank in _RANK.items()}
+    best = max(
+        totals,
+        key=lambda key: (
+            totals[key][0], -totals[key][1], -key[0], -key[1], -key[2], -abs(key[3] - 1.0),
+        ),
+    )  # fmt: skip
+    rank_names = {rank: name for name, rank in _RANK.items()}
     scores = {
-        names.get(rank, f"steps={s} lr={lr:g}"): {"accuracy": round(a, 4), "loss": round(c, 4)}
-        for (rank, s, lr), (a, c) in sorted(totals.items())
-    }
-    rank, step, lr = best
+        rank_names.get(rank, f"steps={s} lr={lr:g}")
+        + (f" names={t:g}" if t != no_trust else ""): {
+            "accuracy": round(a, 4), "loss": round(c, 4),
+        }
+        for (rank, s, lr, t), (a, c) in sorted(totals.items())
+    }  # fmt: skip
+    rank, step, lr, trust = best
     ft = policy.finetune_config(step, lr) if step > 0 else None
-    choice = names.get(rank, "adapt" if ft is None else "fine-tune")
+    choice = rank_names.get(rank, "adapt" if ft is None else "fine-tune")
     reason = f"{len(folds)}-fold CV on the support set"
     if len(scored) < len(folds):
         reason = f"1 of {len(folds)} folds held out ({len(labels)} support examples)"
-    return AdaptDecision(ft, reason, scores, time.perf_counter() - began, choice)
+    chosen_names = names
+    if trusts:
+        why = (
+            f"CV chose trust {trust:g}"
+            if trust != no_trust
+            else f"{choice} won the CV (it does not read names)"
+        )
+        chosen_names = dataclasses.replace(
+            names, used=trust > 0, trust=max(trust, 0.0), reason=f"{names.reason}; {why}",
+            scores={k: v for k, v in scores.items() if "names=" in k},
+        )  # fmt: skip
+    return AdaptDecision(
+        ft, reason, scores, time.perf_counter() - began, choice, names=chosen_names
+    )
 
 
 def with_policy_prefix(
@@ -418,31 +487,39 @@ def adapt_with_policy(
     *,
     steps: int | None = None,
     token_task: bool = False,
+    names: NameChoice | None = None,
 ) -> tuple[dict[str, Tensor], AdaptDecision]:
     """`choose_adaptation`, then adapt on the whole support set as chosen.
 
     Returns:
         ``(fast weights, decision)``: for ``"frozen-lr"`` the probe's tensors
         (``probe.weight``, ``probe.bias``, `metanlp.meta.probe`); otherwise the algorithm's
-        adaptation (0 inner steps for ``"no-adaptation"``), fine-tuned when chosen.
+        adaptation (0 inner steps for ``"no-adaptation"``; with the chosen name trust when the
+        support carries names), fine-tuned when chosen.
     """
+    plain = {k: v for k, v in support.items() if k not in (NAME_IDS, NAME_MASK, NAME_TRUST)}
     features = None
     if not token_task:
         # The frozen lower layers run once for every candidate and the final adaptation.
-        support = with_policy_prefix(algorithm, support, policy)
+        plain = with_policy_prefix(algorithm, plain, policy)
+        support = {**support, **plain}
         if "frozen-lr" in policy.baselines:
-            features = probe_features(algorithm.model, support)
+            features = probe_features(algorithm.model, plain)
     decision = choose_adaptation(
-        algorithm, support, n_way, policy, steps=steps, token_task=token_task, features=features
-    )
+        algorithm, support, n_way, policy, steps=steps, token_task=token_task,
+        features=features, names=names,
+    )  # fmt: skip
     if decision.choice == "frozen-lr":
         if features is None:  # the fallback, with the probe left out of the candidates
-            features = probe_features(algorithm.model, support)
-        fast = fit_probe(features, support["labels"], n_way, C=policy.probe_c)
+            features = probe_features(algorithm.model, plain)
+        fast = fit_probe(features, plain["labels"], n_way, C=policy.probe_c)
         return fast, decision
     if decision.choice == "no-adaptation":
         steps = 0
-    fast = algorithm.adapt(support, n_way, steps=steps)
+    start = plain
+    if decision.names is not None and decision.names.used and decision.finetune is None:
+        start = {**support, NAME_TRUST: torch.tensor(float(decision.names.trust))}
+    fast = algorithm.adapt(start, n_way, steps=steps)
     if decision.finetune is not None:
-        fast = finetune_fast_weights(algorithm, support, n_way, decision.finetune, fast)
+        fast = finetune_fast_weights(algorithm, plain, n_way, decision.finetune, fast)
     return fast, decision
