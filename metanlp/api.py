@@ -67,12 +67,14 @@ loop); for text classification chosen against simpler and stronger candidates by
 `UNTRAINED_POLICY`. Its ``algorithm_config`` is Proto-MAML's: another ``algorithm`` starts from
 its own config's defaults (ProtoNet, for one, has no inner loop to take ``inner_steps``)."""
 
-UNTRAINED_POLICY: dict[str, Any] = {}
-"""The adaptation policy of a plain encoder for text classification (`AdaptPolicy` defaults):
-each `adapt` chooses, by cross-validation on the support set, among logistic regression on the
-frozen encoder's embeddings, the prototype classifier with no adaptation at all, Proto-MAML's
-inner loop, and test-time fine-tuning from there; so what `from_pretrained()` gives is never
-the worse of these by more than the support set can tell. ``policy=None`` turns it off."""
+UNTRAINED_POLICY: dict[str, Any] = {"fallback": "frozen-lr"}
+"""The adaptation policy of a plain encoder for text classification (`AdaptPolicy` defaults
+otherwise): each `adapt` chooses, by cross-validation on the support set, among logistic
+regression on the frozen encoder's embeddings, the prototype classifier with no adaptation at
+all, Proto-MAML's inner loop, and test-time fine-tuning from there; so what `from_pretrained()`
+gives is never the worse of these by more than the support set can tell. Where it cannot tell
+(a class with one example) it is the logistic regression itself: the fine-tuning fallback was
+validated for the meta-trained general learner only. ``policy=None`` turns it off."""
 
 
 CARD_HYPERPARAMETERS = (

@@ -237,20 +237,29 @@ def _mask(
 
 
 def cache_frozen_prefix(model: FewShotModel, batch: Mapping[str, Tensor], first: int) -> dict:
-    """Add the hidden states entering layer ``first`` (no graph) to a copy of ``batch``."""
+    """Add the hidden states entering layer ``first`` (no graph) to a copy of ``batch``.
+
+    A batch that already carries the states entering a lower layer continues from them (the
+    same frozen layers, run once); one cached at a higher layer is recomputed from the start.
+    """
     base = model.base_encoder
     mask = batch.get("attention_mask")
     if mask is None:
         mask = torch.ones_like(batch["input_ids"])
+    start = int(batch[PREFIX_LAYER_KEY]) if PREFIX_KEY in batch else first + 1
     with torch.no_grad():
-        hidden = base.embeddings(
-            input_ids=batch["input_ids"], token_type_ids=batch.get("token_type_ids")
-        )
-        project = getattr(base, "embeddings_project", None)  # ELECTRA: embedding size != hidden
-        if project is not None:
-            hidden = project(hidden)
+        if start <= first:
+            hidden = batch[PREFIX_KEY]
+        else:
+            start = 0
+            hidden = base.embeddings(
+                input_ids=batch["input_ids"], token_type_ids=batch.get("token_type_ids")
+            )
+            project = getattr(base, "embeddings_project", None)  # ELECTRA: embedding != hidden
+            if project is not None:
+                hidden = project(hidden)
         ext = _mask(model, hidden, mask)
-        for layer in encoder_layers(model)[:first]:
+        for layer in encoder_layers(model)[start:first]:
             hidden = layer(hidden, ext)
     out = dict(batch)
     out["attention_mask"] = mask
@@ -307,7 +316,17 @@ def layered_hidden(
 def layered_forward(
     model: FewShotModel, fast: Mapping[str, Tensor], batch: Mapping[str, Tensor], n_way: int
 ) -> Tensor:
-    """`FewShotModel.forward` spelled out layer by layer (`layered_hidden`, pooling, head)."""
+    """`FewShotModel.forward` spelled out layer by layer (`layered_embed`, head)."""
+    hidden = layered_embed(model, fast, batch)
+    logits = functional_call(model.head, _own(fast, "head."), (hidden,))
+    return logits[..., :n_way]
+
+
+def layered_embed(
+    model: FewShotModel, fast: Mapping[str, Tensor], batch: Mapping[str, Tensor]
+) -> Tensor:
+    """`FewShotModel.embed` spelled out layer by layer (`layered_hidden`, then the pooling),
+    starting from the cached frozen prefix when ``batch`` carries one."""
     hidden = layered_hidden(model, fast, batch)
     # Same pooling as FewShotModel.embed (tests check the two paths agree).
     if model.task == "sequence":
@@ -318,8 +337,7 @@ def layered_forward(
             hidden = mean_pool(
                 hidden, torch.ones_like(batch["input_ids"]) if mask is None else mask
             )
-    logits = functional_call(model.head, _own(fast, "head."), (hidden,))
-    return logits[..., :n_way]
+    return hidden
 
 
 def maybe_cache_prefix(
@@ -327,13 +345,24 @@ def maybe_cache_prefix(
 ) -> tuple[Mapping[str, Tensor], ...]:
     """Apply the algorithm config's ``frozen_prefix_cache`` to ``batches`` (support, query, ...)."""
     setting = getattr(algo.config, "frozen_prefix_cache", "off")
-    if setting == "off":
-        return batches
     model = algo.model
     first = frozen_prefix_layer(model, [*algo.inner_names, *algo.outer_names])
-    if first == 0 or (setting == "auto" and prefix_dropout_active(model, first)):
-        return batches
+    if (
+        setting == "off"
+        or first == 0
+        or (setting == "auto" and prefix_dropout_active(model, first))
+    ):
+        # A prefix cached by a caller (the adaptation policy) stays only where it is frozen.
+        return tuple(without_prefix_above(b, first) for b in batches)
     return tuple(cache_frozen_prefix(model, b, first) for b in batches)
+
+
+def without_prefix_above(batch: Mapping[str, Tensor], first: int) -> Mapping[str, Tensor]:
+    """``batch`` without its cached prefix when that ends above layer ``first`` (a layer the
+    caller trains would be skipped)."""
+    if PREFIX_KEY in batch and int(batch[PREFIX_LAYER_KEY]) > first:
+        return {k: v for k, v in batch.items() if k not in (PREFIX_KEY, PREFIX_LAYER_KEY)}
+    return batch
 
 
 @contextlib.contextmanager

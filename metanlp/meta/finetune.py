@@ -28,7 +28,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from metanlp.meta.efficient import PREFIX_KEY, cache_frozen_prefix, frozen_prefix_layer
+from metanlp.meta.efficient import (
+    PREFIX_KEY,
+    PREFIX_LAYER_KEY,
+    cache_frozen_prefix,
+    frozen_prefix_layer,
+    without_prefix_above,
+)
 from metanlp.meta.helpers import coerce_setting, model_mode, task_loss
 from metanlp.meta.params import PARAMETER_SETS, select_parameters
 from metanlp.meta.prototypes import PROTOTYPES_KEY, prototype_head
@@ -209,13 +215,14 @@ def with_frozen_prefix(
     """``batch`` with the hidden states below the lowest ``trainable`` layer computed once.
 
     Fine-tuning the top layers then runs only those layers at each step (exact: the frozen
-    layers' output does not change). A batch that already carries a prefix, or tensors that
-    reach down to the embeddings, are returned as they are.
+    layers' output does not change). A batch whose cached prefix ends at or below that layer
+    is returned as it is; tensors that reach down to the embeddings drop a cached prefix.
     """
-    if PREFIX_KEY in batch:
-        return batch
     first = frozen_prefix_layer(algorithm.model, trainable)
-    if first == 0:
+    cached = int(batch[PREFIX_LAYER_KEY]) if PREFIX_KEY in batch else None
+    if cached is not None and cached <= first:
         return batch
+    if first == 0:
+        return without_prefix_above(batch, 0)
     with model_mode(algorithm.model, False):
         return cache_frozen_prefix(algorithm.model, batch, first)

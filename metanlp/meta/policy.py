@@ -19,13 +19,16 @@ stratified cross-validation on the support set, among these candidates:
    class in every fold, and the choice is deterministic);
 2. for each fold, fit / adapt each candidate on the other folds and score the held-out fold
    (one fine-tuning trajectory per rate, so the step counts cost nothing extra; the frozen
-   embeddings of the probe are computed once for the whole support set);
+   embeddings of the probe are computed once for the whole support set, and its fit on the
+   folds weighs the examples back to the whole set's class shares,
+   `metanlp.meta.probe.fold_weights`; the frozen lower layers run once for every candidate);
 3. take the candidate with the best held-out accuracy averaged over folds, ties broken by the
    lower held-out cross-entropy and then by the simpler candidate (in the order above, then
    fewer steps).
 
 With fewer than 2 support examples in some class no fold can hold it out: the policy then uses
-``fallback`` (fine-tuning, or none) and says so in the decision. NER (token) tasks are not
+``fallback`` (fine-tuning by default; the frozen encoder's probe for a plain encoder) and says
+so in the decision. NER (token) tasks are not
 cross-validated (a sentence has many labels and folds by sentence are not stratified): the
 decision is the fallback too. `adapt_with_policy` chooses and then adapts on the whole support
 set as chosen; `MetaLearner.adapt` calls it.
@@ -56,12 +59,14 @@ from torch import Tensor
 from metanlp.meta.finetune import FineTuneConfig, finetune_fast_weights, with_frozen_prefix
 from metanlp.meta.helpers import coerce_setting, task_loss
 from metanlp.meta.params import select_parameters
-from metanlp.meta.probe import fit_probe, probe_features
+from metanlp.meta.probe import fit_probe, fold_weights, probe_features
 from metanlp.names import NAME_IDS, NAME_MASK, NAME_TRUST, NameChoice
 
 BASELINE_CANDIDATES = ("no-adaptation", "frozen-lr")
 """Candidates besides the algorithm's adaptation and fine-tuning (`AdaptPolicy.baselines`)."""
 CHOICES = (*BASELINE_CANDIDATES, "adapt", "fine-tune")
+FALLBACKS = ("fine-tune", "adapt", *BASELINE_CANDIDATES)
+"""What `AdaptPolicy.fallback` may be: the candidate used where no fold can be held out."""
 
 
 @dataclass(frozen=True)
@@ -70,7 +75,8 @@ class AdaptPolicy:
 
     Args:
         steps (`Sequence[int]`, defaults to ``(0, 4, 8)``): Fine-tuning step counts to compare;
-            0 means no fine-tuning (the meta-learned adaptation alone).
+            0 means no fine-tuning (the meta-learned adaptation alone); ``()`` leaves the
+            algorithm's adaptation out (then ``baselines`` are the only candidates).
         lrs (`Sequence[float]`, defaults to ``(5e-4,)``): Encoder learning rates to compare
             (the top layers with a fresh head take larger rates than all-weight fine-tuning).
         folds (`int`, defaults to 2): Stratified support folds.
@@ -97,6 +103,12 @@ class AdaptPolicy:
             cannot be cross-validated (a class with one example, or NER): the top 4 layers (on
             the cached output of the lower ones) and the head, 6 AdamW steps;
             ``fallback_steps=0`` means no fine-tuning.
+        fallback (`str`, defaults to ``"fine-tune"``): What the fallback is: ``"fine-tune"`` (as
+            above), ``"adapt"`` (the algorithm's adaptation alone), ``"no-adaptation"`` or
+            ``"frozen-lr"`` (the linear probe: a text task that cannot be cross-validated then
+            gets exactly the frozen logistic-regression baseline; token tasks, which have no
+            probe, and learners reading class names fine-tune as above). A plain encoder's
+            default policy uses ``"frozen-lr"`` (`metanlp.api.UNTRAINED_POLICY`).
         name_trusts (`Sequence[float]`, defaults to ``(0.0, 0.5, 1.0, 2.0)``): Factors on the
             learned name weight to cross-validate when the task has usable class names.
         names_fallback_finetune (`bool`, defaults to `False`): Whether the fallback fine-tuning
@@ -131,6 +143,7 @@ class AdaptPolicy:
     fallback_lr: float = 1e-4
     fallback_params: str = "top"
     fallback_top_layers: int | None = 4
+    fallback: str = "fine-tune"
     name_trusts: tuple[float, ...] = (0.0, 0.5, 1.0, 2.0)
     names_fallback_finetune: bool = False
 
@@ -164,11 +177,18 @@ class AdaptPolicy:
             raise ValueError(
                 f"AdaptPolicy.max_cv_examples={cap!r} must be None (every fold) or an int >= 2."
             )
-        if not self.steps or any(
-            isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in self.steps
-        ):
+        if any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in self.steps):
             raise ValueError(
                 f"AdaptPolicy.steps={self.steps!r}: give ints >= 0 (0 = no fine-tuning)."
+            )
+        if not self.steps and not self.baselines:
+            raise ValueError(
+                "AdaptPolicy has no candidate: give steps (0 = the algorithm's adaptation) or "
+                f"baselines from {list(BASELINE_CANDIDATES)}."
+            )
+        if self.fallback not in FALLBACKS:
+            raise ValueError(
+                f"AdaptPolicy.fallback={self.fallback!r}; choose one of {list(FALLBACKS)}."
             )
         if any(s > 0 for s in self.steps) and not self.lrs:
             raise ValueError("AdaptPolicy.lrs is empty; give at least one learning rate.")
@@ -338,13 +358,20 @@ def choose_adaptation(
     support = {k: v for k, v in support.items() if k not in (NAME_IDS, NAME_MASK, NAME_TRUST)}
 
     def fallback(reason: str, names_only: bool = False) -> AdaptDecision:
-        ft = policy.fallback_config() if policy.fallback_steps > 0 and not names_only else None
+        kind = policy.fallback
+        if kind == "frozen-lr" and (token_task or trusts):
+            kind = "fine-tune"  # no probe for tags; a learner reading names uses them instead
+        tune = kind == "fine-tune" and policy.fallback_steps > 0 and not names_only
+        ft = policy.fallback_config() if tune else None
         chosen_names = names
         if trusts:
             ft = ft if policy.names_fallback_finetune else None
             why = "fine-tuning from a zero head follows" if ft else "the meta-learned weight"
             chosen_names = dataclasses.replace(names, trust=1.0, reason=f"{names.reason}; {why}")
-        return AdaptDecision(ft, reason, {}, time.perf_counter() - began, names=chosen_names)
+        choice = "fine-tune" if ft is not None else ("adapt" if kind == "fine-tune" else kind)
+        return AdaptDecision(
+            ft, reason, {}, time.perf_counter() - began, choice, names=chosen_names
+        )
 
     if token_task:
         return fallback("fallback: token tasks are not cross-validated")
@@ -355,15 +382,10 @@ def choose_adaptation(
     folds = stratified_folds(labels.tolist(), policy.folds)
     if folds is None:
         return fallback(f"fallback: a class has fewer than {policy.folds} support examples")
+    support = with_policy_prefix(algorithm, support, policy)
     if "frozen-lr" in policy.baselines and features is None:
         features = probe_features(algorithm.model, support)
     fine_steps = [s for s in policy.steps if s > 0]
-    if fine_steps:
-        # The top layers' fine-tuning runs on the frozen lower layers' output, computed once.
-        tuned = select_parameters(algorithm.model, policy.params, top_layers=policy.top_layers)
-        support = with_frozen_prefix(
-            algorithm, algorithm.to_device(support), [*algorithm.inner_names, *tuned]
-        )
     # On a large support set one held-out fold (half of it) judges every candidate.
     scored = folds
     if policy.max_cv_examples is not None and len(labels) > policy.max_cv_examples:
@@ -383,13 +405,17 @@ def choose_adaptation(
         keep = sorted(set(range(len(labels))) - set(held_out))
         train, val = _rows(support, keep), _rows(support, held_out)
         if features is not None and "frozen-lr" in policy.baselines:
-            train_y = labels[torch.as_tensor(keep)]
-            probe = fit_probe(features[keep], train_y, n_way, C=policy.probe_c)
+            train_y, weight = labels[torch.as_tensor(keep)], fold_weights(labels, keep)
+            probe = fit_probe(
+                features[keep], train_y, n_way, C=policy.probe_c, sample_weight=weight
+            )
             logits = torch.nn.functional.linear(features[held_out], *probe.values())
             add((_RANK["frozen-lr"], 0, 0.0, no_trust), *_accuracy_loss(logits, labels[held_out]))
         if no_adaptation:
             start = algorithm.adapt(train, n_way, steps=0)
             add((_RANK["no-adaptation"], 0, 0.0, no_trust), *_score(algorithm, start, val, n_way))
+        if not policy.steps:
+            continue
         start = algorithm.adapt({**train, **named}, n_way, steps=steps)
         for trust in trusts:
             trusted = {**train, **named, NAME_TRUST: torch.tensor(float(trust))}
@@ -441,6 +467,18 @@ def choose_adaptation(
     )
 
 
+def with_policy_prefix(
+    algorithm: Any, support: Mapping[str, Tensor], policy: AdaptPolicy
+) -> Mapping[str, Tensor]:
+    """``support`` with the output of the layers no candidate trains, computed once: the
+    algorithm's inner set and the fine-tuned top layers run on it (exact, and for the top two
+    layers of six about a third of the cost)."""
+    names = list(algorithm.inner_names)
+    if any(s > 0 for s in policy.steps):
+        names += select_parameters(algorithm.model, policy.params, top_layers=policy.top_layers)
+    return with_frozen_prefix(algorithm, algorithm.to_device(support), names)
+
+
 def adapt_with_policy(
     algorithm: Any,
     support: Mapping[str, Tensor],
@@ -461,13 +499,19 @@ def adapt_with_policy(
     """
     plain = {k: v for k, v in support.items() if k not in (NAME_IDS, NAME_MASK, NAME_TRUST)}
     features = None
-    if not token_task and "frozen-lr" in policy.baselines:
-        features = probe_features(algorithm.model, plain)
+    if not token_task:
+        # The frozen lower layers run once for every candidate and the final adaptation.
+        plain = with_policy_prefix(algorithm, plain, policy)
+        support = {**support, **plain}
+        if "frozen-lr" in policy.baselines:
+            features = probe_features(algorithm.model, plain)
     decision = choose_adaptation(
         algorithm, support, n_way, policy, steps=steps, token_task=token_task,
         features=features, names=names,
     )  # fmt: skip
     if decision.choice == "frozen-lr":
+        if features is None:  # the fallback, with the probe left out of the candidates
+            features = probe_features(algorithm.model, plain)
         fast = fit_probe(features, plain["labels"], n_way, C=policy.probe_c)
         return fast, decision
     if decision.choice == "no-adaptation":

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from metanlp.meta.efficient import PREFIX_KEY, layered_embed
 from metanlp.meta.helpers import model_mode
 from metanlp.models import PROBE_PARAMETER_NAMES, FewShotModel, model_inputs
 
@@ -30,16 +31,26 @@ ABSENT_CLASS_BIAS = -1e9
 def probe_features(model: FewShotModel, batch: Mapping[str, Tensor]) -> Tensor:
     """``(B, H)`` L2-normalised pooled embeddings of the frozen ``model`` (eval mode, no graph).
 
-    The pooling is the model's own (``"mean"`` for the sentence-transformers default).
+    The pooling is the model's own (``"mean"`` for the sentence-transformers default). A batch
+    carrying the frozen prefix (`metanlp.meta.efficient`) runs only the layers above it.
     """
     device = next(model.parameters()).device
     with model_mode(model, False):
-        features = model.embed(**model_inputs(dict(batch), device))
+        if PREFIX_KEY in batch:
+            features = layered_embed(model, {}, batch)
+        else:
+            features = model.embed(**model_inputs(dict(batch), device))
     return F.normalize(features, dim=-1)
 
 
 def fit_probe(
-    features: Tensor, labels: Tensor, n_classes: int, *, C: float = 1.0, max_iter: int = 1000
+    features: Tensor,
+    labels: Tensor,
+    n_classes: int,
+    *,
+    C: float = 1.0,
+    max_iter: int = 1000,
+    sample_weight: Tensor | None = None,
 ) -> dict[str, Tensor]:
     """Fit the probe on (normalised) features; returns ``{"probe.weight", "probe.bias"}``.
 
@@ -50,6 +61,9 @@ def fit_probe(
             the bias `ABSENT_CLASS_BIAS`.
         C (`float`, defaults to 1.0): Inverse L2 strength (scikit-learn's default, SetFit's).
         max_iter (`int`, defaults to 1000): L-BFGS iterations.
+        sample_weight (`Tensor`, *optional*): ``(B,)`` weights of the examples (scikit-learn's
+            ``sample_weight``); the policy's folds use it to keep the support set's class
+            proportions (see `fold_weights`).
 
     Example:
         ```python
@@ -66,7 +80,8 @@ def fit_probe(
             f"The linear probe needs examples of at least 2 classes; got only {classes}."
         )
     clf = LogisticRegression(C=float(C), max_iter=int(max_iter))
-    clf.fit(features.detach().double().cpu().numpy(), y)
+    weights = None if sample_weight is None else sample_weight.detach().double().cpu().numpy()
+    clf.fit(features.detach().double().cpu().numpy(), y, sample_weight=weights)
     coef = torch.as_tensor(clf.coef_, dtype=torch.float64)
     intercept = torch.as_tensor(clf.intercept_, dtype=torch.float64)
     if coef.shape[0] == 1:  # binary: sigmoid(z) = softmax([-z/2, z/2])[1]
@@ -83,6 +98,23 @@ def fit_probe(
         PROBE_PARAMETER_NAMES[0]: weight.to(device=device, dtype=dtype),
         PROBE_PARAMETER_NAMES[1]: bias.to(device=device, dtype=dtype),
     }
+
+
+def fold_weights(labels: Tensor, rows: list[int]) -> Tensor:
+    """Example weights that give a fold (``rows`` of ``labels``) the whole set's class shares.
+
+    A stratified fold of an odd number of shots is unbalanced (3 examples of one class, 2 of
+    another), and a probe this small leans on its intercepts: fitted on the raw fold it favours
+    the larger classes and cross-validation underrates the probe that the balanced whole set
+    gives. Weight ``(n_c / N) / (m_c / M)`` for class ``c`` (``n_c`` of ``N`` in the whole set,
+    ``m_c`` of ``M`` in the fold) restores the shares; the weights average 1, so ``C`` keeps
+    its meaning.
+    """
+    labels = labels.detach().cpu()
+    fold = labels[torch.as_tensor(rows, dtype=torch.long)]
+    whole = torch.bincount(labels).double() / len(labels)
+    part = torch.bincount(fold, minlength=len(whole)).double() / len(fold)
+    return (whole / part.clamp_min(1e-12))[fold]
 
 
 def has_probe(fast: Mapping[str, Tensor]) -> bool:

@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from metanlp.meta.base import MetaAlgorithm, MetaConfig
+from metanlp.meta.efficient import PREFIX_KEY, layered_embed
 from metanlp.meta.prototypes import class_prototypes, prototype_head
 from metanlp.meta.registry import register_algorithm
 from metanlp.models import HEAD_PARAMETER_NAMES, model_inputs
@@ -83,7 +84,10 @@ class ProtoMAML(MetaAlgorithm):
         # φ_0's body equals θ, so the module's own weights give the prototype features; in
         # training they keep the graph to θ, in evaluation nothing is recorded.
         with torch.set_grad_enabled(training and torch.is_grad_enabled()):
-            feats = self.model.embed(**model_inputs(support))
+            if PREFIX_KEY in support:  # the frozen lower layers already ran (exact, cheaper)
+                feats = layered_embed(self.model, {}, support)
+            else:
+                feats = self.model.embed(**model_inputs(support))
             weight, bias = prototype_head(class_prototypes(feats, support["labels"], n_way))
         fast["head.weight"], fast["head.bias"] = weight, bias
         return fast
