@@ -16,8 +16,9 @@ validated initial value), or any saved names learner (``--learner``). Every meth
   ``setfit.get_templated_dataset`` then SetFit training on those synthetic examples; its
   classifier depends only on the names, so it is trained once per corpus).
 - 1 and 5 shots: the learner with names; the same learner without names (``label_names=False``);
-  logistic regression on frozen embeddings; and two controls: names permuted among the classes
-  (a cyclic shift), and meaningless names (``LABEL_i``, which the learner must detect).
+  logistic regression on frozen embeddings; the learner's zero-shot on the same episodes (so
+  "names + examples" and "names alone" are paired); and two controls: names permuted among the
+  classes (a cyclic shift), and meaningless names (``LABEL_i``, which the learner must detect).
 
 ``--validate`` scores candidate templates (0 shots) and default weights (1 shot) on tweets only
 (sentiment in the ``airlines`` and ``apple`` domains, and the tweet *domain* as a 4-way topic
@@ -296,6 +297,8 @@ def run_benchmark(args) -> dict[str, Any]:
                     for mode in ("names", "no_names", "permuted", "meaningless")
                 }
                 methods["frozen_lr"] = FrozenLogisticRegression(learner.model)
+                # The same episodes' names alone: "one example must not make it worse", paired.
+                methods["names_zero_shot"] = NamesMethod(learner, "zero_shot")
             began = time.perf_counter()
             results = evaluate(methods, episodes, progress=False, seed=args.seed)
             key = f"{corpus}_{n_way}w{shots}s"
