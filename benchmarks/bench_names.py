@@ -207,10 +207,10 @@ def topic_episodes(shots: int, args, collator) -> list:
     return [sampler.episode(i) for i in range(args.episodes)]
 
 
-def names_learner(args, **config: Any) -> Any:
+def names_learner(args, force_plain: bool = False, **config: Any) -> Any:
     from metanlp import MetaLearner
 
-    if args.learner:
+    if args.learner and not force_plain:
         return MetaLearner.from_pretrained(args.learner)
     learner = MetaLearner.from_pretrained(
         algorithm="protonet", adapt="all", max_length=args.max_length,
@@ -275,6 +275,8 @@ def run_benchmark(args) -> dict[str, Any]:
     from metanlp.evaluation import evaluate
 
     learner = names_learner(args)
+    # The baselines run on the pretrained MiniLM, not on a meta-trained learner's encoder.
+    frozen = learner.model if args.learner is None else names_learner(args, force_plain=True).model
     collator = EpisodeCollator(learner.tokenizer, args.max_length)
     out: dict[str, Any] = {"settings": {}}
     setfit = SetFitZeroShot() if args.setfit else None
@@ -296,7 +298,7 @@ def run_benchmark(args) -> dict[str, Any]:
                     mode: NamesMethod(learner, mode)
                     for mode in ("names", "no_names", "permuted", "meaningless")
                 }
-                methods["frozen_lr"] = FrozenLogisticRegression(learner.model)
+                methods["frozen_lr"] = FrozenLogisticRegression(frozen)
                 # The same episodes' names alone: "one example must not make it worse", paired.
                 methods["names_zero_shot"] = NamesMethod(learner, "zero_shot")
             began = time.perf_counter()
