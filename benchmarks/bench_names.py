@@ -288,7 +288,7 @@ def run_benchmark(args) -> dict[str, Any]:
                 methods: dict[str, Any] = {
                     "names_zero_shot": NamesMethod(learner, "zero_shot"),
                     "frozen_name_similarity": FrozenNameSimilarity(
-                        learner.model, NEWS_TEMPLATE, args.max_length
+                        frozen, NEWS_TEMPLATE, args.max_length
                     ),  # fmt: skip
                 }
                 if setfit is not None:
