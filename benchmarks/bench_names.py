@@ -270,7 +270,7 @@ def run_validation(args) -> dict[str, Any]:
     return out
 
 
-def run_benchmark(args) -> dict[str, Any]:
+def run_benchmark(args, save: Any = None) -> dict[str, Any]:
     from metanlp.baselines import FrozenLogisticRegression
     from metanlp.episodes import EpisodeCollator
     from metanlp.evaluation import evaluate
@@ -320,6 +320,8 @@ def run_benchmark(args) -> dict[str, Any]:
             if setfit is not None:
                 setting["setfit_train_seconds"] = dict(setfit.train_seconds)
             out["settings"][key] = setting
+            if save is not None:  # after every setting, so a long run keeps what it measured
+                save(out)
             print(f"{key} ({time.perf_counter() - began:.0f} s): " + ", ".join(
                 f"{m} {100 * s['mean']:.1f}±{100 * s['ci']:.1f}" for m, s in setting["accuracy"].items()
             ), flush=True)  # fmt: skip
@@ -371,21 +373,25 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     torch.manual_seed(args.seed)
     began = time.perf_counter()
+    folder = Path(args.results_dir)
+    prov = provenance(argv)
+
+    def save(result: dict[str, Any]) -> None:
+        result.update(provenance=prov, arguments=vars(args))
+        result["seconds"] = round(time.perf_counter() - began, 1)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"{stem}.json").write_text(json.dumps(result, indent=1, default=str) + "\n")
+        report(result, folder / f"{stem}.md", title)
+
     if args.validate:
-        result = run_validation(args)
         stem = args.out or "names_validation"
         title = "Class names: template and default weight, chosen on tweets (not held out)"
+        result = run_validation(args)
     else:
-        result = run_benchmark(args)
         stem = args.out or "names"
         title = "Class names on held-out corpora: 0, 1 and 5 shots"
-    result["provenance"] = provenance(argv)
-    result["arguments"] = vars(args)
-    result["seconds"] = round(time.perf_counter() - began, 1)
-    folder = Path(args.results_dir)
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / f"{stem}.json").write_text(json.dumps(result, indent=1, default=str) + "\n")
-    report(result, folder / f"{stem}.md", title)
+        result = run_benchmark(args, save)
+    save(result)
     print(f"wrote {folder / stem}.json/.md ({result['seconds']:.0f} s)")
 
 
