@@ -43,6 +43,12 @@ SIZES = {
 }  # fmt: skip
 
 
+NAMES_CONFIG = {"names": True, "name_template": "this is about {}", "name_weight": 2.0,
+                "name_scale": 10.0, "name_lr_gain": 1000.0}  # fmt: skip
+"""Written out in full so the saved learner keeps them whatever later defaults become (its
+config stores the options given here, not the defaults)."""
+
+
 def _options(parser) -> None:
     parser.add_argument("--mode", default="hybrid", choices=["hybrid", "smlmt", "labelled"],
                         help="task families: both, self-supervised only, labelled only")  # fmt: skip
@@ -80,7 +86,7 @@ def main() -> None:
     ))  # fmt: skip
     config = trainer_config(
         args, "meta", adapt="all", algorithm="protonet",
-        algorithm_config={"names": True} if args.names else {},
+        algorithm_config=NAMES_CONFIG if args.names else {},
         optimizer={"lr": 3e-5, "schedule": "cosine", "warmup_steps": max(1, size.max_steps // 20)},
         data={"train": [], "val": None}, keep_best=False,
     )  # fmt: skip

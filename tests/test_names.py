@@ -371,7 +371,14 @@ def test_the_names_benchmark_runs_and_pairs_its_methods(tmp_path, data_dir, sing
     record = json.loads((tmp_path / "smoke.json").read_text())
     zero, two = record["settings"]["coachella_3w0s"], record["settings"]["coachella_3w2s"]
     assert set(zero["accuracy"]) == {"names_zero_shot", "frozen_name_similarity"}
-    assert set(two["accuracy"]) == {"names", "no_names", "permuted", "meaningless", "frozen_lr"}
+    assert set(two["accuracy"]) == {
+        "names",
+        "no_names",
+        "permuted",
+        "meaningless",
+        "frozen_lr",
+        "names_zero_shot",
+    }
     assert "names - no_names" in two["paired"] and (tmp_path / "smoke.md").is_file()
     # The meaningless control was detected as such in every episode.
     assert all(not d["names"]["used"] for d in two["decisions"]["meaningless"])
