@@ -80,9 +80,9 @@ def test_finetune_matches_adamw_on_a_copied_model(learner, head_start, params):
 
     before = {k: v.clone() for k, v in learner.model.state_dict().items()}
     clf = learner.adapt(TEXTS, LABELS, steps=2, finetune=config)
-    got = clf._logits(QUERY)
+    got = clf.logits(QUERY)
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
-    plain = learner.adapt(TEXTS, LABELS, steps=2)._logits(QUERY)
+    plain = learner.adapt(TEXTS, LABELS, steps=2).logits(QUERY)
     assert (got - plain).abs().max() > 1e-3  # fine-tuning moved them (float noise: ~1e-5)
     after = learner.model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)  # the learner is untouched
@@ -95,7 +95,7 @@ def test_protonet_prototypes_become_an_equivalent_head():
     )
 
     def log_probs(clf):  # the two logit forms differ by a per-example constant
-        return torch.log_softmax(clf._logits(QUERY).double(), -1)
+        return torch.log_softmax(clf.logits(QUERY).double(), -1)
 
     plain = log_probs(learner.adapt(TEXTS, LABELS, policy=False))
     no_move = {"steps": 1, "lr": 0.0, "head_lr": 0.0, "head_start": "adapted"}
