@@ -18,7 +18,7 @@ import yaml
 
 from metanlp.spec import LearnerSpec, check_choice
 
-MIXED_PRECISION_CHOICES = ("no", "bf16", "fp16")
+MIXED_PRECISION_CHOICES = ("no", "bf16", "fp16", "auto")
 SCHEDULE_CHOICES = ("constant", "linear", "cosine")
 ATTN_CHOICES = ("auto", "eager", "sdpa")
 
@@ -137,7 +137,10 @@ class MetaTrainerConfig(LearnerSpec):
         metric_for_best (`str`, defaults to ``"accuracy"``): Validation metric to maximise.
         early_stopping_patience (`int`, *optional*): Stop after this many evaluations without
             improvement; ``null`` never stops early.
-        mixed_precision (`str`, defaults to ``"no"``): ``"no"``, ``"bf16"`` or ``"fp16"``.
+        mixed_precision (`str`, defaults to ``"no"``): ``"no"`` (fp32), ``"bf16"``, ``"fp16"``, or
+            ``"auto"``: bf16 autocast where a matmul probe at start-up measures bf16 faster than
+            fp32 on this device (`metanlp.training.precision`), else fp32; the trainer prints
+            its choice. Weights and optimiser state stay fp32 in every mode.
         output_dir (`str`, defaults to ``"runs/meta"``): Checkpoints, logs, the learning curve.
         save_every (`int`, *optional*): Checkpoint every this many steps (and at the end).
         save_total_limit (`int`, *optional*, defaults to 2): Keep this many newest checkpoints.
