@@ -1,0 +1,295 @@
+"""Roofline of a meta-step: achieved FLOP/s against this machine's own matmul peak (issue 31).
+
+1. **Peak**: the best FLOP/s of `torch.matmul` on square matrices (sides 512, 1024, 2048; best
+   of several repeats, `metanlp.training.precision.matmul_flops_per_s`) per dtype (fp32, bf16)
+   and thread count (1, 2).
+2. **Achieved**: the FLOPs of one meta-step, counted once per algorithm by
+   `torch.utils.flop_counter.FlopCounterMode` (matmuls, convolutions and attention products;
+   elementwise work such as softmax, layer norm and GELU counts 0), divided by the step's best
+   wall time, in fp32 and under bf16 autocast (fp32 master weights, as the trainer's
+   ``mixed_precision: bf16`` / ``auto``), with 1 and 2 intra-op threads.
+
+Workload: the general learner's (`recipes/general_learner.py`): MiniLM, 5-way 5-shot + 5 query,
+sequence length 64 (random token ids, the last quarter of each row padded: cost does not depend
+on the words), one task per meta-step. Algorithms: ProtoNet adapting every weight (the general
+learner's), FOMAML adapting every weight, and second-order MAML on LoRA r=8 (query, value) + head
+(eager attention: SDPA has no double backward on CPU), ``--inner-steps`` SGD steps each.
+Configurations alternate within each round, so load drifts on a shared machine hit all alike.
+
+    python benchmarks/bench_roofline.py            # the general learner's workload
+    python benchmarks/bench_roofline.py --smoke    # tiny sizes, well under a minute
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks.common import (  # noqa: E402
+    markdown_table,
+    provenance,
+    provenance_markdown,
+    write_json,
+    write_markdown,
+)
+
+RESULTS = ROOT / "benchmarks" / "results"
+DTYPES = ("fp32", "bf16")
+# name -> (algorithm, adapted params, LoRA?, what the table calls it)
+ALGORITHMS: dict[str, tuple[str, str, bool, str]] = {
+    "protonet": ("protonet", "all", False, "ProtoNet, all weights"),
+    "fomaml": ("fomaml", "all", False, "FOMAML, all weights"),
+    "lora-maml": ("maml", "lora", True, "2nd-order MAML, LoRA r=8 + head"),
+}
+SIZES = {
+    "default": {"n_way": 5, "shots": 5, "queries": 5, "seq": 64, "inner_steps": 1,
+                "repeats": 3, "peak_sides": [512, 1024, 2048], "peak_repeats": 5},
+    "smoke": {"n_way": 2, "shots": 1, "queries": 1, "seq": 16, "inner_steps": 1,
+              "repeats": 1, "peak_sides": [256], "peak_repeats": 2},
+}  # fmt: skip
+
+
+def cpu_flags() -> dict[str, bool]:
+    """Whether the CPU reports bf16 / AMX units (``/proc/cpuinfo`` flags; False elsewhere)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        text = ""
+    flags = set()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            flags = set(line.split(":", 1)[1].split())
+            break
+    wanted = ("avx512_bf16", "amx_bf16", "amx_tile", "avx512f", "avx2")
+    return {name: name in flags for name in wanted}
+
+
+def load_average() -> str:
+    """``uptime``'s load averages: the machine may be shared, and the numbers say how much."""
+    try:
+        return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+    except OSError:
+        return "unknown"
+
+
+def measure_peaks(size: dict, threads: list[int]) -> dict[str, dict[int, float]]:
+    """dtype -> threads -> best matmul FLOP/s over the sides in ``size["peak_sides"]``."""
+    import torch
+
+    from metanlp.training.precision import matmul_flops_per_s
+
+    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16}
+    peaks: dict[str, dict[int, float]] = {d: {} for d in DTYPES}
+    for t in threads:
+        torch.set_num_threads(t)
+        for d in DTYPES:
+            peaks[d][t] = max(
+                matmul_flops_per_s(dtypes[d], side, size["peak_repeats"])
+                for side in size["peak_sides"]
+            )
+    return peaks
+
+
+def build(name: str, size: dict):
+    """The algorithm of ``name`` on a fresh MiniLM, and the episode of one meta-step."""
+    import torch
+    from peft import LoraConfig
+
+    from benchmarks.peers.workload import random_token_episodes
+    from metanlp.meta import build_algorithm
+    from metanlp.models import FewShotModel
+
+    algorithm, params, lora, _ = ALGORITHMS[name]
+    torch.manual_seed(0)
+    peft = LoraConfig(r=8, lora_dropout=0.0, target_modules=["query", "value"]) if lora else None
+    model = FewShotModel.from_pretrained(
+        attn_implementation="sdpa", max_ways=size["n_way"], peft_config=peft
+    )
+    config = {"params": params}
+    if algorithm != "protonet":
+        config.update(inner_steps=size["inner_steps"], inner_lr=1e-2)
+    algo = build_algorithm(algorithm, model, config)
+    (episode,) = random_token_episodes(
+        size["n_way"], size["shots"], size["queries"], size["seq"], count=1
+    )
+    return algo, episode
+
+
+def step(algo, episode, dtype: str) -> float:
+    """One meta-step (meta-gradient into ``.grad``); its wall time in seconds."""
+    import torch
+
+    algo.model.zero_grad(set_to_none=True)
+    start = time.perf_counter()
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "bf16"):
+        algo.meta_backward(episode)
+    return time.perf_counter() - start
+
+
+def count_flops(algo, episode) -> int:
+    """FLOPs of one fp32 meta-step, counted by `torch.utils.flop_counter.FlopCounterMode`."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    algo.model.zero_grad(set_to_none=True)
+    with FlopCounterMode(display=False) as counter:
+        algo.meta_backward(episode)
+    return int(counter.get_total_flops())
+
+
+def measure_steps(size: dict, threads: list[int], names: list[str]) -> list[dict]:
+    """Per algorithm: counted FLOPs, then ``repeats`` timed steps of every (threads, dtype)."""
+    import torch
+
+    rows = []
+    for name in names:
+        algo, episode = build(name, size)
+        torch.set_num_threads(1)
+        flops = count_flops(algo, episode)
+        times: dict[tuple[int, str], list[float]] = {}
+        for t in threads:  # warm-up: first-call kernel selection is not the steady state
+            torch.set_num_threads(t)
+            for d in DTYPES:
+                step(algo, episode, d)
+        for _ in range(size["repeats"]):
+            for t in threads:
+                torch.set_num_threads(t)
+                for d in DTYPES:
+                    times.setdefault((t, d), []).append(step(algo, episode, d))
+        for (t, d), ts in times.items():
+            rows.append({"algorithm": name, "label": ALGORITHMS[name][3], "threads": t,
+                         "dtype": d, "flops": flops, "times_s": ts, "best_s": min(ts),
+                         "median_s": statistics.median(ts)})  # fmt: skip
+            print(
+                f"{name} threads={t} {d}: best {min(ts):.2f} s, {flops / 1e9:.1f} GFLOP", flush=True
+            )
+        del algo, episode
+    return rows
+
+
+def summarize(rows: list[dict], peaks: dict[str, dict[int, float]]) -> None:
+    """Add achieved FLOP/s (at the best time), its share of the peak, and bf16's speed-up."""
+    by_key = {(r["algorithm"], r["threads"], r["dtype"]): r for r in rows}
+    for r in rows:
+        r["achieved_flops"] = r["flops"] / r["best_s"]
+        r["peak_flops"] = peaks[r["dtype"]][r["threads"]]
+        r["fraction_of_peak"] = r["achieved_flops"] / r["peak_flops"]
+        fp32 = by_key[(r["algorithm"], r["threads"], "fp32")]
+        r["speedup_vs_fp32"] = fp32["best_s"] / r["best_s"]
+        one = by_key.get((r["algorithm"], 1, r["dtype"]))
+        r["speedup_vs_1_thread"] = one["best_s"] / r["best_s"] if one else None
+
+
+def write(result: dict, out: Path, stem: str) -> None:
+    """``<stem>.json``, ``<stem>.md`` (tables) and ``<stem>.png`` (achieved vs peak per dtype)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows, peaks, threads = result["rows"], result["peaks"], result["threads"]
+    write_json(out / f"{stem}.json", result)
+    peak_table = markdown_table(
+        ["dtype", *[f"{t} thread(s), GFLOP/s" for t in threads]],
+        [[d, *[peaks[d][t] / 1e9 for t in threads]] for d in DTYPES],
+    )
+    step_table = markdown_table(
+        ["algorithm", "threads", "dtype", "GFLOP / step", "best s", "median s",
+         "achieved GFLOP/s", "% of peak", "x fp32", "x 1 thread"],
+        [[r["label"], r["threads"], r["dtype"], r["flops"] / 1e9, r["best_s"], r["median_s"],
+          r["achieved_flops"] / 1e9, 100 * r["fraction_of_peak"], r["speedup_vs_fp32"],
+          r["speedup_vs_1_thread"]] for r in rows],
+    )  # fmt: skip
+    flags = ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in result["cpu_flags"].items())
+    write_markdown(
+        out / f"{stem}.md",
+        "Roofline of a meta-step (issue 31)",
+        [
+            provenance_markdown(result["provenance"]),
+            f"- CPU flags: {flags}  \n- Load while measuring: start `{result['load_before']}`, "
+            f"end `{result['load_after']}`  \n- Workload: {result['workload']}",
+            "## Matmul peak (torch.matmul, square matrices, best of repeats)\n\n" + peak_table,
+            "## One meta-step\n\nFLOPs counted by `torch.utils.flop_counter.FlopCounterMode` on "
+            "one fp32 step (matmuls and attention products; elementwise work counts 0); achieved "
+            "= FLOPs / best wall time; % of peak against the same dtype and thread count.\n\n"
+            + step_table,
+        ],
+    )
+    fig, axes = plt.subplots(1, len(DTYPES), figsize=(12, 4.5), sharey=True)
+    names = list(dict.fromkeys(r["algorithm"] for r in rows))
+    width = 0.8 / (len(names) + 1)
+    for ax, d in zip(axes, DTYPES, strict=True):
+        xs = range(len(threads))
+        ax.bar([x - 0.4 + width / 2 for x in xs], [peaks[d][t] / 1e9 for t in threads],
+               width, color="grey", label="matmul peak")  # fmt: skip
+        for i, name in enumerate(names):
+            ys = [next(r["achieved_flops"] / 1e9 for r in rows
+                       if r["algorithm"] == name and r["threads"] == t and r["dtype"] == d)
+                  for t in threads]  # fmt: skip
+            ax.bar([x - 0.4 + width * (i + 1.5) for x in xs], ys, width, color=f"C{i}",
+                   label=ALGORITHMS[name][3])  # fmt: skip
+        ax.set_xticks(list(xs), [f"{t} thread(s)" for t in threads])
+        ax.set_title(f"{d}{' autocast' if d == 'bf16' else ''}")
+        ax.set_ylabel("GFLOP/s")
+        ax.grid(axis="y", alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle("Meta-step achieved FLOP/s vs this machine's matmul peak")
+    fig.tight_layout()
+    fig.savefig(out / f"{stem}.png", dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes (well under a minute)")
+    parser.add_argument("--threads", type=int, nargs="+",
+                        help="intra-op thread counts (default 1 2; --smoke: 1)")  # fmt: skip
+    parser.add_argument("--algorithms", nargs="+", default=list(ALGORITHMS), choices=ALGORITHMS)
+    parser.add_argument("--inner-steps", type=int, help="inner SGD steps of FOMAML / MAML")
+    parser.add_argument("--repeats", type=int, help="timed meta-steps per configuration")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="folder of the result files")
+    parser.add_argument("--stem", help="result file name (default roofline / roofline_smoke)")
+    args = parser.parse_args(argv)
+    size = dict(SIZES["smoke" if args.smoke else "default"])
+    if args.inner_steps is not None:
+        size["inner_steps"] = args.inner_steps
+    if args.repeats is not None:
+        size["repeats"] = args.repeats
+    threads = sorted(set(args.threads or ([1] if args.smoke else [1, 2])))
+    load_before = load_average()
+    peaks = measure_peaks(size, threads)
+    print({d: {t: f"{v / 1e9:.1f} GFLOP/s" for t, v in p.items()} for d, p in peaks.items()})
+    rows = measure_steps(size, threads, args.algorithms)
+    summarize(rows, peaks)
+    workload = (
+        f"MiniLM, {size['n_way']}-way {size['shots']}-shot + {size['queries']} query, seq "
+        f"{size['seq']}, one task per meta-step, {size['inner_steps']} inner SGD step(s) for "
+        f"FOMAML / MAML, {size['repeats']} timed step(s) per configuration after a warm-up"
+    )
+    result = {
+        "provenance": provenance(sys.argv if argv is None else ["bench_roofline.py", *argv]),
+        "cpu_flags": cpu_flags(),
+        "load_before": load_before,
+        "load_after": load_average(),
+        "flop_count": "torch.utils.flop_counter.FlopCounterMode, one fp32 meta-step",
+        "workload": workload,
+        "size": size,
+        "threads": threads,
+        "peaks": peaks,
+        "rows": rows,
+    }
+    stem = args.stem or ("roofline_smoke" if args.smoke else "roofline")
+    write(result, args.out, stem)
+    print((args.out / f"{stem}.md").read_text())
+    return result
+
+
+if __name__ == "__main__":
+    main()
