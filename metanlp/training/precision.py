@@ -109,7 +109,9 @@ def probe_precision(
     return PrecisionChoice(choice, fp32, bf16)
 
 
-def resolve_mixed_precision(setting: str, cpu: bool) -> tuple[str, str]:
+def resolve_mixed_precision(
+    setting: str, cpu: bool, min_speedup: float = BF16_MIN_SPEEDUP
+) -> tuple[str, str]:
     """The Accelerate ``mixed_precision`` a config's setting means here, and a line saying so.
 
     ``"auto"`` probes the device (`probe_precision`) on the main process and, in a
@@ -120,6 +122,7 @@ def resolve_mixed_precision(setting: str, cpu: bool) -> tuple[str, str]:
         setting (`str`): ``MetaTrainerConfig.mixed_precision`` (``"no"``, ``"bf16"``,
             ``"fp16"`` or ``"auto"``).
         cpu (`bool`): Whether the run is forced onto the CPU (Accelerate's ``cpu``).
+        min_speedup (`float`, defaults to `BF16_MIN_SPEEDUP`): `probe_precision`'s threshold.
 
     Returns:
         `tuple[str, str]`: ``("no" | "bf16" | "fp16", description of the chosen path)``.
@@ -133,7 +136,7 @@ def resolve_mixed_precision(setting: str, cpu: bool) -> tuple[str, str]:
     state = PartialState(cpu=cpu)  # the process group Accelerator() then reuses
     box: list[PrecisionChoice | None] = [None]
     if state.is_main_process:
-        box[0] = probe_precision(state.device)
+        box[0] = probe_precision(state.device, min_speedup=min_speedup)
     if state.num_processes > 1:
         broadcast_object_list(box, from_process=0)
     choice = box[0]
