@@ -177,6 +177,48 @@ def measure_steps(size: dict, threads: list[int], names: list[str]) -> list[dict
     return rows
 
 
+def trainer_steps(data_dir: str | None, repeats: int) -> dict:
+    """`MetaTrainer` meta-steps with ``mixed_precision`` ``"no"`` and ``"auto"`` (alternated, one
+    thread): ProtoNet on every weight, real tweets episodes (3-way 5-shot + 5 query, max length
+    64), so the trainer's own path and real text lengths are in the measurement."""
+    import tempfile
+
+    import torch
+    from accelerate.state import AcceleratorState
+
+    from metanlp.training import MetaTrainer, MetaTrainerConfig
+
+    torch.set_num_threads(1)
+    source = {"dataset": "tweets", "n_way": 3, "k_shot": 5, "q_query": 5, "group_by": "domain"}
+    trainers, out = {}, {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for setting in ("no", "auto"):
+            AcceleratorState._reset_state()
+            config = MetaTrainerConfig.from_dict({
+                "adapt": "all", "algorithm": "protonet", "algorithm_config": {},
+                "data": {"train": [source], "val": None, "data_dir": data_dir, "max_length": 64},
+                "meta_batch_size": 1, "max_steps": repeats + 1, "report_to": [],
+                "progress_bar": False, "keep_best": False, "output_dir": f"{tmp}/{setting}",
+                "mixed_precision": setting,
+            })  # fmt: skip
+            trainers[setting] = MetaTrainer(config)
+            trainers[setting].meta_step()  # warm-up
+        for _ in range(repeats):
+            for setting, trainer in trainers.items():
+                wall, cpu = time.perf_counter(), time.process_time()
+                trainer.meta_step()
+                record = out.setdefault(
+                    setting, {"chosen": trainer.mixed_precision, "wall_s": [], "cpu_s": []}
+                )
+                record["wall_s"].append(time.perf_counter() - wall)
+                record["cpu_s"].append(time.process_time() - cpu)
+    AcceleratorState._reset_state()
+    for record in out.values():
+        record["median_wall_s"] = statistics.median(record["wall_s"])
+        record["median_cpu_s"] = statistics.median(record["cpu_s"])
+    return out
+
+
 def summarize(rows: list[dict], peaks: dict[str, dict[int, float]]) -> None:
     """Add achieved FLOP/s (at the best time), its share of the peak, and bf16's speed-up."""
     by_key = {(r["algorithm"], r["threads"], r["dtype"]): r for r in rows}
@@ -218,6 +260,20 @@ def write(result: dict, out: Path, stem: str) -> None:
     )  # fmt: skip
     flags = ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in result["cpu_flags"].items())
     env = ", ".join(f"{k}={v}" for k, v in result["environment"].items() if v) or "defaults"
+    sections = []
+    if result.get("trainer"):
+        t = result["trainer"]
+        sections.append(
+            "## MetaTrainer steps: mixed_precision no vs auto\n\nProtoNet on every weight, real "
+            "tweets episodes (3-way 5-shot + 5 query, max length 64), one thread, alternated; "
+            f"medians of {len(t['no']['wall_s'])} steps after a warm-up.\n\n"
+            + markdown_table(
+                ["setting", "path chosen", "median wall s", "median CPU s"],
+                [[k, v["chosen"], v["median_wall_s"], v["median_cpu_s"]] for k, v in t.items()],
+            )
+            + f"\n\nauto / no: wall x{t['no']['median_wall_s'] / t['auto']['median_wall_s']:.2f}, "
+            f"CPU x{t['no']['median_cpu_s'] / t['auto']['median_cpu_s']:.2f} faster."
+        )
     write_markdown(
         out / f"{stem}.md",
         "Roofline of a meta-step (issue 31)",
@@ -234,6 +290,7 @@ def write(result: dict, out: Path, stem: str) -> None:
             "% of peak / thread = GFLOP per CPU-second against the peak per thread (on a shared "
             "machine the fairer share: the peak is a best-of of short products, a step is long)."
             "\n\n" + step_table,
+            *sections,
         ],
     )
     fig, axes = plt.subplots(1, len(DTYPES), figsize=(12, 4.5), sharey=True)
@@ -268,6 +325,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--algorithms", nargs="+", default=list(ALGORITHMS), choices=ALGORITHMS)
     parser.add_argument("--inner-steps", type=int, help="inner SGD steps of FOMAML / MAML")
     parser.add_argument("--repeats", type=int, help="timed meta-steps per configuration")
+    parser.add_argument("--trainer", action="store_true",
+                        help="also time MetaTrainer steps, mixed_precision no vs auto (tweets)")  # fmt: skip
+    parser.add_argument("--data", help="built corpora for --trainer (default $METANLP_DATA_DIR)")
     parser.add_argument("--out", type=Path, default=RESULTS, help="folder of the result files")
     parser.add_argument("--stem", help="result file name (default roofline / roofline_smoke)")
     args = parser.parse_args(argv)
@@ -282,6 +342,7 @@ def main(argv: list[str] | None = None) -> dict:
     print({d: {t: f"{v / 1e9:.1f} GFLOP/s" for t, v in p.items()} for d, p in peaks.items()})
     rows = measure_steps(size, threads, args.algorithms)
     summarize(rows, peaks)
+    trainer = trainer_steps(args.data, size["repeats"]) if args.trainer else None
     workload = (
         f"MiniLM, {size['n_way']}-way {size['shots']}-shot + {size['queries']} query, seq "
         f"{size['seq']}, one task per meta-step, {size['inner_steps']} inner SGD step(s) for "
@@ -301,6 +362,7 @@ def main(argv: list[str] | None = None) -> dict:
         "threads": threads,
         "peaks": peaks,
         "rows": rows,
+        "trainer": trainer,
     }
     stem = args.stem or ("roofline_smoke" if args.smoke else "roofline")
     write(result, args.out, stem)

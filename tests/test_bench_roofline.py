@@ -53,3 +53,14 @@ def test_smoke_run_writes_table_png_and_provenance(tmp_path, one_thread):
     assert "--smoke" in md and "FlopCounterMode" in md and "% of peak" in md
     assert "CPU flags: avx512_bf16" in md
     assert (tmp_path / "roofline_smoke.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_trainer_comparison_times_no_and_auto(tmp_path, one_thread, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    args = ["--smoke", "--trainer", "--algorithms", "protonet", "--out", str(tmp_path)]
+    trainer = bench_roofline.main(args)["trainer"]
+    assert trainer["no"]["chosen"] == "no" and trainer["auto"]["chosen"] in ("no", "bf16")
+    for record in trainer.values():
+        assert len(record["wall_s"]) == 1 and record["median_cpu_s"] > 0
+    md = (tmp_path / "roofline_smoke.md").read_text()
+    assert "mixed_precision no vs auto" in md and f"| auto | {trainer['auto']['chosen']} |" in md
