@@ -295,17 +295,21 @@ def write(result: dict, out: Path, stem: str) -> None:
     )
     fig, axes = plt.subplots(1, len(DTYPES), figsize=(12, 4.5), sharey=True)
     names = list(dict.fromkeys(r["algorithm"] for r in rows))
-    width = 0.8 / (len(names) + 1)
+    width = 0.8 / (2 * len(names) + 1)
     for ax, d in zip(axes, DTYPES, strict=True):
         xs = range(len(threads))
         ax.bar([x - 0.4 + width / 2 for x in xs], [peaks[d][t] / 1e9 for t in threads],
                width, color="grey", label="matmul peak")  # fmt: skip
         for i, name in enumerate(names):
-            ys = [next(r["achieved_flops"] / 1e9 for r in rows
-                       if r["algorithm"] == name and r["threads"] == t and r["dtype"] == d)
-                  for t in threads]  # fmt: skip
-            ax.bar([x - 0.4 + width * (i + 1.5) for x in xs], ys, width, color=f"C{i}",
-                   label=ALGORITHMS[name][3])  # fmt: skip
+            picked = [next(r for r in rows if r["algorithm"] == name and r["threads"] == t
+                           and r["dtype"] == d) for t in threads]  # fmt: skip
+            ax.bar([x - 0.4 + width * (2 * i + 1.5) for x in xs],
+                   [r["achieved_flops"] / 1e9 for r in picked], width, color=f"C{i}",
+                   label=f"{ALGORITHMS[name][3]}: per wall s")  # fmt: skip
+            ax.bar([x - 0.4 + width * (2 * i + 2.5) for x in xs],
+                   [r["flops_per_cpu_s"] * r["threads"] / 1e9 for r in picked], width,
+                   color=f"C{i}", alpha=0.45, hatch="//",
+                   label=f"{ALGORITHMS[name][3]}: per CPU s x threads")  # fmt: skip
         ax.set_xticks(list(xs), [f"{t} thread(s)" for t in threads])
         ax.set_title(f"{d}{' autocast' if d == 'bf16' else ''}")
         ax.set_ylabel("GFLOP/s")
