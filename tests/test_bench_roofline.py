@@ -42,6 +42,8 @@ def test_smoke_run_writes_table_png_and_provenance(tmp_path, one_thread):
         assert r["achieved_flops"] == pytest.approx(r["flops"] / r["best_s"])
         assert r["peak_flops"] == result["peaks"][r["dtype"]][1] > 0
         assert r["fraction_of_peak"] == pytest.approx(r["achieved_flops"] / r["peak_flops"])
+        per_cpu = r["flops_per_cpu_s"] / result["peaks"][r["dtype"]][1]
+        assert r["cpu_fraction_of_peak"] == pytest.approx(per_cpu)
         assert 0 < r["best_cpu_s"] and r["flops_per_cpu_s"] == pytest.approx(
             r["flops"] / r["best_cpu_s"]
         )
