@@ -19,8 +19,10 @@ PROBE_SIZE = 512
 enough (a few ms each) to probe at every trainer start."""
 
 BF16_MIN_SPEEDUP = 1.3
-"""bf16 must beat fp32 by this factor for ``auto`` to choose it: below that, the casts and the
-non-matmul work bf16 adds to a meta-step eat the gain (measured in benchmarks/bench_roofline.py)."""
+"""bf16 must beat fp32 by this factor for ``auto`` to choose it. A margin, not a fit: on the
+2-core AVX-512 BF16 EPYC a 2.3x matmul gain became about 1.7x on a ProtoNet meta-step
+(`benchmarks/bench_roofline.py`; casts and non-matmul work do not speed up), so a chip whose bf16
+matmul is barely faster would gain little, and timing noise must not flip the choice."""
 
 
 def matmul_flops_per_s(
@@ -90,7 +92,7 @@ def probe_precision(
     """Time fp32 and bf16 matmuls on ``device`` and pick ``"bf16"`` or ``"no"``.
 
     The two dtypes alternate over ``rounds`` so that a burst of load on a shared machine hits
-    both; each keeps its best. About 0.1 s on a CPU.
+    both; each keeps its best. About 0.3 s on a busy 2-core CPU.
 
     Args:
         device (`str` or `torch.device`, defaults to ``"cpu"``): The training device.
