@@ -16,8 +16,13 @@ learner's), FOMAML adapting every weight, and second-order MAML on LoRA r=8 (que
 (eager attention: SDPA has no double backward on CPU), ``--inner-steps`` SGD steps each.
 Configurations alternate within each round, so load drifts on a shared machine hit all alike.
 
+``--trainer`` adds `MetaTrainer` steps with ``mixed_precision`` ``no`` against ``auto`` on real
+tweets episodes; ``--padding`` the share of padding in the general learner's real episodes and
+what length bucketing within an episode would leave of it.
+
     python benchmarks/bench_roofline.py            # the general learner's workload
     python benchmarks/bench_roofline.py --smoke    # tiny sizes, well under a minute
+    python benchmarks/bench_roofline.py --trainer --padding   # + trainer steps, padding share
 """
 
 from __future__ import annotations
@@ -219,6 +224,33 @@ def trainer_steps(data_dir: str | None, repeats: int) -> dict:
     return out
 
 
+def padding_share(data_dir: str | None, episodes: int, buckets: int = 4) -> dict:
+    """How much of the general learner's episodes is padding, and how much length bucketing
+    within an episode (``buckets`` equal-count groups by length, each padded to its own
+    longest) would leave: the most a bucketed step could save on the linear layers."""
+    import torch
+
+    from metanlp.corpora import default_data_dir
+    from metanlp.episodes import EpisodeCollator
+    from metanlp.general import GeneralTasks, general_task_sampler
+    from metanlp.models import load_encoder
+
+    collator = EpisodeCollator(load_encoder().tokenizer, 64)
+    root = data_dir or default_data_dir()
+    sampler, _ = general_task_sampler(root, collator, GeneralTasks(k_shot=5, q_query=5), seed=0)
+    positions = real = bucketed = 0
+    for _ in range(episodes):
+        episode = sampler.build(sampler.next_spec())
+        for part in (episode.support, episode.query):
+            lengths = part["attention_mask"].sum(1)
+            positions += part["attention_mask"].numel()
+            real += int(lengths.sum())
+            for group in torch.tensor_split(torch.sort(lengths).values, buckets):
+                bucketed += int(group.max()) * len(group) if len(group) else 0
+    return {"episodes": episodes, "buckets": buckets, "real_share": real / positions,
+            "bucketed_share": bucketed / positions}  # fmt: skip
+
+
 def summarize(rows: list[dict], peaks: dict[str, dict[int, float]]) -> None:
     """Add achieved FLOP/s (at the best time), its share of the peak, and bf16's speed-up."""
     by_key = {(r["algorithm"], r["threads"], r["dtype"]): r for r in rows}
@@ -276,6 +308,16 @@ def write(result: dict, out: Path, stem: str) -> None:
             )
             + f"\n\nauto / no: wall x{t['no']['median_wall_s'] / t['auto']['median_wall_s']:.2f}, "
             f"CPU x{t['no']['median_cpu_s'] / t['auto']['median_cpu_s']:.2f} faster."
+        )
+    if result.get("padding"):
+        p = result["padding"]
+        sections.append(
+            "## Padding in the general learner's episodes\n\n"
+            f"Over {p['episodes']} episodes of `general_task_sampler` (5-shot + 5 query, max "
+            f"length 64, support and query each padded to their longest): real tokens fill "
+            f"{100 * p['real_share']:.1f} % of the padded positions; {p['buckets']} length buckets "
+            f"per part, each padded to its own longest, would keep {100 * p['bucketed_share']:.1f} "
+            "% of them."
         )
     write_markdown(
         out / f"{stem}.md",
@@ -335,6 +377,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--repeats", type=int, help="timed meta-steps per configuration")
     parser.add_argument("--trainer", action="store_true",
                         help="also time MetaTrainer steps, mixed_precision no vs auto (tweets)")  # fmt: skip
+    parser.add_argument("--padding", action="store_true",
+                        help="also measure the padding share of general-learner episodes")  # fmt: skip
     parser.add_argument("--data", help="built corpora for --trainer (default $METANLP_DATA_DIR)")
     parser.add_argument("--out", type=Path, default=RESULTS, help="folder of the result files")
     parser.add_argument("--stem", help="result file name (default roofline / roofline_smoke)")
@@ -351,6 +395,7 @@ def main(argv: list[str] | None = None) -> dict:
     rows = measure_steps(size, threads, args.algorithms)
     summarize(rows, peaks)
     trainer = trainer_steps(args.data, size["repeats"]) if args.trainer else None
+    padding = padding_share(args.data, 4 if args.smoke else 40) if args.padding else None
     workload = (
         f"MiniLM, {size['n_way']}-way {size['shots']}-shot + {size['queries']} query, seq "
         f"{size['seq']}, one task per meta-step, {size['inner_steps']} inner SGD step(s) for "
@@ -371,6 +416,7 @@ def main(argv: list[str] | None = None) -> dict:
         "peaks": peaks,
         "rows": rows,
         "trainer": trainer,
+        "padding": padding,
     }
     stem = args.stem or ("roofline_smoke" if args.smoke else "roofline")
     write(result, args.out, stem)

@@ -57,12 +57,16 @@ def test_smoke_run_writes_table_png_and_provenance(tmp_path, one_thread):
     assert (tmp_path / "roofline_smoke.png").read_bytes()[:4] == b"\x89PNG"
 
 
-def test_trainer_comparison_times_no_and_auto(tmp_path, one_thread, monkeypatch):
+def test_trainer_comparison_and_padding_share(tmp_path, one_thread, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    args = ["--smoke", "--trainer", "--algorithms", "protonet", "--out", str(tmp_path)]
-    trainer = bench_roofline.main(args)["trainer"]
+    args = ["--smoke", "--trainer", "--padding", "--algorithms", "protonet", "--out", str(tmp_path)]
+    result = bench_roofline.main(args)
+    padding = result["padding"]  # bucketing never keeps fewer positions than the real tokens
+    assert 0 < padding["real_share"] <= padding["bucketed_share"] <= 1
+    trainer = result["trainer"]
     assert trainer["no"]["chosen"] == "no" and trainer["auto"]["chosen"] in ("no", "bf16")
     for record in trainer.values():
         assert len(record["wall_s"]) == 1 and record["median_cpu_s"] > 0
     md = (tmp_path / "roofline_smoke.md").read_text()
+    assert "Padding in the general learner" in md
     assert "mixed_precision no vs auto" in md and f"| auto | {trainer['auto']['chosen']} |" in md
