@@ -88,3 +88,31 @@ def test_two_processes_equal_one(tmp_path, env, monkeypatch, one_thread):
                 pytest.approx(value, rel=1e-5, abs=1e-6) if isinstance(value, float) else value
             )
             assert theirs[key] == expected, key
+
+
+AUTO_WORKER = """
+import json, sys
+import torch
+from metanlp.training.precision import resolve_mixed_precision
+from accelerate import PartialState
+
+torch.set_num_threads(1)
+rank = int(__import__("os").environ["RANK"])
+# The ranks would decide differently (rank 0's threshold always passes, rank 1's never does):
+# the run must still train in one precision, the main process's.
+chosen, note = resolve_mixed_precision("auto", cpu=True, min_speedup=0.0 if rank == 0 else float("inf"))
+state = PartialState()
+print(json.dumps({"rank": state.process_index, "world": state.num_processes, "chosen": chosen}))
+"""
+
+
+def test_mixed_precision_auto_is_decided_once_for_all_processes(tmp_path, env):
+    script = tmp_path / "auto_worker.py"
+    script.write_text(AUTO_WORKER)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+           "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), str(script)]  # fmt: skip
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    seen = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    assert sorted(r["rank"] for r in seen) == [0, 1] and all(r["world"] == 2 for r in seen)
+    assert {r["chosen"] for r in seen} == {"bf16"}

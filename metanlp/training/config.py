@@ -20,7 +20,7 @@ import yaml
 from metanlp.files import safe_load_yaml
 from metanlp.spec import LearnerSpec, check_choice, closest
 
-MIXED_PRECISION_CHOICES = ("no", "bf16", "fp16")
+MIXED_PRECISION_CHOICES = ("no", "bf16", "fp16", "auto")
 SCHEDULE_CHOICES = ("constant", "linear", "cosine")
 ATTN_CHOICES = ("auto", "eager", "sdpa")
 
@@ -142,7 +142,10 @@ class MetaTrainerConfig(LearnerSpec):
             by default False for a metric named ``*loss`` and True for any other.
         early_stopping_patience (`int`, *optional*): Stop after this many evaluations without
             improvement; ``null`` never stops early.
-        mixed_precision (`str`, defaults to ``"no"``): ``"no"``, ``"bf16"`` or ``"fp16"``.
+        mixed_precision (`str`, defaults to ``"no"``): ``"no"`` (fp32), ``"bf16"``, ``"fp16"``, or
+            ``"auto"``: bf16 autocast where a matmul probe at start-up measures bf16 faster than
+            fp32 on this device (`metanlp.training.precision`), else fp32; the trainer prints
+            its choice. Weights and optimiser state stay fp32 in every mode.
         output_dir (`str`, defaults to ``"runs/meta"``): Checkpoints, logs, the learning curve.
             A folder that holds an earlier run's outputs is refused unless the run resumes it
             or ``overwrite_output_dir`` is set.

@@ -40,6 +40,7 @@ from metanlp.training.logs import (
     plot_learning_curve,
     read_jsonl,
 )
+from metanlp.training.precision import resolve_mixed_precision
 from metanlp.training.setup import (
     build_algorithm,
     build_samplers,
@@ -100,10 +101,12 @@ class MetaTrainer(CheckpointMixin):
         val_sampler: Any | None = None,
     ) -> None:
         self.config = config
+        # Accelerate starts a multi-process CPU (gloo) run only with cpu=True.
+        cpu = config.cpu or not has_accelerator()
+        self.mixed_precision, precision_note = resolve_mixed_precision(config.mixed_precision, cpu)
         self.accelerator = Accelerator(
-            # Accelerate starts a multi-process CPU (gloo) run only with cpu=True.
-            cpu=config.cpu or not has_accelerator(),
-            mixed_precision=config.mixed_precision,
+            cpu=cpu,
+            mixed_precision=self.mixed_precision,
             log_with=config.report_to or None,
             project_dir=config.output_dir,
         )
@@ -121,6 +124,7 @@ class MetaTrainer(CheckpointMixin):
                 f"meta_batch_size={config.meta_batch_size} is not a multiple of the {self.world_size} "
                 "processes; every process must get the same number of tasks (change one of them)."
             )
+        self.accelerator.print(precision_note)
         set_seed(config.seed)  # model init (head, LoRA) is the same on every process
         self.algorithm = check_trainable(
             algorithm if algorithm is not None else build_algorithm(config)
@@ -139,7 +143,7 @@ class MetaTrainer(CheckpointMixin):
         self.scheduler = build_scheduler(self.optimizer, config.optimizer, config.max_steps)
         # fp16 needs loss scaling; bf16 and fp32 do not (a disabled scaler is a pass-through).
         self.scaler = torch.amp.GradScaler(
-            self.accelerator.device.type, enabled=config.mixed_precision == "fp16"
+            self.accelerator.device.type, enabled=self.mixed_precision == "fp16"
         )
         self.state = TrainerState()
         self._val_episodes: list[tuple[int, Episode]] | None = None
@@ -148,7 +152,7 @@ class MetaTrainer(CheckpointMixin):
     # -- precision and devices -------------------------------------------------------------------
     def autocast(self) -> contextlib.AbstractContextManager:
         """Accelerate's autocast; on CPU Accelerate leaves fp16 off, so torch's CPU autocast is used."""
-        if self.config.mixed_precision == "fp16" and self.accelerator.device.type == "cpu":
+        if self.mixed_precision == "fp16" and self.accelerator.device.type == "cpu":
             return torch.autocast("cpu", dtype=torch.float16)
         return self.accelerator.autocast()
 
