@@ -429,6 +429,8 @@ def test_resume_puts_best_back_as_of_the_checkpoint(data_dir, tmp_path):
             assert torch.equal(value, expected[name]), (resume_at, name)
         kept = load_file(str(run / "best" / "meta_parameters.safetensors"))
         assert all(torch.equal(kept[k], expected[k]) for k in expected)
+
+
 @pytest.mark.parametrize(
     "algorithm, config",
     [("protonet", {}), ("fomaml", {"inner_steps": 2, "inner_lr": 0.1})],
