@@ -353,9 +353,9 @@ def write(result: dict, out: Path, stem: str) -> None:
                    [r["achieved_flops"] / 1e9 for r in picked], width, color=f"C{i}",
                    label=f"{ALGORITHMS[name][3]}: per wall s")  # fmt: skip
             ax.bar([x - 0.4 + width * (2 * i + 2.5) for x in xs],
-                   [r["flops_per_cpu_s"] * r["threads"] / 1e9 for r in picked], width,
+                   [r["flops_per_cpu_s"] / 1e9 for r in picked], width,
                    color=f"C{i}", alpha=0.45, hatch="//",
-                   label=f"{ALGORITHMS[name][3]}: per CPU s x threads")  # fmt: skip
+                   label=f"{ALGORITHMS[name][3]}: per CPU-second")  # fmt: skip
         ax.set_xticks(list(xs), [f"{t} thread(s)" for t in threads])
         ax.set_title(f"{d}{' autocast' if d == 'bf16' else ''}")
         ax.set_ylabel("GFLOP/s")
