@@ -20,7 +20,7 @@ from metanlp.episodes.tags import (
     word_start_mask,
 )
 from metanlp.metrics.functional import to_iob2
-from metanlp.models import HEAD_PARAMETER_NAMES, model_inputs
+from metanlp.models import HEAD_PARAMETER_NAMES, model_inputs, resolve_device
 
 BATCH_SIZE = 32
 # control, format (zero-width), separators, and combining marks, which tokenizers strip with
@@ -482,12 +482,7 @@ class _AdaptedPredictor:
         from metanlp.files import CorruptFileError, read_json, read_safetensors, recover_folder
         from metanlp.serialization import load_learner_parts
 
-        try:
-            device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        except (RuntimeError, TypeError):
-            raise ValueError(
-                f"device={device!r} is not a torch device; use 'cpu', 'cuda' or 'cuda:<index>'."
-            ) from None
+        device = resolve_device(device)
         folder = _find_predictor_folder(name_or_path, revision=revision, token=token)
         recover_folder(folder)
         config_file = folder / PREDICTOR_CONFIG_NAME
