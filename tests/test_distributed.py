@@ -102,7 +102,9 @@ rank = int(__import__("os").environ["RANK"])
 # the run must still train in one precision, the main process's.
 chosen, note = resolve_mixed_precision("auto", cpu=True, min_speedup=0.0 if rank == 0 else float("inf"))
 state = PartialState()
-print(json.dumps({"rank": state.process_index, "world": state.num_processes, "chosen": chosen}))
+# One file per rank: two processes printing to one pipe can interleave their lines.
+out = __import__("pathlib").Path(sys.argv[1]) / f"rank{state.process_index}.json"
+out.write_text(json.dumps({"rank": state.process_index, "world": state.num_processes, "chosen": chosen}))
 """
 
 
@@ -110,9 +112,10 @@ def test_mixed_precision_auto_is_decided_once_for_all_processes(tmp_path, env):
     script = tmp_path / "auto_worker.py"
     script.write_text(AUTO_WORKER)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-           "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), str(script)]  # fmt: skip
+           "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), str(script),
+           str(tmp_path)]  # fmt: skip
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    seen = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    seen = [json.loads(f.read_text()) for f in sorted(tmp_path.glob("rank*.json"))]
     assert sorted(r["rank"] for r in seen) == [0, 1] and all(r["world"] == 2 for r in seen)
     assert {r["chosen"] for r in seen} == {"bf16"}
