@@ -17,7 +17,6 @@ from typing import Any, get_type_hints
 
 import yaml
 
-from metanlp.files import safe_load_yaml
 from metanlp.spec import LearnerSpec, check_choice, closest
 
 MIXED_PRECISION_CHOICES = ("no", "bf16", "fp16", "auto")
@@ -247,6 +246,8 @@ class MetaTrainerConfig(LearnerSpec):
 
         A bare name such as ``"default"`` or ``"full"`` resolves to ``metanlp/configs/<name>.yaml``.
         """
+        from metanlp.files import safe_load_yaml  # files imports torch: not at --help time
+
         path = resolve_config_path(path)
         try:
             data = safe_load_yaml(Path(path).read_text(encoding="utf-8")) or {}
