@@ -60,7 +60,7 @@ from metanlp.meta.finetune import FineTuneConfig, finetune_fast_weights, with_fr
 from metanlp.meta.helpers import coerce_setting, task_loss
 from metanlp.meta.params import select_parameters
 from metanlp.meta.probe import fit_probe, fold_weights, probe_features
-from metanlp.names import NAME_IDS, NAME_MASK, NAME_TRUST, NameChoice
+from metanlp.names import NAME_IDS, NAME_MASK, NAME_TRUST, NameChoice, without_names
 
 BASELINE_CANDIDATES = ("no-adaptation", "frozen-lr")
 """Candidates besides the algorithm's adaptation and fine-tuning (`AdaptPolicy.baselines`)."""
@@ -355,7 +355,7 @@ def choose_adaptation(
     began = time.perf_counter()
     named = {k: support[k] for k in (NAME_IDS, NAME_MASK) if k in support}
     trusts = policy.name_trusts if names is not None and names.used and named else ()
-    support = {k: v for k, v in support.items() if k not in (NAME_IDS, NAME_MASK, NAME_TRUST)}
+    support = without_names(support)
 
     def fallback(reason: str, names_only: bool = False) -> AdaptDecision:
         kind = policy.fallback
@@ -497,7 +497,7 @@ def adapt_with_policy(
         adaptation (0 inner steps for ``"no-adaptation"``; with the chosen name trust when the
         support carries names), fine-tuned when chosen.
     """
-    plain = {k: v for k, v in support.items() if k not in (NAME_IDS, NAME_MASK, NAME_TRUST)}
+    plain = without_names(support)
     features = None
     if not token_task:
         # The frozen lower layers run once for every candidate and the final adaptation.
