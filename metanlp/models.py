@@ -14,7 +14,7 @@ import inspect
 import logging
 import os
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -571,6 +571,85 @@ def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tenso
     return (hidden * mask).sum(1) / mask.sum(1).clamp_min(1.0)
 
 
+LENGTH_CHUNK_TOKENS = 4096
+"""Padded tokens per chunk when a batch runs in length-sorted chunks (`length_chunks`)."""
+
+
+def length_chunks(
+    attention_mask: torch.Tensor, *, tokens: int | None = None, min_saving: float = 0.2
+) -> list[tuple[torch.Tensor, int]] | None:
+    """Rows of a batch grouped by length, to run each group trimmed to its own longest row.
+
+    A batch padded to its longest row spends most of its compute on padding when lengths
+    differ (770 intents of 8-80 tokens: about four padded tokens per real one), and attention
+    pays for it twice. Sorting the rows by length and running groups of about ``tokens`` padded
+    tokens, each cut after its own last attended column, gives the same values for every
+    attended position: padding is masked out of attention and pooling, and the positions kept
+    are the same. Only trailing columns are cut, so a left-padded batch is returned ``None``.
+
+    Args:
+        attention_mask (`Tensor`): ``(B, T)``, nonzero where attended.
+        tokens (`int`, *optional*): Padded tokens per chunk (at least one row); defaults to
+            `LENGTH_CHUNK_TOKENS`.
+        min_saving (`float`, defaults to 0.2): The fraction of the padded tokens the chunks
+            must save; below it one pass is returned as cheaper.
+
+    Returns:
+        ``[(rows, length), ...]`` covering every row once, longest first; or ``None`` (run the
+        batch whole): too little saved, or a tensor under a ``torch.func`` transform such as
+        ``vmap``, whose values cannot be read.
+    """
+    if attention_mask.dim() != 2 or torch._C._functorch.is_functorch_wrapped_tensor(attention_mask):
+        return None
+    batch, width = attention_mask.shape
+    tokens = LENGTH_CHUNK_TOKENS if tokens is None else tokens
+    if batch < 2 or width < 2:
+        return None
+    columns = torch.arange(1, width + 1, device=attention_mask.device)
+    lengths = (attention_mask.ne(0) * columns).amax(1).clamp_min(1)
+    order = torch.argsort(lengths, descending=True, stable=True)
+    ordered = lengths[order].tolist()
+    chunks, start = [], 0
+    while start < batch:
+        length = ordered[start]
+        stop = min(batch, start + max(1, tokens // length))
+        chunks.append((order[start:stop], length))
+        start = stop
+    padded = sum(len(rows) * length for rows, length in chunks)
+    if padded > (1.0 - min_saving) * batch * width:
+        return None
+    return chunks
+
+
+def in_length_chunks(
+    fn: Callable[..., torch.Tensor],
+    attention_mask: torch.Tensor,
+    *,
+    pad_to: int | None = None,
+    **per_token: torch.Tensor | None,
+) -> torch.Tensor:
+    """``fn(attention_mask=..., **per_token)`` computed on `length_chunks` of the rows.
+
+    ``per_token`` tensors are ``(B, T, ...)`` and are cut like the mask; ``fn`` returns one row
+    per input row (``(b, ...)``, e.g. pooled features), put back in the batch's order. With
+    ``pad_to`` the outputs are per token (``(b, t, ...)``) and are padded with zeros back to
+    ``pad_to`` columns. Differentiable: the chunks' graphs join in the result. When chunking
+    would not save (`length_chunks` gives ``None``) it is ``fn`` on the whole batch.
+    """
+    chunks = length_chunks(attention_mask)
+    if chunks is None:
+        return fn(attention_mask=attention_mask, **per_token)
+    parts = []
+    for rows, length in chunks:
+        cut = {k: None if v is None else v[rows, :length] for k, v in per_token.items()}
+        part = fn(attention_mask=attention_mask[rows, :length], **cut)
+        if pad_to is not None:
+            part = torch.nn.functional.pad(part, (0, 0) * (part.dim() - 2) + (0, pad_to - length))
+        parts.append(part)
+    order = torch.cat([rows for rows, _ in chunks])
+    return torch.cat(parts).index_select(0, torch.argsort(order))
+
+
 def model_inputs(
     batch: dict[str, torch.Tensor], device: torch.device | str | None = None
 ) -> dict[str, torch.Tensor]:
@@ -764,6 +843,16 @@ class FewShotModel(nn.Module):
             attention_mask = torch.ones_like(input_ids)
         if token_type_ids is not None and self.takes_token_types:
             encoder_kwargs["token_type_ids"] = token_type_ids
+        if self.task == "sequence" and set(encoder_kwargs) <= {"token_type_ids"}:
+            # Pooled rows do not depend on padding: run long, ragged batches in length chunks.
+            return in_length_chunks(
+                self._embed, attention_mask, input_ids=input_ids, **encoder_kwargs
+            )
+        return self._embed(input_ids, attention_mask, **encoder_kwargs)
+
+    def _embed(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **encoder_kwargs: object
+    ) -> torch.Tensor:
         hidden = self.encoder(
             input_ids=input_ids, attention_mask=attention_mask, **encoder_kwargs
         ).last_hidden_state

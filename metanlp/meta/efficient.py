@@ -32,7 +32,7 @@ from torch.utils.checkpoint import checkpoint
 from transformers.masking_utils import create_bidirectional_mask
 
 from metanlp.meta.inner import InnerLoopResult, LRSchedule, _lr_for, inner_loop
-from metanlp.models import HEAD_PARAMETER_NAMES, FewShotModel, mean_pool
+from metanlp.models import HEAD_PARAMETER_NAMES, FewShotModel, in_length_chunks, mean_pool
 
 CHECKPOINTING = ("none", "layers", "steps")
 PREFIX_CACHE = ("auto", "on", "off")
@@ -42,6 +42,8 @@ PREFIX_KEY = "frozen_prefix_hidden"
 PREFIX_LAYER_KEY = "frozen_prefix_layer"
 EXT_MASK_KEY = "extended_attention_mask"
 """Batch key of a prepared 4-D attention bias (`extended_mask`), needed under ``vmap``."""
+_PER_TOKEN_KEYS = ("input_ids", "token_type_ids", PREFIX_KEY)
+"""Batch tensors with a column per token besides the attention mask (cut by length chunks)."""
 
 
 def check_options(checkpointing: str, frozen_prefix_cache: str, task_batching: str) -> None:
@@ -246,21 +248,33 @@ def cache_frozen_prefix(model: FewShotModel, batch: Mapping[str, Tensor], first:
     mask = batch.get("attention_mask")
     if mask is None:
         mask = torch.ones_like(batch["input_ids"])
-    start = int(batch[PREFIX_LAYER_KEY]) if PREFIX_KEY in batch else first + 1
-    with torch.no_grad():
-        if start <= first:
-            hidden = batch[PREFIX_KEY]
+    start = int(batch[PREFIX_LAYER_KEY]) if PREFIX_KEY in batch else 0
+
+    def prefix(attention_mask: Tensor, **per_token: Tensor) -> Tensor:
+        if start:
+            hidden = per_token[PREFIX_KEY]
         else:
-            start = 0
             hidden = base.embeddings(
-                input_ids=batch["input_ids"], token_type_ids=batch.get("token_type_ids")
+                input_ids=per_token["input_ids"], token_type_ids=per_token.get("token_type_ids")
             )
             project = getattr(base, "embeddings_project", None)  # ELECTRA: embedding != hidden
             if project is not None:
                 hidden = project(hidden)
-        ext = _mask(model, hidden, mask)
+        ext = _mask(model, hidden, attention_mask)
         for layer in encoder_layers(model)[start:first]:
             hidden = layer(hidden, ext)
+        return hidden
+
+    if start > first:  # cached above the layer asked for: recompute from the embeddings
+        start = 0
+    per_token = {k: batch[k] for k in _PER_TOKEN_KEYS if k in batch and (start or k != PREFIX_KEY)}
+    with torch.no_grad():
+        if start == first:
+            hidden = batch[PREFIX_KEY]
+        elif model.task == "sequence":  # pooled later: padded positions may be left at zero
+            hidden = in_length_chunks(prefix, mask, pad_to=mask.shape[1], **per_token)
+        else:
+            hidden = prefix(mask, **per_token)
     out = dict(batch)
     out["attention_mask"] = mask
     out[PREFIX_KEY], out[PREFIX_LAYER_KEY] = hidden, first
@@ -327,17 +341,23 @@ def layered_embed(
 ) -> Tensor:
     """`FewShotModel.embed` spelled out layer by layer (`layered_hidden`, then the pooling),
     starting from the cached frozen prefix when ``batch`` carries one."""
-    hidden = layered_hidden(model, fast, batch)
-    # Same pooling as FewShotModel.embed (tests check the two paths agree).
-    if model.task == "sequence":
-        if model.pooling == "cls":
-            hidden = hidden[:, 0]
-        else:
-            mask = batch.get("attention_mask")
-            hidden = mean_pool(
-                hidden, torch.ones_like(batch["input_ids"]) if mask is None else mask
-            )
-    return hidden
+    if model.task != "sequence":
+        return layered_hidden(model, fast, batch)
+    mask = batch.get("attention_mask")
+    mask = torch.ones_like(batch["input_ids"]) if mask is None else mask
+    fixed = {k: batch[k] for k in (PREFIX_LAYER_KEY,) if k in batch}
+
+    def pooled(attention_mask: Tensor, **per_token: Tensor) -> Tensor:
+        hidden = layered_hidden(
+            model, fast, {**fixed, **per_token, "attention_mask": attention_mask}
+        )
+        # Same pooling as FewShotModel.embed (tests check the two paths agree).
+        return hidden[:, 0] if model.pooling == "cls" else mean_pool(hidden, attention_mask)
+
+    per_token = {k: batch[k] for k in (*_PER_TOKEN_KEYS, EXT_MASK_KEY) if k in batch}
+    if EXT_MASK_KEY in batch:  # under vmap (one attention bias for the whole batch): as it is
+        return pooled(mask, **per_token)
+    return in_length_chunks(pooled, mask, **per_token)
 
 
 def maybe_cache_prefix(
