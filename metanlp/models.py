@@ -571,8 +571,12 @@ def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tenso
     return (hidden * mask).sum(1) / mask.sum(1).clamp_min(1.0)
 
 
-LENGTH_CHUNK_TOKENS = 4096
-"""Padded tokens per chunk when a batch runs in length-sorted chunks (`length_chunks`)."""
+LENGTH_CHUNK_TOKENS = 1024
+"""Padded tokens per chunk when a batch on the CPU runs in length-sorted chunks (`length_chunks`;
+an accelerator's chunks are 16 times larger). Measured on 2 CPU cores, MiniLM forward and backward:
+770 BANKING77 texts took 71 s whole, 20-25 s in chunks of 512 to 4096 tokens; an episode of 25
+tweets and 25 DBpedia abstracts at 64 tokens took 4.6 s whole, 3.5 s in chunks of 512 or 1024
+and gained nothing at 4096 (one chunk)."""
 
 
 def length_chunks(
@@ -590,7 +594,7 @@ def length_chunks(
     Args:
         attention_mask (`Tensor`): ``(B, T)``, nonzero where attended.
         tokens (`int`, *optional*): Padded tokens per chunk (at least one row); defaults to
-            `LENGTH_CHUNK_TOKENS`.
+            `LENGTH_CHUNK_TOKENS` on the CPU, 16 times that on an accelerator.
         min_saving (`float`, defaults to 0.2): The fraction of the padded tokens the chunks
             must save; below it one pass is returned as cheaper.
 
@@ -602,7 +606,8 @@ def length_chunks(
     if attention_mask.dim() != 2 or torch._C._functorch.is_functorch_wrapped_tensor(attention_mask):
         return None
     batch, width = attention_mask.shape
-    tokens = LENGTH_CHUNK_TOKENS if tokens is None else tokens
+    if tokens is None:
+        tokens = LENGTH_CHUNK_TOKENS * (1 if attention_mask.device.type == "cpu" else 16)
     if batch < 2 or width < 2:
         return None
     columns = torch.arange(1, width + 1, device=attention_mask.device)
