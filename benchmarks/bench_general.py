@@ -107,8 +107,9 @@ def run_setting(name: str, setting: Any, args: argparse.Namespace) -> dict[str, 
     from metanlp.evaluation import evaluate, paired_difference
     from metanlp.general import held_out_sampler
 
-    learner = MetaLearner.from_pretrained(args.learner, max_length=args.max_length, device="cpu")
     base = MetaLearner.from_pretrained(max_length=args.max_length, device="cpu")
+    # A saved learner keeps its own max_length (the general learner's: 128, the default here).
+    learner = MetaLearner.from_pretrained(args.learner, device="cpu") if args.learner else base
     sampler = held_out_sampler(
         setting, args.data, seed=args.seed, tokenizer=learner.tokenizer, max_length=args.max_length
     )
