@@ -114,7 +114,9 @@ def time_metanlp(
 ) -> dict[str, Any]:
     from metanlp.api import MetaLearner
 
-    learner = MetaLearner.from_pretrained(learner_path, max_length=max_length, device="cpu")
+    # A saved learner keeps its own max_length (its config); the plain encoder takes ours.
+    options = {} if learner_path else {"max_length": max_length}
+    learner = MetaLearner.from_pretrained(learner_path, device="cpu", **options)
     began = time.perf_counter()
     clf = learner.adapt(texts, labels)
     seconds = time.perf_counter() - began
