@@ -80,7 +80,9 @@ class Recorded:
         began = time.perf_counter()
         logits = self.learner.query_logits(episode)
         self.seconds.append(time.perf_counter() - began)
-        self.choices.append(self.learner.last_decision.choice)
+        decision = self.learner.last_decision
+        base = "base " if getattr(decision, "encoder", "learner") == "base" else ""
+        self.choices.append(base + decision.choice)
         return logits
 
 

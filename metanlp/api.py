@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import tempfile
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,13 @@ from metanlp.meta.finetune import FineTuneConfig, finetune_fast_weights
 from metanlp.meta.name_typer import with_type_names
 from metanlp.meta.policy import AdaptDecision, AdaptPolicy, adapt_with_policy
 from metanlp.meta.registry import algorithm_from_spec
-from metanlp.models import build_model, check_max_length, model_inputs, resolve_device
+from metanlp.models import (
+    DEFAULT_MODEL_HUB_ID,
+    build_model,
+    check_max_length,
+    model_inputs,
+    resolve_device,
+)
 from metanlp.names import (
     NameChoice,
     with_resolved_names,
@@ -322,14 +329,17 @@ class MetaLearner:
                 f"No examples, and the class names cannot be used ({why}); give examples, or "
                 "names that describe the classes (label_names={label: 'a few words'})."
             )
-        fast, decision = self._adapt(batch, n_labels, steps, finetune, policy, names)
+        fast, decision, adapted = self._adapt(batch, n_labels, steps, finetune, policy, names)
         if self.config.task == "token":
-            result = FewShotTagger(self, fast, check.tag_names, check.iob2_output)
+            result = FewShotTagger(adapted, fast, check.tag_names, check.iob2_output)
         else:
-            result = FewShotClassifier(self, fast, check.label_names)
+            result = FewShotClassifier(adapted, fast, check.label_names)
             if calibrate:
                 result.temperature = support_temperature(
-                    self, inputs, check, lambda b, n: self._adapt(b, n, steps, finetune, policy)[0]
+                    self,
+                    inputs,
+                    check,
+                    lambda b, n: self._adapt(b, n, steps, finetune, policy)[::2],
                 )
         result.decision = decision
         return result
@@ -398,7 +408,7 @@ class MetaLearner:
             support, names = with_resolved_names(
                 self.algorithm, support, episode.label_names, self.eval_label_names
             )
-        fast, decision = self._adapt(support, n, self.eval_steps, None, None, names)
+        fast, decision, adapted = self._adapt(support, n, self.eval_steps, None, None, names)
         self.last_decision, self.last_fast = decision, fast
         query = model_inputs(episode.query, self.device)
         word_ids = getattr(episode, "query_word_ids", None)
@@ -406,7 +416,7 @@ class MetaLearner:
             query["word_starts"] = word_start_mask(word_ids, query["input_ids"].shape).to(
                 self.device
             )
-        return self.algorithm.predict_logits(fast, query, n)
+        return adapted.algorithm.predict_logits(fast, query, n)
 
     @property
     def finetune(self) -> FineTuneConfig | None:
@@ -426,13 +436,18 @@ class MetaLearner:
         finetune: Any,
         policy: Any,
         names: NameChoice | None = None,
-    ) -> tuple[dict[str, torch.Tensor], AdaptDecision | None]:
+    ) -> tuple[dict[str, torch.Tensor], AdaptDecision | None, MetaLearner]:
         """The algorithm's adaptation, then fine-tuning: as asked (``finetune``), as the
         policy asked for chooses from the support set (which may also choose the frozen
-        encoder's linear probe or no adaptation at all), as the config's ``finetune`` says, or
-        as the config's policy chooses (in that order). ``names``: how the class names were
+        encoder's linear probe, no adaptation at all, or for a meta-trained learner a candidate
+        on its original encoder, `base_learner`), as the config's ``finetune`` says, or as the
+        config's policy chooses (in that order). ``names``: how the class names were
         resolved, for a learner that reads them (recorded in the decision). With no examples
-        (zero-shot) the names alone make the classifier: no policy, no fine-tuning."""
+        (zero-shot) the names alone make the classifier: no policy, no fine-tuning.
+
+        Returns:
+            ``(fast weights, decision, the learner they adapt)``: ``self``, or `base_learner`
+            when the policy chose the original encoder."""
         zero_shot = not len(support["labels"])
         if finetune is None and not zero_shot:
             if policy is not None:
@@ -440,10 +455,13 @@ class MetaLearner:
             else:  # a fine-tuning set in the config is the user's choice: it beats the policy
                 chosen = self.policy if self.finetune is None else None
             if chosen is not None:
-                return adapt_with_policy(
-                    self.algorithm, support, n, chosen, steps=steps,
-                    token_task=self.config.task == "token", names=names,
+                token = self.config.task == "token"
+                base = self.base_learner() if chosen.base and not token else None
+                fast, decision = adapt_with_policy(
+                    self.algorithm, support, n, chosen, steps=steps, token_task=token,
+                    names=names, base=None if base is None else base.algorithm,
                 )  # fmt: skip
+                return fast, decision, base if decision.encoder == "base" else self
         ft = FineTuneConfig.coerce(finetune) if finetune is not None else self.finetune
         ft = None if zero_shot else ft
         decision = None
@@ -457,7 +475,39 @@ class MetaLearner:
         fast = self.algorithm.adapt(support, n, steps=steps)
         if ft is not None:
             fast = finetune_fast_weights(self.algorithm, without_names(support), n, ft, fast)
-        return fast, decision
+        return fast, decision, self
+
+    def base_learner(self) -> MetaLearner | None:
+        """The original encoder this learner was meta-trained from, as a plain-encoder learner
+        (`from_pretrained` of ``config.base_model`` with this learner's ``max_length``), loaded
+        once and kept: the adaptation policy's ``base`` candidates run on it. ``None`` for a
+        learner that was not meta-trained (it is its own base), and where the original encoder
+        cannot be loaded or has another tokenizer (a warning says why; the policy then
+        chooses among the learner's own candidates)."""
+        if not self.config.meta_trained:
+            return None
+        if "_base" not in self.__dict__:
+            self._base: MetaLearner | None = None
+            try:
+                base = MetaLearner.from_pretrained(
+                    self.config.base_model, device=self.device, max_length=self.config.max_length
+                )
+            except (OSError, ValueError) as error:
+                warnings.warn(
+                    f"The adaptation policy's candidates on the original encoder "
+                    f"{self.config.base_model!r} are left out: it cannot be loaded ({error}).",
+                    stacklevel=3,
+                )
+                return None
+            if base.tokenizer.get_vocab() != self.tokenizer.get_vocab():
+                warnings.warn(
+                    f"The original encoder {self.config.base_model!r} has another tokenizer "
+                    "than this learner; the policy's candidates on it are left out.",
+                    stacklevel=3,
+                )
+                return None
+            self._base = base
+        return self._base
 
     # ---- saving and sharing ------------------------------------------------------------------
     def model_card(
@@ -595,8 +645,8 @@ def _episode_set(results: Sequence[Mapping[str, Any]] | None) -> str | None:
 
 def _find_learner_folder(name_or_path: str | os.PathLike | None) -> Path | None:
     """A local learner folder, or a Hub repo holding one (downloaded); None for a plain encoder."""
-    if name_or_path is None:
-        return None
+    if name_or_path is None or canonical_base_model(name_or_path) == DEFAULT_MODEL_HUB_ID:
+        return None  # the packaged default encoder (`metanlp.models.build_model` loads it)
     path = Path(name_or_path).expanduser()
     recover_folder(path)  # a save killed between its two renames
     if path.exists():

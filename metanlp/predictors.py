@@ -887,8 +887,9 @@ def _first_subtoken_rows(
 def support_temperature(learner: Any, texts: Sequence[str], task: TextTask, adapt: Any) -> float:
     """Temperature fitted on held-out support examples: the support set is split into 2
     stratified folds; for each, ``adapt(batch, n)`` (the learner's own adaptation, fine-tuning
-    and policy included) runs on the other fold and the held-out fold is scored. Needs 2
-    examples of every class."""
+    and policy included; it returns the fast weights and the learner whose algorithm they
+    adapt) runs on the other fold and the held-out fold is scored. Needs 2 examples of every
+    class."""
     from metanlp.meta.policy import stratified_folds
 
     folds = stratified_folds(task.label_ids, 2)
@@ -904,9 +905,9 @@ def support_temperature(learner: Any, texts: Sequence[str], task: TextTask, adap
         keep = sorted(set(range(len(texts))) - set(held_out))
         train = encode_texts(learner.tokenizer, [texts[i] for i in keep], max_length)
         train["labels"] = torch.tensor([task.label_ids[i] for i in keep], dtype=torch.long)
-        fast = adapt(train, n)
+        fast, adapted = adapt(train, n)
         val = encode_texts(learner.tokenizer, [texts[i] for i in held_out], max_length)
-        algo = learner.algorithm
+        algo = adapted.algorithm
         logits.append(algo.predict_logits(fast, model_inputs(val, algo.device), n).cpu())
         labels += [task.label_ids[i] for i in held_out]
     return fit_temperature(torch.cat(logits), torch.tensor(labels))
@@ -942,7 +943,9 @@ def _decision_from_dict(data: Any) -> Any:
     kwargs = {
         k: v
         for k, v in data.items()
-        if k in known and k != "finetune" and (k == "scores" or not isinstance(v, (dict, list)))
+        if k in known
+        and k != "finetune"
+        and (k in ("scores", "best") or not isinstance(v, (dict, list)))
     }
     ft = data.get("finetune")
     try:

@@ -65,6 +65,11 @@ from metanlp.names import NAME_IDS, NAME_MASK, NAME_TRUST, NameChoice, without_n
 BASELINE_CANDIDATES = ("no-adaptation", "frozen-lr")
 """Candidates besides the algorithm's adaptation and fine-tuning (`AdaptPolicy.baselines`)."""
 CHOICES = (*BASELINE_CANDIDATES, "adapt", "fine-tune")
+BASE_CANDIDATES = ("frozen-lr", "no-adaptation", "fine-tune")
+"""What `AdaptPolicy.base` may run on the original encoder: plain baselines only."""
+ENCODERS = ("learner", "base")
+"""Whose encoder a decision adapts: the learner's own, or the original encoder it was
+meta-trained from (`AdaptPolicy.base`)."""
 FALLBACKS = ("fine-tune", "adapt", *BASELINE_CANDIDATES)
 """What `AdaptPolicy.fallback` may be: the candidate used where no fold can be held out."""
 
@@ -113,6 +118,18 @@ class AdaptPolicy:
             learned name weight to cross-validate when the task has usable class names.
         names_fallback_finetune (`bool`, defaults to `False`): Whether the fallback fine-tuning
             runs when names are used and the support set cannot be cross-validated.
+        base (`Sequence[str]`, defaults to ``("frozen-lr", "fine-tune")``): Candidates from
+            `BASE_CANDIDATES` run on the original encoder a meta-trained learner started from
+            (its ``base_model``, as `MetaLearner.from_pretrained` of it gives it), scored on the
+            same folds: ``"frozen-lr"`` is exactly the frozen logistic-regression baseline,
+            ``"fine-tune"`` plain fine-tuning (``base_finetune`` from the untouched encoder and a
+            zero head), ``"no-adaptation"`` its prototype classifier. So meta-training can only
+            add where the support set can tell. ``()`` leaves them out. A plain encoder is its
+            own base: there they are not run twice.
+        base_finetune (`FineTuneConfig` or `dict`, defaults to ``FineTuneConfig()``): The
+            ``"fine-tune"`` base candidate: by default plain fine-tuning's settings (every
+            weight, 10 AdamW steps at 5e-5, the head at 5e-3 from zeros), the same as the
+            fine-tuning baseline (`metanlp.baselines.FineTuneBaseline`).
 
     The defaults were chosen on validation tasks only (tweets of the ``airlines`` domain,
     BIG-bench ``language_identification`` and ``multiemo``, 12 episodes each;
@@ -146,9 +163,30 @@ class AdaptPolicy:
     fallback: str = "fine-tune"
     name_trusts: tuple[float, ...] = (0.0, 0.5, 1.0, 2.0)
     names_fallback_finetune: bool = False
+    base: tuple[str, ...] = ("frozen-lr", "fine-tune")
+    base_finetune: FineTuneConfig = FineTuneConfig()
 
     def __post_init__(self) -> None:
+        if isinstance(self.base_finetune, Mapping):
+            object.__setattr__(self, "base_finetune", FineTuneConfig(**self.base_finetune))
+        if not isinstance(self.base_finetune, FineTuneConfig):
+            raise ValueError(
+                f"AdaptPolicy.base_finetune={self.base_finetune!r}: give a FineTuneConfig or a "
+                "dict of its fields."
+            )
         object.__setattr__(self, "steps", tuple(sorted(set(self.steps))))
+        if isinstance(self.base, str):
+            raise ValueError(
+                f"AdaptPolicy.base={self.base!r}: give a list of names from "
+                f"{list(BASE_CANDIDATES)}, e.g. ['frozen-lr'], or [] for none."
+            )
+        object.__setattr__(self, "base", tuple(self.base))
+        unknown_base = sorted(set(self.base) - set(BASE_CANDIDATES))
+        if unknown_base:
+            raise ValueError(
+                f"AdaptPolicy.base has unknown candidate(s) {unknown_base}; choose from "
+                f"{list(BASE_CANDIDATES)}."
+            )
         object.__setattr__(self, "name_trusts", tuple(sorted(set(self.name_trusts))))
         if any(
             isinstance(t, bool) or not isinstance(t, int | float) or t < 0 for t in self.name_trusts
@@ -222,6 +260,21 @@ class AdaptPolicy:
             self.fallback_params, self.fallback_top_layers,
         )  # fmt: skip
 
+    def base_policy(self) -> AdaptPolicy | None:
+        """The policy of the ``base`` candidates on the original encoder (``None``: none),
+        run with 0 inner steps: step count 0 is its prototype classifier, and fine-tuning
+        starts from the untouched encoder."""
+        if not self.base:
+            return None
+        ft = self.base_finetune
+        steps = (0,) if "no-adaptation" in self.base else ()
+        steps += (ft.steps,) if "fine-tune" in self.base else ()
+        return dataclasses.replace(
+            self, steps=steps, lrs=(ft.lr,), head_lr=ft.head_lr, params=ft.params,
+            top_layers=ft.top_layers, head_start=ft.head_start,
+            baselines=("frozen-lr",) if "frozen-lr" in self.base else (), base=(),
+        )  # fmt: skip
+
     @classmethod
     def coerce(cls, value: Any) -> AdaptPolicy | None:
         """``None`` / ``False`` -> no policy; ``True`` -> defaults; a mapping -> its fields."""
@@ -246,6 +299,11 @@ class AdaptDecision:
             ``"adapt"`` or ``"fine-tune"``; defaults from ``finetune``.
         names (`NameChoice`, *optional*): Whether and how much the classes' names were used
             (`metanlp.names`); ``None`` for a learner that does not read names.
+        encoder (`str`, defaults to ``"learner"``): One of `ENCODERS`: ``"base"`` when the
+            chosen candidate runs on the original encoder (`AdaptPolicy.base`; its scores are
+            the keys starting with ``"base "``).
+        best (`dict`, *optional*): The chosen candidate's held-out ``{"accuracy", "loss"}``
+            (``None`` for a fallback).
     """
 
     finetune: FineTuneConfig | None
@@ -254,8 +312,14 @@ class AdaptDecision:
     seconds: float = 0.0
     choice: str | None = None
     names: NameChoice | None = None
+    encoder: str = "learner"
+    best: dict[str, float] | None = None
 
     def __post_init__(self) -> None:
+        if self.encoder not in ENCODERS:
+            raise ValueError(
+                f"AdaptDecision.encoder={self.encoder!r}; choose one of {list(ENCODERS)}."
+            )
         if self.choice is None:
             self.choice = "adapt" if self.finetune is None else "fine-tune"
         if self.choice not in CHOICES:
@@ -276,6 +340,8 @@ class AdaptDecision:
         }.get(str(self.choice))
         if self.finetune is not None:
             what = f"fine-tune {self.finetune.steps} steps at lr {self.finetune.lr:g}"
+        if self.encoder == "base":
+            what = f"{what}, on the original encoder"
         names = "" if self.names is None else f"; {self.names.summary()}"
         return f"{what} ({self.reason}, {self.seconds:.1f} s){names}"
 
@@ -287,6 +353,8 @@ class AdaptDecision:
             "scores": self.scores,
             "seconds": round(self.seconds, 3),
             "names": None if self.names is None else self.names.to_dict(),
+            "encoder": self.encoder,
+            "best": self.best,
         }
 
 
@@ -462,9 +530,11 @@ def choose_adaptation(
             names, used=trust > 0, trust=max(trust, 0.0), reason=f"{names.reason}; {why}",
             scores={k: v for k, v in scores.items() if "names=" in k},
         )  # fmt: skip
+    best_score = {k: round(v, 4) for k, v in zip(("accuracy", "loss"), totals[best], strict=True)}
     return AdaptDecision(
-        ft, reason, scores, time.perf_counter() - began, choice, names=chosen_names
-    )
+        ft, reason, scores, time.perf_counter() - began, choice, names=chosen_names,
+        best=best_score,
+    )  # fmt: skip
 
 
 def with_policy_prefix(
@@ -488,32 +558,85 @@ def adapt_with_policy(
     steps: int | None = None,
     token_task: bool = False,
     names: NameChoice | None = None,
+    base: Any = None,
 ) -> tuple[dict[str, Tensor], AdaptDecision]:
     """`choose_adaptation`, then adapt on the whole support set as chosen.
+
+    Args:
+        base (`MetaAlgorithm`, *optional*): The original encoder's algorithm (same tokenizer):
+            `AdaptPolicy.base`'s candidates run on it, on the same folds, and the best
+            held-out accuracy over both decides (ties: the lower loss, then the learner).
 
     Returns:
         ``(fast weights, decision)``: for ``"frozen-lr"`` the probe's tensors
         (``probe.weight``, ``probe.bias``, `metanlp.meta.probe`); otherwise the algorithm's
         adaptation (0 inner steps for ``"no-adaptation"``; with the chosen name trust when the
-        support carries names), fine-tuned when chosen.
+        support carries names), fine-tuned when chosen. With ``decision.encoder == "base"``
+        they are ``base``'s fast weights.
     """
-    plain = without_names(support)
-    features = None
-    if not token_task:
-        # The frozen lower layers run once for every candidate and the final adaptation.
-        plain = with_policy_prefix(algorithm, plain, policy)
-        support = {**support, **plain}
-        if "frozen-lr" in policy.baselines:
-            features = probe_features(algorithm.model, plain)
+    raw = without_names(support)
+    plain, support, features = _prepared(algorithm, support, policy, token_task)
     decision = choose_adaptation(
         algorithm, support, n_way, policy, steps=steps, token_task=token_task,
         features=features, names=names,
     )  # fmt: skip
+    base_policy = policy.base_policy()
+    if base is not None and base_policy is not None and decision.best is not None:
+        base_plain, base_support, base_features = _prepared(base, raw, base_policy, token_task)
+        other = choose_adaptation(
+            base, base_support, n_way, base_policy, steps=0, features=base_features
+        )  # fmt: skip
+        if other.choice == "adapt":  # 0 inner steps: the prototype classifier
+            other = dataclasses.replace(other, choice="no-adaptation")
+        scores = {**decision.scores, **{f"base {k}": v for k, v in other.scores.items()}}
+        seconds = decision.seconds + other.seconds
+        mine, theirs = decision.best, other.best or {}
+        if (theirs["accuracy"], -theirs["loss"]) > (mine["accuracy"], -mine["loss"]):
+            names_off = None
+            if decision.names is not None:
+                names_off = dataclasses.replace(
+                    decision.names, used=False, trust=0.0,
+                    reason=f"{decision.names.reason}; the original encoder won the CV",
+                )  # fmt: skip
+            chosen = dataclasses.replace(
+                other, scores=scores, seconds=seconds, encoder="base", names=names_off
+            )
+            return _adapt_as(base, base_plain, base_support, n_way, chosen, base_policy,
+                             0, base_features), chosen  # fmt: skip
+        decision = dataclasses.replace(decision, scores=scores, seconds=seconds)
+    return _adapt_as(algorithm, plain, support, n_way, decision, policy, steps, features), decision
+
+
+def _prepared(
+    algorithm: Any, support: Mapping[str, Tensor], policy: AdaptPolicy, token_task: bool
+) -> tuple[Mapping[str, Tensor], Mapping[str, Tensor], Tensor | None]:
+    """``(support without names, support, probe features)``, where for text tasks the frozen
+    lower layers ran once for every candidate and the final adaptation."""
+    plain = without_names(support)
+    features = None
+    if not token_task:
+        plain = with_policy_prefix(algorithm, plain, policy)
+        support = {**support, **plain}
+        if "frozen-lr" in policy.baselines:
+            features = probe_features(algorithm.model, plain)
+    return plain, support, features
+
+
+def _adapt_as(
+    algorithm: Any,
+    plain: Mapping[str, Tensor],
+    support: Mapping[str, Tensor],
+    n_way: int,
+    decision: AdaptDecision,
+    policy: AdaptPolicy,
+    steps: int | None,
+    features: Tensor | None,
+) -> dict[str, Tensor]:
+    """Adapt on the whole support set as ``decision`` says."""
     if decision.choice == "frozen-lr":
         if features is None:  # the fallback, with the probe left out of the candidates
             features = probe_features(algorithm.model, plain)
-        fast = fit_probe(features, plain["labels"], n_way, C=policy.probe_c)
-        return fast, decision
+        return fit_probe(features, plain["labels"], n_way, C=policy.probe_c)
     if decision.choice == "no-adaptation":
         steps = 0
     start = plain
@@ -522,4 +645,4 @@ def adapt_with_policy(
     fast = algorithm.adapt(start, n_way, steps=steps)
     if decision.finetune is not None:
         fast = finetune_fast_weights(algorithm, plain, n_way, decision.finetune, fast)
-    return fast, decision
+    return fast
