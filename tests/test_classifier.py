@@ -19,7 +19,7 @@ from datasets import Dataset
 from hub_server import FakeHub
 from text_examples import IOB2_TAGS, LABELS, QUERY, TEXTS, WORDS
 
-from metanlp.api import MetaLearner
+from metanlp.api import UNTRAINED_POLICY, MetaLearner
 from metanlp.files import CorruptFileError
 from metanlp.predictors import FewShotClassifier, FewShotTagger, fit_temperature
 
@@ -45,7 +45,8 @@ def lora_learner(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def clf(lora_learner):
-    return lora_learner.adapt(TEXTS, LABELS)
+    # The LoRA learner itself (the original encoder's candidates are tested in test_policy_base).
+    return lora_learner.adapt(TEXTS, LABELS, policy={**UNTRAINED_POLICY, "base": []})
 
 
 @pytest.fixture(scope="module")

@@ -14,6 +14,10 @@ stratified cross-validation on the support set, among these candidates:
   prototype classifier of the frozen encoder; a zero head: chance);
 - ``"adapt"``: the algorithm's own adaptation (the ``steps = 0`` fine-tuning candidate);
 - fine-tuning from there with each rate in ``lrs`` for each number of steps in ``steps``.
+- for a meta-trained learner, the same baselines on the original encoder it was meta-trained
+  from (``AdaptPolicy.base``: its frozen logistic regression and plain fine-tuning, scored on
+  the same folds as ``"base frozen-lr"``, ``"base steps=10 lr=5e-05"``), so that meta-training
+  can only add where the support set can tell; the decision's ``encoder`` says which won.
 
 1. split the support set into ``folds`` stratified folds (`StratifiedKFold`, unshuffled: every
    class in every fold, and the choice is deterministic);
