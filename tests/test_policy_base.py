@@ -133,3 +133,13 @@ def test_a_plain_encoder_is_its_own_base():
 def test_bad_base_candidates_are_named(bad):
     with pytest.raises(ValueError, match="AdaptPolicy.base"):
         AdaptPolicy(base=bad)
+
+
+def test_base_finetune_settings_are_checked_and_saved():
+    with pytest.raises(ValueError, match=r"FineTuneConfig.steps=0"):
+        AdaptPolicy(base_finetune={"steps": 0})
+    with pytest.raises(ValueError, match="base_finetune=3"):
+        AdaptPolicy(base_finetune=3)
+    policy = AdaptPolicy(base=["frozen-lr"], base_finetune={"steps": 4, "lr": 1e-4})
+    assert AdaptPolicy.coerce(policy.to_dict()) == policy
+    assert policy.base_policy().steps == () and policy.base_policy().baselines == ("frozen-lr",)

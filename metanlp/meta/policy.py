@@ -179,18 +179,7 @@ class AdaptPolicy:
                 "dict of its fields."
             )
         object.__setattr__(self, "steps", tuple(sorted(set(self.steps))))
-        if isinstance(self.base, str):
-            raise ValueError(
-                f"AdaptPolicy.base={self.base!r}: give a list of names from "
-                f"{list(BASE_CANDIDATES)}, e.g. ['frozen-lr'], or [] for none."
-            )
-        object.__setattr__(self, "base", tuple(self.base))
-        unknown_base = sorted(set(self.base) - set(BASE_CANDIDATES))
-        if unknown_base:
-            raise ValueError(
-                f"AdaptPolicy.base has unknown candidate(s) {unknown_base}; choose from "
-                f"{list(BASE_CANDIDATES)}."
-            )
+        object.__setattr__(self, "base", _names("base", self.base, BASE_CANDIDATES))
         object.__setattr__(self, "name_trusts", tuple(sorted(set(self.name_trusts))))
         if any(
             isinstance(t, bool) or not isinstance(t, int | float) or t < 0 for t in self.name_trusts
@@ -199,18 +188,9 @@ class AdaptPolicy:
                 f"AdaptPolicy.name_trusts={self.name_trusts!r}: give numbers >= 0 (0 = no names)."
             )
         object.__setattr__(self, "lrs", tuple(self.lrs))
-        if isinstance(self.baselines, str):
-            raise ValueError(
-                f"AdaptPolicy.baselines={self.baselines!r}: give a list of names from "
-                f"{list(BASELINE_CANDIDATES)}, e.g. ['frozen-lr']."
-            )
-        object.__setattr__(self, "baselines", tuple(self.baselines))
-        unknown = sorted(set(self.baselines) - set(BASELINE_CANDIDATES))
-        if unknown:
-            raise ValueError(
-                f"AdaptPolicy.baselines has unknown candidate(s) {unknown}; choose from "
-                f"{list(BASELINE_CANDIDATES)}."
-            )
+        object.__setattr__(
+            self, "baselines", _names("baselines", self.baselines, BASELINE_CANDIDATES)
+        )
         c = self.probe_c
         if isinstance(c, bool) or not isinstance(c, int | float) or not c > 0:
             raise ValueError(f"AdaptPolicy.probe_c={c!r} must be a number > 0.")
@@ -286,6 +266,23 @@ class AdaptPolicy:
 
     def to_dict(self) -> dict[str, Any]:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+
+def _names(field_name: str, value: Any, allowed: Sequence[str]) -> tuple[str, ...]:
+    """``value`` as a tuple of candidate names from ``allowed``, or a clear error."""
+    if isinstance(value, str):
+        raise ValueError(
+            f"AdaptPolicy.{field_name}={value!r}: give a list of names from {list(allowed)}, "
+            "e.g. ['frozen-lr'], or [] for none."
+        )
+    names = tuple(value)
+    unknown = sorted(set(names) - set(allowed))
+    if unknown:
+        raise ValueError(
+            f"AdaptPolicy.{field_name} has unknown candidate(s) {unknown}; choose from "
+            f"{list(allowed)}."
+        )
+    return names
 
 
 @dataclass
