@@ -13,8 +13,7 @@ Names are imported on first use, so ``import metanlp`` stays cheap (no torch imp
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from metanlp.lazy import lazy_exports
 
 __version__ = "0.1.0"
 
@@ -40,16 +39,6 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'metanlp' has no attribute {name!r}")
-    module = importlib.import_module(_EXPORTS[name])
-    if _EXPORTS[name] == "metanlp.meta.registry":
-        importlib.import_module("metanlp.meta")  # registers the built-in algorithms
-    value = getattr(module, name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_exports(
+    __name__, _EXPORTS, globals(), before={"metanlp.meta.registry": "metanlp.meta"}
+)  # the registry lists the algorithms that importing metanlp.meta registers

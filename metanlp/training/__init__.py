@@ -14,8 +14,7 @@ Names are imported on first use, so reading a config (``metanlp.training.config`
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from metanlp.lazy import lazy_exports
 
 _EXPORTS = {
     "DataConfig": "metanlp.training.config",
@@ -29,13 +28,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'metanlp.training' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_EXPORTS[name]), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())
