@@ -28,6 +28,13 @@ import torch
 
 from metanlp.episodes.tags import word_start_mask
 from metanlp.files import recover_folder
+from metanlp.inputs import (
+    TextTask,
+    check_ner_inputs,
+    check_text_inputs,
+    encode_ner,
+    encode_texts,
+)
 from metanlp.meta.finetune import FineTuneConfig, finetune_fast_weights
 from metanlp.meta.name_typer import with_type_names
 from metanlp.meta.policy import AdaptDecision, AdaptPolicy, adapt_with_policy
@@ -44,16 +51,7 @@ from metanlp.names import (
     with_resolved_names,
     without_names,
 )
-from metanlp.predictors import (
-    FewShotClassifier,
-    FewShotTagger,
-    TextTask,
-    check_ner_inputs,
-    check_text_inputs,
-    encode_ner,
-    encode_texts,
-    support_temperature,
-)
+from metanlp.predictors import FewShotClassifier, FewShotTagger, support_temperature
 from metanlp.serialization import (
     LearnerConfig,
     canonical_base_model,

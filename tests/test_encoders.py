@@ -167,13 +167,13 @@ def test_options_for_bert_family_blocks_say_so(tmp_path):
 def test_frozen_prefix_cache_is_exact_or_off(encoder_folder):
     """BERT-family blocks run one by one (embeddings, ELECTRA's projection, layers) give the
     model's own logits; other encoders never use the cache."""
+    from metanlp.inputs import encode_texts
     from metanlp.meta.efficient import (
         cache_frozen_prefix,
         frozen_prefix_layer,
         layered_forward,
         runs_layered,
     )
-    from metanlp.predictors import encode_texts
 
     folder, _ = encoder_folder
     torch.manual_seed(0)

@@ -312,7 +312,7 @@ def _contains(full: list[str], part: list[str]) -> bool:
 
 def test_adapt_encoding_splits_long_support_sentences():
     """`MetaLearner.adapt`'s NER encoding: a mention past max_length still gets its tokens."""
-    from metanlp.predictors import encode_ner
+    from metanlp.inputs import encode_ner
 
     tokenizer = AutoTokenizer.from_pretrained(default_model_path())
     words = ["Paris"] + ["the"] * 30 + ["Google", "rocks"]

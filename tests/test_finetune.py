@@ -18,9 +18,9 @@ from text_examples import LABELS, QUERY, TEXTS
 from torch import nn
 
 from metanlp.api import MetaLearner
+from metanlp.inputs import encode_texts
 from metanlp.meta.finetune import FineTuneConfig
 from metanlp.models import model_inputs
-from metanlp.predictors import encode_texts
 
 
 @pytest.fixture(scope="module")

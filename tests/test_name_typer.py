@@ -16,11 +16,11 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoModel
 
 from metanlp.api import MetaLearner
+from metanlp.inputs import check_ner_inputs, encode_ner
 from metanlp.meta import name_typer as NT
 from metanlp.meta.decomposed import PRETRAINED, TYPING, DecomposedConfig
 from metanlp.meta.efficient import layered_hidden
 from metanlp.models import default_model_path
-from metanlp.predictors import check_ner_inputs, encode_ner
 
 WORDS = [["Ann", "met", "Bob", "Dylan", "today"], ["Carl", "left", "Reykjavik"]]
 TAGS = [["B-per", "O", "B-per", "I-per", "O"], ["B-per", "O", "B-loc"]]

@@ -14,9 +14,9 @@ from text_examples import LABELS, QUERY, TEXTS
 
 from metanlp.api import MetaLearner
 from metanlp.episodes.types import Episode
+from metanlp.inputs import encode_texts
 from metanlp.meta.finetune import FineTuneConfig, finetune_fast_weights, with_frozen_prefix
 from metanlp.meta.policy import AdaptPolicy, choose_adaptation, stratified_folds
-from metanlp.predictors import encode_texts
 
 SMALL = AdaptPolicy(steps=(0, 1, 3), lrs=(1e-4, 1e-3), folds=2, top_layers=1)
 

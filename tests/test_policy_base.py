@@ -18,9 +18,10 @@ import torch
 from metanlp.api import MetaLearner
 from metanlp.baselines import FineTuneBaseline
 from metanlp.episodes.types import Episode
+from metanlp.inputs import encode_texts
 from metanlp.meta.finetune import FineTuneConfig
 from metanlp.meta.policy import AdaptPolicy
-from metanlp.predictors import FewShotClassifier, encode_texts
+from metanlp.predictors import FewShotClassifier
 
 TEXTS = [
     "Shares fell sharply as the bank cut its profit forecast",

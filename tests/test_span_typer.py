@@ -13,11 +13,11 @@ import torch.nn.functional as F
 from ner_helpers import small_decomposed_learner
 
 from metanlp.api import MetaLearner
+from metanlp.inputs import check_ner_inputs, encode_ner
 from metanlp.meta.decomposed import TYPING, DecomposedConfig, gold_spans, typing_prototypes
 from metanlp.meta.params import select_parameters
 from metanlp.meta.span_typer import TYPER_DEFAULTS, non_gold
 from metanlp.models import HEAD_PARAMETER_NAMES
-from metanlp.predictors import check_ner_inputs, encode_ner
 
 WORDS = [["Ann", "met", "Bob", "Dylan", "today"], ["Carl", "left", "Rome"]]
 TAGS = [["B-per", "O", "B-per", "I-per", "O"], ["B-per", "O", "B-loc"]]
