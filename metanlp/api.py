@@ -238,6 +238,8 @@ class MetaLearner:
     def to(self, device: str | torch.device) -> MetaLearner:
         self.model.to(device)
         self.algorithm.to(device)
+        if self.__dict__.get("_base") is not None:  # the original encoder, once loaded
+            self._base.to(device)
         return self
 
     # ---- adapting ----------------------------------------------------------------------------
