@@ -591,7 +591,7 @@ def adapt_with_policy(
             other = dataclasses.replace(other, choice="no-adaptation")
         scores = {**decision.scores, **{f"base {k}": v for k, v in other.scores.items()}}
         seconds = decision.seconds + other.seconds
-        mine, theirs = decision.best, other.best or {}
+        mine, theirs = decision.best, other.best  # both cross-validated: the same folds
         if (theirs["accuracy"], -theirs["loss"]) > (mine["accuracy"], -mine["loss"]):
             names_off = None
             if decision.names is not None:
