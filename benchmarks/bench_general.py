@@ -13,6 +13,7 @@ t-interval (bold where it excludes 0), the policy's choices, and the seconds per
     .venv-bench/bin/python benchmarks/bench_general.py --learner ... --methods logreg finetune setfit \\
         --setfit-episodes 10
     python benchmarks/bench_general.py --merge a.json b.json --stem general_learner  # runs split by setting
+    python benchmarks/bench_general.py --learner A --against B --no-policy --methods --stem ab  # two builds
 
 Whole-test-split settings (BANKING77: all 3,080 test texts per draw) are slow on a CPU; they run
 only when named in ``--settings``. SetFit (``--methods setfit``, benchmark venv only) runs on the
@@ -81,7 +82,10 @@ class Recorded:
         logits = self.learner.query_logits(episode)
         self.seconds.append(time.perf_counter() - began)
         decision = self.learner.last_decision
-        base = "base " if getattr(decision, "encoder", "learner") == "base" else ""
+        if decision is None:  # no policy (--no-policy): the algorithm's own adaptation
+            self.choices.append("no policy")
+            return logits
+        base = "base " if decision.encoder == "base" else ""
         self.choices.append(base + decision.choice)
         return logits
 
@@ -121,6 +125,11 @@ def run_setting(name: str, setting: Any, args: argparse.Namespace) -> dict[str, 
     recorded = {main: Recorded(learner)}
     if "default" in args.methods and args.learner:
         recorded[BASELINES["default"]] = Recorded(base)
+    for path in args.against:
+        recorded[f"learner {path}"] = Recorded(MetaLearner.from_pretrained(path, device="cpu"))
+    if args.no_policy:  # the recipe's quick test: each encoder with its own adaptation only
+        for method in recorded.values():
+            method.learner.config.policy = None
     timed = {}
     if "logreg" in args.methods:
         timed[BASELINES["logreg"]] = Timed(FrozenLogisticRegression(base.model))
@@ -203,8 +212,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--settings", nargs="+", default=list(EPISODIC), help=f"from {list(settings())}")
     p.add_argument("--learner", default=None,
                    help="a saved learner (default: from_pretrained(), the plain encoder)")  # fmt: skip
-    p.add_argument("--methods", nargs="+", default=["logreg"], choices=list(BASELINES),
+    p.add_argument("--methods", nargs="*", default=["logreg"], choices=list(BASELINES),
                    help="baselines to score beside the learner")  # fmt: skip
+    p.add_argument("--against", nargs="+", default=[], metavar="LEARNER",
+                   help="other saved learners scored on the same episodes, e.g. one built another "
+                        "way (issue 31: bf16, 2 processes)")  # fmt: skip
+    p.add_argument("--no-policy", action="store_true",
+                   help="learners adapt without their policy (prototypes for ProtoNet: the "
+                        "recipe's quick test, which compares encoders cheaply)")  # fmt: skip
     p.add_argument("--episodes", type=int, default=5, help="per setting (at most the setting's)")
     p.add_argument("--setfit-episodes", type=int, default=5, help="SetFit's: a prefix of them")
     p.add_argument("--max-length", type=int, default=128)

@@ -18,6 +18,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from metanlp.training.config import MIXED_PRECISION_CHOICES
+
 SIZES = ("smoke", "default", "full")
 
 
@@ -68,6 +70,9 @@ def parse_args(
     parser.add_argument("--seed", type=int, default=0, help="seed of training and episodes")
     parser.add_argument("--device", help="cuda / cpu (default: cuda when available)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument("--precision", choices=MIXED_PRECISION_CHOICES,
+                        help="meta-training's mixed_precision (default: the recipe's; 'auto' = "
+                             "bf16 where a matmul probe measures it faster)")  # fmt: skip
     if extra is not None:
         extra(parser)
     args = parser.parse_args()
@@ -124,14 +129,65 @@ def trainer_config(args: argparse.Namespace, name: str, **settings: Any) -> Any:
             "seed": args.seed,
             "cpu": args.device == "cpu",
             **settings,
+            **({"mixed_precision": args.precision} if args.precision else {}),
         }
     )
+
+
+def processes_for(setting: str, meta_batch_size: int) -> int:
+    """How many processes meta-train: ``setting`` is a count or ``"auto"``, which takes one per
+    GPU, or without one per usable CPU core, capped to a divisor of ``meta_batch_size`` (each
+    process runs an equal share of every meta-batch)."""
+    if setting != "auto":
+        wanted = int(setting)
+        if wanted < 1 or meta_batch_size % wanted:
+            raise SystemExit(
+                f"--processes {setting}: give 'auto' or a divisor of the meta-batch size "
+                f"({meta_batch_size}): each process runs an equal share of every meta-batch."
+            )
+        return wanted
+    import torch
+
+    devices = torch.cuda.device_count() or len(os.sched_getaffinity(0))
+    return max(n for n in range(1, min(devices, meta_batch_size) + 1) if meta_batch_size % n == 0)
+
+
+def launch_processes(setting: str, meta_batch_size: int) -> int:
+    """Re-run this command under ``torchrun`` when `processes_for` says more than one process
+    (it does not return then); inside such a run, or with one process, return the count.
+
+    Every process meta-trains its share of each meta-batch (`docs/training.md`, several
+    processes) and only the main one goes on to save and score (`meta_train`). On the 2-core
+    CPU, 2 processes of one thread each are the fastest layout measured
+    (`benchmarks/bench_build.py`)."""
+    if "RANK" in os.environ:  # already one of torchrun's processes
+        return int(os.environ.get("WORLD_SIZE", "1"))
+    count = processes_for(setting, meta_batch_size)
+    if count == 1:
+        return 1
+    cores = len(os.sched_getaffinity(0))
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, cores // count)))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+           "--nproc_per_node", str(count), sys.argv[0], *sys.argv[1:]]  # fmt: skip
+    print(f"meta-training in {count} processes (--processes 1 for one): {' '.join(cmd)}",
+          flush=True)  # fmt: skip
+    os.execv(sys.executable, cmd)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def is_main_process() -> bool:
+    """Whether this is the main (or only) process of a run: ``torchrun`` sets ``RANK``."""
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 def meta_train(
     config: Any, datasets: Sequence[str] | None = None, **trainer_kwargs: Any
 ) -> tuple[Any, Any, dict[str, Any]]:
     """Meta-train; returns (meta-trained learner, the same learner before training, run info).
+
+    Under ``torchrun`` (several processes, `docs/training.md`) every process trains its share
+    of each meta-batch and only the main one saves and returns the learners; the others return
+    ``(None, None, info)`` (`is_main_process` says which one a process is before training).
 
     ``datasets`` names the training data in the model card when the samplers were passed in
     (``trainer_kwargs``: ``train_sampler``, ``val_sampler``) rather than built from the config.
@@ -143,25 +199,41 @@ def meta_train(
     from metanlp.training import MetaTrainer
 
     trainer = MetaTrainer(config, **trainer_kwargs)
+    info: dict[str, Any] = {"processes": trainer.world_size, "precision": trainer.mixed_precision}
+    if not trainer.accelerator.is_main_process:  # a multi-process run: only the main one reports
+        trainer.train()
+        _leave_process_group(trainer)
+        return None, None, info
     start = copy.deepcopy(MetaLearner.from_trainer(trainer, datasets=datasets))
     start.config.meta_trained = False
     print(f"meta-training {config.algorithm} ({config.adapt}) for {config.max_steps} steps x "
-          f"{config.meta_batch_size} tasks = {config.max_steps * config.meta_batch_size} episodes")  # fmt: skip
+          f"{config.meta_batch_size} tasks = {config.max_steps * config.meta_batch_size} episodes, "
+          f"{trainer.world_size} process(es)")  # fmt: skip
     began = time.perf_counter()
     state = trainer.train()
     seconds = time.perf_counter() - began
+    _leave_process_group(trainer)  # what follows (saving, scoring) is this process's alone
     learner = MetaLearner.from_trainer(trainer, datasets=datasets)
     learner.save_pretrained(Path(config.output_dir).parent / "learner")
-    info = {
+    info.update({
         "train_episodes": config.max_steps * config.meta_batch_size,
         "steps": state.step,
         "best_step": state.best_step,
         f"best_val_{config.metric_for_best}": state.best_metric,
         "seconds": round(seconds, 1),
         "learning_curve": str(Path(config.output_dir) / "learning_curve.png"),
-    }
+    })  # fmt: skip
     print(f"meta-training done in {seconds:.0f} s (best validation step: {state.best_step})")
     return learner, start, info
+
+
+def _leave_process_group(trainer: Any) -> None:
+    """After a multi-process run: wait for every process, then close the process group."""
+    import torch.distributed as dist
+
+    if trainer.world_size > 1 and dist.is_initialized():
+        trainer.accelerator.wait_for_everyone()
+        dist.destroy_process_group()
 
 
 def methods_for(learner: Any, start: Any, size: Size) -> dict[str, Any]:

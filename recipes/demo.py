@@ -52,6 +52,8 @@ def main() -> None:
           f"held-out '{TEST_DOMAIN}' domain, {size.test_episodes} test episodes, 3-way {K_SHOT}-shot")  # fmt: skip
     config = trainer_config(args, "meta", **sentiment_trainer_settings(k_shot=K_SHOT, q_query=5))
     learner, start, info = meta_train(config)
+    if learner is None:  # another process of a multi-process run
+        return 0
     tweets = load_corpus("tweets", args.data)
     sampler = ClassificationSampler(tweets, n_way=3, k_shot=K_SHOT, q_query=size.query,
                                     group_by="domain", groups=[TEST_DOMAIN], name="tweets",

@@ -29,12 +29,21 @@ import argparse
 import dataclasses
 import sys
 import time
+from typing import Any
 
-from common import Size, meta_train, parse_args, score_setting, trainer_config
+from common import (
+    Size,
+    is_main_process,
+    launch_processes,
+    meta_train,
+    parse_args,
+    score_setting,
+    trainer_config,
+)
 from report import write_report
 
 SIZES = {
-    "smoke": Size(max_steps=2, meta_batch_size=1, val_episodes=0, test_episodes=2, query=2,
+    "smoke": Size(max_steps=2, meta_batch_size=2, val_episodes=0, test_episodes=2, query=2,
                   max_length=24, train_shots=2),
     "default": Size(max_steps=300, meta_batch_size=2, val_episodes=0, test_episodes=20, query=5,
                     max_length=64),
@@ -56,24 +65,19 @@ def _options(parser) -> None:
                         help="also upload the learner (with its model card) to this Hub repo")  # fmt: skip
     parser.add_argument("--no-bigbench", action="store_true",
                         help="only the default corpora, even when BIG-bench is built")  # fmt: skip
+    parser.add_argument("--processes", default="auto",
+                        help="meta-training processes (torchrun): 'auto' = one per GPU, else per "
+                             "CPU core, up to the meta-batch size; or a divisor of it")  # fmt: skip
     parser.add_argument("--names", action="store_true",
                         help="ProtoNet with class names (metanlp.names): episodes carry their "
                              "class names and w(K) is meta-learned")  # fmt: skip
 
 
-def main() -> None:
-    args = parse_args(__doc__.split("\n\n")[0], SIZES, extra=_options)
-    started = time.perf_counter()
-    from metanlp.baselines import FrozenPrototypes
-    from metanlp.corpora import CorpusError, load_corpus
+def general_setup(args: argparse.Namespace) -> tuple[Any, Any, dict[str, Any]]:
+    """``(trainer config, task sampler, families)`` of the general learner's meta-training, as
+    ``args`` (the recipe's command line) sizes it; `benchmarks/bench_build.py` times this."""
     from metanlp.episodes import EpisodeCollator
-    from metanlp.general import (
-        HELD_OUT_SETTINGS,
-        GeneralTasks,
-        general_task_sampler,
-        held_out_sampler,
-    )
-    from metanlp.meta.policy import AdaptPolicy
+    from metanlp.general import GeneralTasks, general_task_sampler
     from metanlp.models import load_encoder
 
     size = args.size
@@ -81,17 +85,34 @@ def main() -> None:
     tasks = GeneralTasks(mode=args.mode, k_shot=k, q_query=k, bigbench=not args.no_bigbench)
     collator = EpisodeCollator(load_encoder().tokenizer, size.max_length)
     train, families = general_task_sampler(args.data, collator, tasks, seed=args.seed)
-    print(f"task families ({args.mode}): " + ", ".join(
-        f"{name} {p:.3f}" for name, p in sorted(families["probabilities"].items(), key=lambda x: -x[1])
-    ))  # fmt: skip
     config = trainer_config(
         args, "meta", adapt="all", algorithm="protonet",
         algorithm_config=NAMES_CONFIG if args.names else {},
         optimizer={"lr": 3e-5, "schedule": "cosine", "warmup_steps": max(1, size.max_steps // 20)},
-        data={"train": [], "val": None}, keep_best=False,
+        data={"train": [], "val": None}, keep_best=False, mixed_precision="auto",
     )  # fmt: skip
+    return config, train, families
+
+
+def main() -> None:
+    args = parse_args(__doc__.split("\n\n")[0], SIZES, extra=_options)
+    launch_processes(args.processes, args.size.meta_batch_size)
+    started = time.perf_counter()
+    from metanlp.baselines import FrozenPrototypes
+    from metanlp.corpora import CorpusError, load_corpus
+    from metanlp.general import HELD_OUT_SETTINGS, held_out_sampler
+    from metanlp.meta.policy import AdaptPolicy
+
+    size = args.size
+    config, train, families = general_setup(args)
+    if is_main_process():
+        print(f"task families ({args.mode}): " + ", ".join(
+            f"{name} {p:.3f}" for name, p in sorted(families["probabilities"].items(), key=lambda x: -x[1])
+        ))  # fmt: skip
     names = sorted(families["families"])
     learner, start, info = meta_train(config, train_sampler=train, datasets=names)
+    if learner is None:  # another process of a multi-process run: the main one goes on
+        return 0
     learner.config.policy = AdaptPolicy().to_dict()
     learner.config.max_length = SIZES["full" if args.full else "default"].max_length * 2
     if args.smoke:

@@ -112,6 +112,8 @@ def main() -> None:
     if args.polish:
         require_optional_corpus(args, POLISH, "--polish")
     learner, start, info = meta_train(config_for(args))
+    if learner is None:  # another process of a multi-process run
+        return 0
     methods = {**methods_for(learner, start, args.size), "nnshot": NearestToken(start.model)}
     settings = []
     for name, (n_way, k) in SETTINGS.items():

@@ -78,6 +78,8 @@ def main() -> None:
         data={"train": [source], "val": source},
     )  # fmt: skip
     learner, start, info = meta_train(config)
+    if learner is None:  # another process of a multi-process run
+        return 0
     methods = methods_for(learner, start, args.size)
     settings = []
     for name, k in SETTINGS.items():

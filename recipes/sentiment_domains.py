@@ -67,6 +67,8 @@ def main() -> None:
     shots = SHOTS[:1] if args.smoke else SHOTS
     config = trainer_config(args, "meta", **sentiment_trainer_settings())
     learner, start, info = meta_train(config)
+    if learner is None:  # another process of a multi-process run
+        return 0
     methods = methods_for(learner, start, size)
     tweets = load_corpus("tweets", args.data)
     settings = []

@@ -100,6 +100,8 @@ def main() -> None:
     )  # fmt: skip
     learner, start, info = meta_train(config, train_sampler=train, val_sampler=val,
                                       datasets=["tweets (topics by domain)", "tweets (sentiment)"])  # fmt: skip
+    if learner is None:  # another process of a multi-process run
+        return 0
     methods = methods_for(learner, start, size)
     bbc = load_corpus("bbc_news", args.data)
     tests = [("BBC News", bbc, "bbc_news", 5)]
