@@ -37,3 +37,23 @@ def test_runs_pairs_and_merges(tmp_path, pinned_data_dir):
     table = (tmp_path / "merged.md").read_text()
     assert "| stackoverflow_5w1s | 2 |" in table and "| copy | 2 |" in table
     assert "− fine-tune" in table and "not run" in table  # no SetFit here: its ratio is not run
+
+
+def test_against_another_build_without_policy(tmp_path, pinned_data_dir):
+    """``--against`` scores another saved learner on the same episodes and ``--no-policy`` makes
+    every learner adapt with its algorithm alone (issue 31: a bf16 build against an fp32 one):
+    the same weights saved and loaded again give the same accuracy on every episode."""
+    from metanlp.api import MetaLearner
+
+    copy = tmp_path / "copy"
+    MetaLearner.from_pretrained(device="cpu").save_pretrained(copy)
+    bench_general.main(["--data", str(pinned_data_dir), "--episodes", "2", "--methods",
+                        "--against", str(copy), "--no-policy", "--settings", "stackoverflow_5w5s",
+                        "--out", str(tmp_path), "--stem", "ab"])  # fmt: skip
+    record = json.loads((tmp_path / "ab.json").read_text())["settings"]["stackoverflow_5w5s"]
+    assert [r["method"] for r in record["results"]] == ["from_pretrained()", f"learner {copy}"]
+    assert record["choices"] == {
+        m: ["no policy"] * 2 for m in ("from_pretrained()", f"learner {copy}")
+    }
+    d = record["paired_accuracy_difference"][f"learner {copy}"]
+    assert d["n"] == 2 and d["mean"] == 0.0

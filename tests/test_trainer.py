@@ -23,7 +23,7 @@ from metanlp.training import MetaTrainer
 from metanlp.training import state_io as ckpt
 from metanlp.training.config import MetaTrainerConfig, OptimizerConfig
 from metanlp.training.logs import plot_learning_curve, read_jsonl
-from metanlp.training.utils import build_scheduler
+from metanlp.training.utils import build_optimizer, build_scheduler
 
 
 @pytest.fixture(autouse=True)
@@ -490,3 +490,26 @@ def test_mixed_precision_auto_probes_uses_and_prints_its_choice(data_dir, tmp_pa
     printed = capsys.readouterr().out
     path = "bf16 autocast" if chosen == "bf16" else "fp32"
     assert f"precision: {path} (mixed_precision=auto" in printed and "GFLOP/s" in printed
+
+
+def test_fused_adamw_matches_the_per_tensor_loop():
+    """`build_optimizer` steps CPU parameters with torch's fused AdamW (a tenth of the time on
+    MiniLM); 20 steps of it give the per-tensor AdamW's weights up to float rounding."""
+    config = OptimizerConfig(lr=1e-2, weight_decay=0.01)
+    generator = torch.Generator().manual_seed(0)
+    start = [torch.randn(shape, generator=generator) for shape in ((64, 32), (32,), (7, 3, 5))]
+    fused = [torch.nn.Parameter(t.clone()) for t in start]
+    plain = [torch.nn.Parameter(t.clone()) for t in start]
+    opt = build_optimizer(fused, config)
+    assert opt.defaults["fused"] is True
+    ref = torch.optim.AdamW(plain, lr=1e-2, betas=tuple(config.betas), eps=config.eps,
+                            weight_decay=0.01, foreach=False)  # fmt: skip
+    for _ in range(20):
+        grads = [torch.randn(t.shape, generator=generator) for t in start]
+        for params, optimizer in ((fused, opt), (plain, ref)):
+            for p, g in zip(params, grads, strict=True):
+                p.grad = g.clone()
+            optimizer.step()
+    for a, b, s in zip(fused, plain, start, strict=True):
+        assert (a - s).abs().max() > 0.05  # they moved
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)

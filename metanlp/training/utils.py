@@ -22,6 +22,11 @@ def build_optimizer(
 ) -> torch.optim.AdamW:
     """AdamW over the meta-parameters.
 
+    Fused (one kernel over every tensor) where torch has it for the parameters' device (CPU,
+    CUDA): the same update as the default per-tensor loop up to float rounding, and on the
+    2-core CPU a step over MiniLM's 22.6 M weights takes about 20 ms instead of 170 ms, a tenth of
+    a bf16 meta-step (`benchmarks/bench_build.py`).
+
     Raises:
         ValueError: when there is nothing to optimise (the algorithm exposed no meta-parameters).
     """
@@ -36,7 +41,12 @@ def build_optimizer(
         betas=tuple(config.betas),
         eps=config.eps,
         weight_decay=config.weight_decay,
+        fused=all(p.device.type in FUSED_ADAMW_DEVICES for p in params) or None,
     )
+
+
+FUSED_ADAMW_DEVICES = ("cpu", "cuda")
+"""Devices whose parameters `build_optimizer` steps with torch's fused AdamW."""
 
 
 # Our schedule names -> transformers' (its "constant" ignores warm-up).
