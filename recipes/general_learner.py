@@ -1,6 +1,6 @@
 """The general learner: meta-trained on a broad task distribution, for tasks nobody trained it for.
 
-    python recipes/general_learner.py --data data           # CPU default (about an hour on 2 cores)
+    python recipes/general_learner.py --data data           # CPU default (about 20 min on 2 cores)
     python recipes/general_learner.py --data data --full    # GPU size
     python recipes/general_learner.py --data data --mode smlmt      # ablation: self-supervised only
     python recipes/general_learner.py --data data --mode labelled   # ablation: labelled only
