@@ -129,7 +129,8 @@ def trainer_config(args: argparse.Namespace, name: str, **settings: Any) -> Any:
             "seed": args.seed,
             "cpu": args.device == "cpu",
             **settings,
-            **({"mixed_precision": args.precision} if args.precision else {}),
+            # --precision overrides the recipe's setting (a Namespace built by hand may lack it)
+            **({"mixed_precision": args.precision} if getattr(args, "precision", None) else {}),
         }
     )
 
