@@ -140,7 +140,7 @@ def processes_for(setting: str, meta_batch_size: int) -> int:
     GPU, or without one per usable CPU core, capped to a divisor of ``meta_batch_size`` (each
     process runs an equal share of every meta-batch)."""
     if setting != "auto":
-        wanted = int(setting)
+        wanted = int(setting) if str(setting).isdigit() else 0
         if wanted < 1 or meta_batch_size % wanted:
             raise SystemExit(
                 f"--processes {setting}: give 'auto' or a divisor of the meta-batch size "

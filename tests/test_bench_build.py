@@ -57,7 +57,7 @@ def test_processes_for(monkeypatch, setting, meta_batch, cores, expected):
     assert common.processes_for(setting, meta_batch) == expected
 
 
-@pytest.mark.parametrize("setting", ["3", "0"])
+@pytest.mark.parametrize("setting", ["3", "0", "two", "-2"])
 def test_processes_that_do_not_divide_the_meta_batch(setting):
     sys.path.insert(0, str(ROOT / "recipes"))
     import common
