@@ -309,9 +309,12 @@ class MetaTrainer(CheckpointMixin):
         a later resume would pick up, and whose log it would cut), unless
         ``overwrite_output_dir``: then exactly those outputs are deleted."""
         found = run_outputs(self.output_dir)
+        # Every process has looked before any process deletes or writes (the main one's log
+        # file would otherwise make a slower process find "outputs", wait at a barrier the main
+        # one skipped, and hang both at the first all-reduce); so every process sees the same.
+        self.accelerator.wait_for_everyone()
         if not found:
             return
-        self.accelerator.wait_for_everyone()  # every process has looked before any deletes
         if not self.config.overwrite_output_dir:
             raise FileExistsError(
                 f"output_dir {self.output_dir} holds an earlier run ({', '.join(p.name for p in found[:4])}"
