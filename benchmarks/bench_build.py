@@ -64,6 +64,7 @@ def worker(args: argparse.Namespace) -> None:
     import torch
 
     sys.path.insert(0, str(ROOT / "recipes"))
+    from common import leave_process_group
     from general_learner import SIZES, general_setup
 
     from metanlp.training import MetaTrainer
@@ -86,11 +87,7 @@ def worker(args: argparse.Namespace) -> None:
         after = resource.getrusage(resource.RUSAGE_SELF)
         walls.append(time.perf_counter() - wall)
         cpus.append(after.ru_utime + after.ru_stime - cpu.ru_utime - cpu.ru_stime)
-    if trainer.world_size > 1:
-        import torch.distributed as dist
-
-        trainer.accelerator.wait_for_everyone()
-        dist.destroy_process_group()
+    leave_process_group(trainer)
     if trainer.accelerator.is_main_process:
         print(json.dumps({
             "precision": trainer.mixed_precision, "processes": trainer.world_size,

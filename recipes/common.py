@@ -203,7 +203,7 @@ def meta_train(
     info: dict[str, Any] = {"processes": trainer.world_size, "precision": trainer.mixed_precision}
     if not trainer.accelerator.is_main_process:  # a multi-process run: only the main one reports
         trainer.train()
-        _leave_process_group(trainer)
+        leave_process_group(trainer)
         return None, None, info
     start = copy.deepcopy(MetaLearner.from_trainer(trainer, datasets=datasets))
     start.config.meta_trained = False
@@ -213,7 +213,7 @@ def meta_train(
     began = time.perf_counter()
     state = trainer.train()
     seconds = time.perf_counter() - began
-    _leave_process_group(trainer)  # what follows (saving, scoring) is this process's alone
+    leave_process_group(trainer)  # what follows (saving, scoring) is this process's alone
     learner = MetaLearner.from_trainer(trainer, datasets=datasets)
     learner.save_pretrained(Path(config.output_dir).parent / "learner")
     info.update({
@@ -228,7 +228,7 @@ def meta_train(
     return learner, start, info
 
 
-def _leave_process_group(trainer: Any) -> None:
+def leave_process_group(trainer: Any) -> None:
     """After a multi-process run: wait for every process, then close the process group."""
     import torch.distributed as dist
 
